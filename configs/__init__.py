@@ -1,0 +1,1 @@
+"""Ready config dirs: serve this folder with `nemoguardrails server --config`."""

@@ -1,0 +1,1 @@
+"""Colang 1.0 flows of the railstack rails (package data)."""

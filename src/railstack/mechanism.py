@@ -1,0 +1,257 @@
+"""The rail mechanism every railstack rail runs under.
+
+A rail is a named async check with a cost tier. ``Runtime.run`` takes the rails a flow
+names, groups them by tier, runs the tiers cheapest first and stops at the first block, so
+a blocked turn never pays for a later tier or the main model. Inside a tier the rails run
+concurrently (cancel on the first block) or one by one, as the settings say. Every rail runs
+under its timeout and failure policy and leaves a ``Decision``; the flow gets a
+``RailOutcome`` carrying them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import contextvars
+import enum
+import importlib
+import logging
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any, Awaitable, Callable, Iterator, Optional
+
+from nemoguardrails.actions.rail_outcome import RailOutcome
+
+from railstack.settings import RailstackSettings
+
+log = logging.getLogger("railstack.decisions")
+
+
+class Tier(enum.IntEnum):
+    """Cost order: a cheaper tier always runs, and can block, before a dearer one."""
+
+    ADMISSION = 0
+    CHEAP = 1
+    SMALL_CLASSIFIER = 2
+    LARGE_CLASSIFIER = 3
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """What a check decides. ``reason`` names the rule that fired, never the user's text."""
+
+    blocked: bool
+    reason: Optional[str] = None
+    score: Optional[float] = None
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def allow(cls, *, score: Optional[float] = None, **metadata: Any) -> "Verdict":
+        return cls(False, None, score, metadata)
+
+    @classmethod
+    def block(cls, reason: str, *, score: Optional[float] = None, **metadata: Any) -> "Verdict":
+        return cls(True, reason, score, metadata)
+
+
+@dataclass(frozen=True)
+class CheckContext:
+    source: str  # "input" (the user turn), "output" (the bot turn) or "retrieval"
+    settings: RailstackSettings
+    nemo_context: dict[str, Any]
+    runtime: "Runtime"
+
+    def resource(self, key: str, build: Callable[[RailstackSettings], Any]) -> Any:
+        """Something a rail builds once per config (compiled patterns, a loaded model)."""
+        resources = self.runtime.resources
+        if key not in resources:
+            resources[key] = build(self.settings)
+        return resources[key]
+
+
+Check = Callable[[str, CheckContext], Awaitable[Verdict]]
+
+
+@dataclass(frozen=True)
+class Rail:
+    name: str
+    tier: Tier
+    check: Check
+
+
+@dataclass(frozen=True)
+class Decision:
+    rail: str
+    tier: str
+    source: str
+    verdict: str  # allow | block | skipped | cancelled
+    reason: Optional[str]
+    score: Optional[float]
+    latency_ms: float
+    failed: bool = False
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+_registry: dict[str, Rail] = {}
+
+
+def rail(name: str, tier: Tier) -> Callable[[Check], Check]:
+    """Register an async check as the rail ``name``.
+
+    Registration is by name, so the copy NeMo file-loads from a working directory's
+    ``actions/`` replaces the packaged one with identical code and no state is duplicated.
+    """
+
+    def register(check: Check) -> Check:
+        _registry[name] = Rail(name, tier, check)
+        return check
+
+    return register
+
+
+def get_rail(name: str) -> Optional[Rail]:
+    if name not in _registry:
+        # Rails ship as ``railstack.actions.<name>``; importing one registers it.
+        with contextlib.suppress(ImportError):
+            importlib.import_module(f"railstack.actions.{name}")
+    return _registry.get(name)
+
+
+_collector: contextvars.ContextVar[Optional[list[Decision]]] = contextvars.ContextVar(
+    "railstack_decisions", default=None
+)
+
+
+@contextlib.contextmanager
+def collect_decisions() -> Iterator[list[Decision]]:
+    """Keep every decision made inside the block (and the tasks it starts) for one request."""
+    decisions: list[Decision] = []
+    token = _collector.set(decisions)
+    try:
+        yield decisions
+    finally:
+        _collector.reset(token)
+
+
+def _keep(decision: Decision) -> None:
+    log.info(
+        "rail=%s source=%s verdict=%s score=%s latency_ms=%.2f failed=%s reason=%s",
+        decision.rail,
+        decision.source,
+        decision.verdict,
+        "-" if decision.score is None else f"{decision.score:.4f}",
+        decision.latency_ms,
+        decision.failed,
+        decision.reason or "-",
+    )
+    kept = _collector.get()
+    if kept is not None:
+        kept.append(decision)
+
+
+class Runtime:
+    """The per-config runtime NeMo injects into railstack actions as ``railstack_runtime``."""
+
+    def __init__(self, settings: RailstackSettings):
+        self.settings = settings
+        self.resources: dict[str, Any] = {}
+
+    async def run(
+        self, names: list[str], *, source: str, text: str, nemo_context: Optional[dict] = None
+    ) -> RailOutcome:
+        ctx = CheckContext(source, self.settings, nemo_context or {}, self)
+        decisions: list[Decision] = []
+        unknown = [n for n in names if get_rail(n) is None]
+        if unknown:
+            return RailOutcome.failure(
+                reason=f"Blocked: unknown railstack rail(s) {', '.join(unknown)} in this config.",
+                metadata={"rail": unknown[0], "decisions": []},
+            )
+        rails = [get_rail(n) for n in names if self.settings.enabled(n)]
+        tiers = sorted({r.tier for r in rails})
+        blocker: Optional[Decision] = None
+        for tier in tiers:
+            members = [r for r in rails if r.tier == tier]
+            if blocker is not None:
+                decisions += [self._not_run(r, source, "skipped") for r in members]
+                continue
+            blocker = await self._run_tier(members, text, ctx, decisions)
+        for decision in decisions:
+            _keep(decision)
+        metadata = {"decisions": [d.as_dict() for d in decisions]}
+        if blocker is None:
+            return RailOutcome.allow(metadata=metadata)
+        metadata["rail"] = blocker.rail
+        reason = f"Blocked by the {blocker.rail} rail: {blocker.reason}"
+        if blocker.failed:
+            return RailOutcome.failure(reason=reason, metadata=metadata)
+        return RailOutcome.block(reason=reason, metadata=metadata)
+
+    async def _run_tier(
+        self, members: list[Rail], text: str, ctx: CheckContext, decisions: list[Decision]
+    ) -> Optional[Decision]:
+        if not self.settings.concurrent_tiers or len(members) == 1:
+            for i, r in enumerate(members):
+                decision = await self._run_one(r, text, ctx)
+                decisions.append(decision)
+                if decision.verdict == "block":
+                    decisions += [self._not_run(rest, ctx.source, "skipped") for rest in members[i + 1 :]]
+                    return decision
+            return None
+
+        tasks = {asyncio.ensure_future(self._run_one(r, text, ctx)): r for r in members}
+        blocker: Optional[Decision] = None
+        try:
+            for next_done in asyncio.as_completed(tasks):
+                decision = await next_done
+                if decision.verdict == "block":
+                    blocker = decision
+                    break
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+        # Checks that finished in the same loop turn as the blocker keep their own verdict.
+        for task, r in tasks.items():
+            decisions.append(self._not_run(r, ctx.source, "cancelled") if task.cancelled() else task.result())
+        return blocker
+
+    async def _run_one(self, r: Rail, text: str, ctx: CheckContext) -> Decision:
+        timeout, on_failure = self.settings.policy(r.name)
+        start = time.perf_counter()
+        try:
+            verdict = await asyncio.wait_for(r.check(text, ctx), timeout)
+        except asyncio.TimeoutError:
+            failure = f"did not finish within {timeout:g} s"
+        except Exception as exc:  # noqa: BLE001 - any failure of a check is a policy decision
+            log.debug("rail %s raised", r.name, exc_info=True)
+            failure = f"raised {type(exc).__name__}"
+        else:
+            return Decision(
+                rail=r.name,
+                tier=r.tier.name.lower(),
+                source=ctx.source,
+                verdict="block" if verdict.blocked else "allow",
+                reason=verdict.reason,
+                score=verdict.score,
+                latency_ms=(time.perf_counter() - start) * 1000,
+                metadata=verdict.metadata,
+            )
+        blocked = on_failure == "closed"
+        return Decision(
+            rail=r.name,
+            tier=r.tier.name.lower(),
+            source=ctx.source,
+            verdict="block" if blocked else "allow",
+            reason=f"the check {failure} (fail-{on_failure})",
+            score=None,
+            latency_ms=(time.perf_counter() - start) * 1000,
+            failed=True,
+        )
+
+    @staticmethod
+    def _not_run(r: Rail, source: str, verdict: str) -> Decision:
+        return Decision(r.name, r.tier.name.lower(), source, verdict, None, None, 0.0)

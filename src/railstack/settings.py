@@ -1,0 +1,129 @@
+"""The one settings tree of the pack: ``custom_data.railstack`` in a config's config.yml.
+
+Every key is validated when the config is loaded; an unknown key or a bad value is a
+startup error that names the key. Any setting can be overridden from the environment as
+``RAILSTACK__<SECTION>__<KEY>`` (for example ``RAILSTACK__HEURISTICS__MAX_INPUT_CHARS``),
+which is how deployments swap model paths and service URLs without editing a config.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Literal, Mapping, Optional
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+ENV_PREFIX = "RAILSTACK__"
+
+
+class SettingsError(ValueError):
+    """A config's railstack settings are invalid; the message names every offending key."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class RailPolicy(_Strict):
+    """How one rail runs. ``None`` inherits the value from ``defaults``."""
+
+    enabled: bool = True
+    timeout_s: Optional[float] = Field(default=None, gt=0, le=600)
+    on_failure: Optional[Literal["closed", "open"]] = None
+
+
+class Defaults(_Strict):
+    timeout_s: float = Field(default=2.0, gt=0, le=600)
+    on_failure: Literal["closed", "open"] = "closed"
+
+
+class HeuristicsSettings(RailPolicy):
+    """The cheap tier: normalization, hidden text, blocklist, input length."""
+
+    max_input_chars: int = Field(default=32_000, gt=0)
+    block_hidden_text: bool = True
+    default_blocklist: bool = True
+    phrases: list[str] = Field(default_factory=list)
+    patterns: list[str] = Field(default_factory=list)
+
+    @field_validator("patterns")
+    @classmethod
+    def _compiles(cls, patterns: list[str]) -> list[str]:
+        for pattern in patterns:
+            try:
+                re.compile(pattern)
+            except re.error as exc:
+                raise ValueError(f"invalid regular expression {pattern!r}: {exc}") from exc
+        return patterns
+
+
+class TopicSettings(RailPolicy):
+    """Refuse turns that mention any of the listed terms (whole words, after normalization)."""
+
+    deny: list[str] = Field(default_factory=list)
+    reason: str = "this assistant does not discuss that topic"
+
+
+class RailstackSettings(BaseSettings):
+    model_config = SettingsConfigDict(
+        extra="forbid",
+        frozen=True,
+        env_prefix=ENV_PREFIX,
+        env_nested_delimiter="__",
+        case_sensitive=False,
+    )
+
+    # Rails of one tier run concurrently and the first block cancels the rest; off runs
+    # them one after another in the order the flow names them.
+    concurrent_tiers: bool = True
+    defaults: Defaults = Field(default_factory=Defaults)
+    heuristics: HeuristicsSettings = Field(default_factory=HeuristicsSettings)
+    topic: TopicSettings = Field(default_factory=TopicSettings)
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # The environment overrides the file: that is what a deployment override is for.
+        return (env_settings, init_settings)
+
+    def policy(self, rail: str) -> tuple[float, Literal["closed", "open"]]:
+        """The effective (timeout, failure policy) of a rail."""
+        own = getattr(self, rail, None)
+        own = own if isinstance(own, RailPolicy) else RailPolicy()
+        return (
+            own.timeout_s if own.timeout_s is not None else self.defaults.timeout_s,
+            own.on_failure or self.defaults.on_failure,
+        )
+
+    def enabled(self, rail: str) -> bool:
+        own = getattr(self, rail, None)
+        return own.enabled if isinstance(own, RailPolicy) else True
+
+
+def _describe(exc: ValidationError) -> str:
+    lines = []
+    for err in exc.errors():
+        key = ".".join(str(p) for p in ("custom_data", "railstack", *err["loc"]))
+        if err["type"] == "extra_forbidden":
+            lines.append(f"{key}: unknown key")
+        else:
+            lines.append(f"{key}: {err['msg']} (got {err.get('input')!r})")
+    return "invalid railstack settings:\n  " + "\n  ".join(lines)
+
+
+def parse_settings(custom_data: Optional[Mapping[str, Any]]) -> RailstackSettings:
+    """Validate ``custom_data`` of a RailsConfig; raise SettingsError naming the bad keys."""
+    raw = (custom_data or {}).get("railstack") or {}
+    if not isinstance(raw, Mapping):
+        raise SettingsError(f"custom_data.railstack must be a mapping, got {type(raw).__name__}")
+    try:
+        return RailstackSettings(**raw)
+    except ValidationError as exc:
+        raise SettingsError(_describe(exc)) from None

@@ -1,0 +1,35 @@
+import os
+
+os.environ["NEMO_GUARDRAILS_NO_USAGE_STATS"] = "1"
+
+from pathlib import Path  # noqa: E402
+from typing import Iterator  # noqa: E402
+
+import pytest  # noqa: E402
+
+from main_model import MainModelDouble  # noqa: E402
+from railstack.paths import rails_dir  # noqa: E402
+
+
+@pytest.fixture
+def main_model() -> Iterator[MainModelDouble]:
+    model = MainModelDouble().start()
+    yield model
+    model.stop()
+
+
+@pytest.fixture
+def make_config(tmp_path: Path):
+    """Write a config dir that uses railstack: config.yml, optional extra flows, config.py."""
+
+    def make(yml: str, colang: str = "", name: str = "cfg") -> Path:
+        path = tmp_path / name
+        path.mkdir()
+        (path / "config.yml").write_text(yml)
+        (path / "config.py").write_text("from railstack.nemo import init  # noqa: F401\n")
+        (path / "rails").symlink_to(rails_dir())
+        if colang:
+            (path / "flows.co").write_text(colang)
+        return path
+
+    return make

@@ -1,0 +1,114 @@
+"""An OpenAI-compatible main model on 127.0.0.1 for the tests.
+
+It answers ``/v1/chat/completions`` (streaming and not), counts its calls, keeps the
+request bodies, and waits ``latency_s`` before answering (and ``token_delay_s`` between
+streamed tokens), so tests can tell whether and how the guarded model was reached.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+import uvicorn
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, StreamingResponse
+from starlette.routing import Route
+
+
+@dataclass
+class MainModelDouble:
+    reply: str = "Paris is the capital of France."
+    latency_s: float = 0.0
+    token_delay_s: float = 0.0
+    requests: list[dict[str, Any]] = field(default_factory=list)
+    _server: Any = None
+    _thread: Any = None
+    port: int = 0
+
+    @property
+    def calls(self) -> int:
+        return len(self.requests)
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/v1"
+
+    async def _chat(self, request: Request):
+        body = await request.json()
+        self.requests.append(body)
+        await asyncio.sleep(self.latency_s)
+        cid = f"chatcmpl-{uuid.uuid4().hex}"
+        model = body.get("model", "main")
+        if not body.get("stream"):
+            return JSONResponse(
+                {
+                    "id": cid,
+                    "object": "chat.completion",
+                    "created": int(time.time()),
+                    "model": model,
+                    "choices": [
+                        {"index": 0, "message": {"role": "assistant", "content": self.reply}, "finish_reason": "stop"}
+                    ],
+                    "usage": {"prompt_tokens": 10, "completion_tokens": 7, "total_tokens": 17},
+                }
+            )
+
+        async def events():
+            words = self.reply.split(" ")
+            for i, word in enumerate(words):
+                piece = word if i == 0 else " " + word
+                chunk = {
+                    "id": cid,
+                    "object": "chat.completion.chunk",
+                    "created": int(time.time()),
+                    "model": model,
+                    "choices": [{"index": 0, "delta": {"role": "assistant", "content": piece}, "finish_reason": None}],
+                }
+                yield f"data: {json.dumps(chunk)}\n\n"
+                await asyncio.sleep(self.token_delay_s)
+            done = {
+                "id": cid,
+                "object": "chat.completion.chunk",
+                "created": int(time.time()),
+                "model": model,
+                "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}],
+            }
+            yield f"data: {json.dumps(done)}\n\n"
+            yield "data: [DONE]\n\n"
+
+        return StreamingResponse(events(), media_type="text/event-stream")
+
+    async def _models(self, request: Request):
+        return JSONResponse({"object": "list", "data": [{"id": "main", "object": "model", "owned_by": "tests"}]})
+
+    def start(self) -> "MainModelDouble":
+        app = Starlette(
+            routes=[
+                Route("/v1/chat/completions", self._chat, methods=["POST"]),
+                Route("/v1/models", self._models, methods=["GET"]),
+            ]
+        )
+        sock = socket.socket()
+        sock.bind(("127.0.0.1", 0))
+        self.port = sock.getsockname()[1]
+        self._server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="off"))
+        self._thread = threading.Thread(target=self._server.run, kwargs={"sockets": [sock]}, daemon=True)
+        self._thread.start()
+        deadline = time.monotonic() + 10
+        while not self._server.started:
+            if time.monotonic() > deadline:
+                raise RuntimeError("the test main model did not start")
+            time.sleep(0.01)
+        return self
+
+    def stop(self) -> None:
+        self._server.should_exit = True
+        self._thread.join(timeout=5)
