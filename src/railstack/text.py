@@ -37,8 +37,8 @@ _HOMOGLYPHS = {
 _DELETE = {cp: None for cp in _INVISIBLE}
 _FOLD = str.maketrans({**{k: v for k, v in _HOMOGLYPHS.items()}, **_DELETE})
 
-# Four or more single letters each followed by one separator ("i g n o r e", "i.g.n.o.r.e").
-_SPACED = re.compile(r"(?<![^\W\d_])(?:[^\W\d_][ ._\-*]){3,}[^\W\d_](?![^\W\d_])")
+# Three or more single letters each followed by one separator ("i g n o r e", "i.g.n.o.r.e").
+_SPACED = re.compile(r"(?<![^\W\d_])(?:[^\W\d_][ ._\-*]){2,}[^\W\d_](?![^\W\d_])")
 _SPACE_RUN = re.compile(r"\s+")
 _SEPARATORS = re.compile(r"[ ._\-*]")
 
