@@ -89,17 +89,19 @@ class MainModelDouble:
     async def _models(self, request: Request):
         return JSONResponse({"object": "list", "data": [{"id": "main", "object": "model", "owned_by": "tests"}]})
 
-    def start(self) -> "MainModelDouble":
-        app = Starlette(
+    def app(self) -> Starlette:
+        return Starlette(
             routes=[
                 Route("/v1/chat/completions", self._chat, methods=["POST"]),
                 Route("/v1/models", self._models, methods=["GET"]),
             ]
         )
+
+    def start(self, port: int = 0) -> "MainModelDouble":
         sock = socket.socket()
-        sock.bind(("127.0.0.1", 0))
+        sock.bind(("127.0.0.1", port))
         self.port = sock.getsockname()[1]
-        self._server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="off"))
+        self._server = uvicorn.Server(uvicorn.Config(self.app(), log_level="warning", lifespan="off"))
         self._thread = threading.Thread(target=self._server.run, kwargs={"sockets": [sock]}, daemon=True)
         self._thread.start()
         deadline = time.monotonic() + 10
@@ -112,3 +114,12 @@ class MainModelDouble:
     def stop(self) -> None:
         self._server.should_exit = True
         self._thread.join(timeout=5)
+
+
+if __name__ == "__main__":
+    # A stand-in main model for trying railstack without one: python tests/main_model.py [PORT]
+    import sys
+
+    double = MainModelDouble().start(int(sys.argv[1]) if len(sys.argv) > 1 else 8000)
+    print(f"test main model on {double.base_url}; Ctrl-C stops it", flush=True)
+    double._thread.join()

@@ -144,7 +144,7 @@ async def test_a_rail_that_raises_blocks_by_default_without_leaking_the_text(mak
         answer, decisions = await ask(app, "my secret text")
     assert answer == "Blocked by the t_raise rail: the check raised RuntimeError (fail-closed)"
     assert decisions["t_raise"].failed and decisions["t_raise"].verdict == "block"
-    info = [r.getMessage() for r in caplog.records if r.levelno >= logging.INFO]
+    info = [r.getMessage() for r in caplog.records if r.name.startswith("railstack") and r.levelno >= logging.INFO]
     assert any("rail=t_raise" in m and "verdict=block" in m for m in info)
     assert not any("my secret text" in m for m in info)
     assert llm.inference_count == 0

@@ -1,0 +1,9 @@
+#!/usr/bin/env bash
+# Set up .venv (CPU torch) and run the whole test suite. Arguments go to pytest.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export NEMO_GUARDRAILS_NO_USAGE_STATS=1
+[ -x .venv/bin/python ] || python3 -m venv .venv
+.venv/bin/python -m pip install -q torch==2.13.0
+.venv/bin/python -m pip install -q -e '.[dev,redis]'
+exec .venv/bin/python -m pytest "$@"
