@@ -231,3 +231,15 @@ async def test_running_from_the_repo_root_keeps_one_copy_of_state(monkeypatch):
     matcher = runtime.resources["heuristics"]
     await ask(app)
     assert runtime.resources["heuristics"] is matcher
+
+
+@rail("t_wrong_type", Tier.CHEAP)
+async def wrong_type(text, ctx):
+    return True
+
+
+async def test_a_rail_that_returns_no_verdict_fails_closed(make_config):
+    app, llm = build(make_config, "t_wrong_type")
+    answer, _ = await ask(app)
+    assert answer == "Blocked by the t_wrong_type rail: the check raised TypeError (fail-closed)"
+    assert llm.inference_count == 0

@@ -224,6 +224,8 @@ class Runtime:
         start = time.perf_counter()
         try:
             verdict = await asyncio.wait_for(r.check(text, ctx), timeout)
+            if not isinstance(verdict, Verdict):
+                raise TypeError(f"rail {r.name} returned {type(verdict).__name__}, not a Verdict")
         except asyncio.TimeoutError:
             failure = f"did not finish within {timeout:g} s"
         except Exception as exc:  # noqa: BLE001 - any failure of a check is a policy decision
