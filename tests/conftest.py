@@ -11,6 +11,16 @@ from main_model import MainModelDouble  # noqa: E402
 from railstack.paths import rails_dir  # noqa: E402
 
 
+@pytest.fixture(autouse=True)
+def fresh_admission():
+    """Rate-limit buckets live for the whole process; each test starts with full ones."""
+    from railstack import admission
+
+    admission.reset()
+    yield
+    admission.reset()
+
+
 @pytest.fixture
 def main_model() -> Iterator[MainModelDouble]:
     model = MainModelDouble().start()

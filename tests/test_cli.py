@@ -26,7 +26,8 @@ def test_check_reports_each_rail_and_the_blocking_one(tmp_path):
         "Blocked by the heuristics rail: matched blocklist rule 'override-previous-instructions'"
     )
     by_rail = {d["rail"]: d for d in report["decisions"]}
-    assert set(by_rail) == {"heuristics", "topic"}
+    assert set(by_rail) == {"admission", "heuristics", "topic"}
+    assert by_rail["admission"]["verdict"] == "allow"
     assert by_rail["heuristics"]["verdict"] == "block"
     assert by_rail["heuristics"]["metadata"]["rule"] == "override-previous-instructions"
     assert by_rail["heuristics"]["tier"] == "cheap"
@@ -38,7 +39,7 @@ def test_check_allows_a_benign_text_and_its_answer(tmp_path):
     assert proc.returncode == 0, proc.stderr
     report = json.loads(proc.stdout)
     assert report["verdict"] == "allow"
-    assert [(d["rail"], d["verdict"]) for d in report["decisions"]] == [("heuristics", "allow")]
+    assert [(d["rail"], d["verdict"]) for d in report["decisions"]] == [("admission", "allow"), ("heuristics", "allow")]
     assert report["output"] == {"status": "no rails configured"}
 
 

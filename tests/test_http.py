@@ -92,7 +92,7 @@ def test_a_failing_rail_blocks_over_http_with_a_clear_reason(client, main_model,
 
 def test_a_config_with_a_bad_key_stops_the_server_at_startup_naming_it(tmp_path):
     root = tmp_path / "configs"
-    shutil.copytree(configs_root(), root, symlinks=True, ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copytree(configs_root(), root, ignore=shutil.ignore_patterns("__pycache__"))
     yml = root / "no-models" / "config.yml"
     yml.write_text(yml.read_text().replace("max_input_chars: 32000", "max_input_chars: 32000\n      max_imput_chars: 5"))
     with pytest.raises(SettingsError, match=r"(?s)config .no-models.*custom_data\.railstack\.heuristics\.max_imput_chars: unknown key"):

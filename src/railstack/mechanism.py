@@ -155,8 +155,9 @@ def _keep(decision: Decision) -> None:
 class Runtime:
     """The per-config runtime NeMo injects into railstack actions as ``railstack_runtime``."""
 
-    def __init__(self, settings: RailstackSettings):
+    def __init__(self, settings: RailstackSettings, scope: str = "config"):
         self.settings = settings
+        self.scope = scope
         self.resources: dict[str, Any] = {}
 
     async def run(

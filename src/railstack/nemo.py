@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from railstack.mechanism import Runtime
@@ -16,6 +17,8 @@ def init(app: Any) -> None:
     """
     from railstack.actions.railstack import railstack_rails
 
-    runtime = Runtime(parse_settings(app.config.custom_data))
+    # The config's id (its dir's name) scopes per-client state such as rate-limit buckets.
+    first_path = (app.config.config_path or "").split(",")[0].strip()
+    runtime = Runtime(parse_settings(app.config.custom_data), scope=Path(first_path).name or "config")
     app.register_action_param("railstack_runtime", runtime)
     app.register_action(railstack_rails, name="railstack_rails")

@@ -1,8 +1,12 @@
 """Server-level wiring for `nemoguardrails server --config <dir of configs>`.
 
-NeMo loads each config lazily, on its first request; a config with bad railstack settings
-would only fail then. ``init`` validates every config when the server starts instead, so a
-bad key stops the server with a message that names it.
+NeMo calls ``init(app)`` from the configs dir's ``config.py`` when the server starts (not in
+single-config mode, and not under ``--prefix``). It
+
+- validates every config's railstack settings, so a bad key stops the server with a message
+  that names it instead of failing that config's first request;
+- wraps the ASGI stack with the admission middleware for the configs that enable admission,
+  so a limited request gets a real 429 with its headers.
 """
 
 from __future__ import annotations
@@ -11,27 +15,44 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from railstack.settings import SettingsError, parse_settings
+from railstack.settings import RailstackSettings, SettingsError, parse_settings
 
 log = logging.getLogger("railstack.server")
 
-
-def validate_configs(root: Path) -> list[str]:
-    """Validate the railstack settings of every config dir under ``root``; return their ids."""
+def validate_configs(root: Path) -> dict[str, tuple[Any, RailstackSettings]]:
+    """Load every config dir under ``root`` and validate its railstack settings."""
     from nemoguardrails import RailsConfig
 
-    ids, problems = [], []
+    configs, problems = {}, []
     for config_path in sorted(p for p in root.iterdir() if (p / "config.yml").is_file()):
         try:
-            parse_settings(RailsConfig.from_path(str(config_path)).custom_data)
-            ids.append(config_path.name)
+            config = RailsConfig.from_path(str(config_path))
+            configs[config_path.name] = (config, parse_settings(config.custom_data))
         except SettingsError as exc:
             problems.append(f"config '{config_path.name}': {exc}")
     if problems:
         raise SettingsError("\n".join(problems))
-    return ids
+    return configs
 
 
 def init(app: Any) -> None:
-    ids = validate_configs(Path(app.rails_config_path))
-    log.info("railstack settings valid for configs: %s", ", ".join(ids))
+    from railstack.admission import admission_for
+    from railstack.http import AdmissionMiddleware
+
+    configs = validate_configs(Path(app.rails_config_path))
+    log.info("railstack settings valid for configs: %s", ", ".join(configs))
+    admissions = {}
+    for config_id, (_, settings) in configs.items():
+        if settings.admission.enabled:
+            timeout, on_failure = settings.policy("admission")
+            admissions[config_id] = (admission_for(settings.admission, config_id), timeout, on_failure)
+    # Starlette has built its stack by the time the lifespan runs; wrapping it is the way in
+    # for a config.py hook (add_middleware is refused after start-up). The app object lives
+    # as long as the process, so a second start-up replaces the wrapper rather than nesting.
+    stack = app.middleware_stack
+    if isinstance(stack, AdmissionMiddleware):
+        stack = stack.app
+    app.middleware_stack = stack
+    if admissions:
+        app.middleware_stack = AdmissionMiddleware(stack, admissions, lambda: app.default_config_id)
+        log.info("railstack admission answers HTTP for configs: %s", ", ".join(admissions))

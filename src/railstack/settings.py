@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 from typing import Any, Literal, Mapping, Optional
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 ENV_PREFIX = "RAILSTACK__"
@@ -65,6 +65,49 @@ class TopicSettings(RailPolicy):
     reason: str = "this assistant does not discuss that topic"
 
 
+class RateTier(_Strict):
+    """Limits of one class of client. A burst defaults to one minute's worth."""
+
+    requests_per_minute: float = Field(default=60, gt=0)
+    request_burst: Optional[int] = Field(default=None, gt=0)
+    tokens_per_minute: float = Field(default=100_000, gt=0)
+    token_burst: Optional[int] = Field(default=None, gt=0)
+
+
+class ClientKeySettings(_Strict):
+    """Where the client's identity comes from, first match wins; else the client is anonymous."""
+
+    header: Optional[str] = "x-client-id"
+    hash_authorization: bool = True
+    context_field: Optional[str] = "client_id"
+
+
+class AdmissionSettings(RailPolicy):
+    """Per-client token buckets for requests and tokens per minute. Off unless enabled: the
+    limits are a deployment's own choice."""
+
+    enabled: bool = False
+    default_tier: RateTier = Field(default_factory=RateTier)
+    tiers: dict[str, RateTier] = Field(default_factory=dict)
+    clients: dict[str, str] = Field(default_factory=dict, description="client key -> tier name")
+    client_key: ClientKeySettings = Field(default_factory=ClientKeySettings)
+    default_max_tokens: int = Field(default=1024, ge=0, description="counted when a request sets no max_tokens")
+    chars_per_token: float = Field(default=4.0, gt=0)
+    engine: Literal["local", "redis"] = "local"
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    redis_timeout_s: float = Field(default=0.25, gt=0, le=10)
+    redis_outage: Literal["local", "closed", "open"] = "local"
+    key_prefix: str = "railstack:rl"
+    max_clients: int = Field(default=50_000, gt=0, description="in-process buckets kept; least recent evicted")
+
+    @model_validator(mode="after")
+    def _clients_name_tiers(self) -> "AdmissionSettings":
+        unknown = sorted({t for t in self.clients.values() if t not in self.tiers})
+        if unknown:
+            raise ValueError(f"clients refer to undefined tiers: {', '.join(unknown)}")
+        return self
+
+
 class RailstackSettings(BaseSettings):
     model_config = SettingsConfigDict(
         extra="forbid",
@@ -78,6 +121,7 @@ class RailstackSettings(BaseSettings):
     # them one after another in the order the flow names them.
     concurrent_tiers: bool = True
     defaults: Defaults = Field(default_factory=Defaults)
+    admission: AdmissionSettings = Field(default_factory=AdmissionSettings)
     heuristics: HeuristicsSettings = Field(default_factory=HeuristicsSettings)
     topic: TopicSettings = Field(default_factory=TopicSettings)
 

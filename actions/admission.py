@@ -1,0 +1,32 @@
+"""Admission tier: per-client token buckets (requests and tokens per minute)."""
+
+import math
+
+from railstack.mechanism import CheckContext, Tier, Verdict, rail
+
+
+@rail("admission", Tier.ADMISSION)
+async def admission(text: str, ctx: CheckContext) -> Verdict:
+    from railstack.admission import admission_for
+    from railstack.http import http_quota
+
+    quota = http_quota.get()
+    if quota is None:
+        # Not behind railstack's HTTP layer (generate_async, RunnableRails, single-config
+        # server): decide here, from the request headers NeMo kept, if any, and the context.
+        adm = ctx.resource("admission", lambda s: admission_for(s.admission, ctx.runtime.scope))
+        quota = await adm.decide(adm.client_key(_request_headers(), ctx.nemo_context), adm.cost(text, None))
+    facts = {"remaining_requests": math.floor(quota.remaining_requests), "remaining_tokens": math.floor(quota.remaining_tokens)}
+    if quota.allowed:
+        return Verdict.allow(**facts)
+    when = f"; retry after {max(1, math.ceil(quota.retry_after_s))} s" if quota.retry_after_s is not None else ""
+    return Verdict.block(f"{quota.reason}{when}", retry_after_s=quota.retry_after_s, **facts)
+
+
+def _request_headers() -> dict:
+    import sys
+
+    # Only NeMo's server keeps request headers; outside it there are none to read.
+    api = sys.modules.get("nemoguardrails.server.api")
+    headers = api.api_request_headers.get(None) if api is not None else None
+    return {k.lower(): v for k, v in headers.items()} if headers is not None else {}

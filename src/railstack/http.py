@@ -1,0 +1,140 @@
+"""HTTP answers NeMo's server cannot give by itself: 429/503 with Retry-After and OpenAI's
+x-ratelimit-* headers, for streaming and non-streaming requests alike.
+
+``AdmissionMiddleware`` wraps the server's ASGI stack (see ``railstack.server``). It decides
+admission before NeMo parses the request, so a refused request costs no rail, classifier or
+model time; an admitted one carries its remaining quota in the response headers, and the
+``admission`` rail inside NeMo sees the decision instead of taking from the buckets again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import json
+import logging
+import math
+from typing import Any, Awaitable, Callable, Optional
+
+from railstack.admission import Admission, Quota
+
+log = logging.getLogger("railstack.http")
+
+# The admission decision the HTTP layer already made for this request.
+http_quota: contextvars.ContextVar[Optional[Quota]] = contextvars.ContextVar("railstack_http_quota", default=None)
+
+CHAT_PATH = "/v1/chat/completions"
+
+
+def error_body(message: str, *, error_type: str, code: str) -> bytes:
+    return json.dumps({"error": {"message": message, "type": error_type, "param": None, "code": code}}).encode()
+
+
+async def send_json(send: Callable, status: int, body: bytes, headers: list[tuple[str, str]]) -> None:
+    raw = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    raw += [(k.encode(), v.encode()) for k, v in headers]
+    await send({"type": "http.response.start", "status": status, "headers": raw})
+    await send({"type": "http.response.body", "body": body})
+
+
+def refusal(quota: Quota) -> tuple[int, bytes]:
+    if quota.status == 503:
+        message = f"Service unavailable: {quota.reason}. Retry after {math.ceil(quota.retry_after_s or 1)} s."
+        return 503, error_body(message, error_type="service_unavailable", code="rate_limiter_unavailable")
+    if quota.retry_after_s is None:
+        return 429, error_body(f"Request too large: {quota.reason}.", error_type="tokens", code="rate_limit_exceeded")
+    which = "requests" if quota.reason and quota.reason.startswith("requests") else "tokens"
+    message = f"Rate limit reached: {quota.reason}. Retry after {max(1, math.ceil(quota.retry_after_s))} s."
+    return 429, error_body(message, error_type=which, code="rate_limit_exceeded")
+
+
+class AdmissionMiddleware:
+    def __init__(
+        self,
+        app: Callable[..., Awaitable[None]],
+        admissions: dict[str, tuple[Admission, float, str]],
+        default_config_id: Callable[[], Optional[str]],
+    ):
+        self.app = app
+        # config id -> (its Admission, decision timeout in s, failure policy)
+        self.admissions = admissions
+        self.default_config_id = default_config_id
+
+    async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
+        if scope["type"] != "http" or scope["method"] != "POST" or not scope["path"].endswith(CHAT_PATH):
+            return await self.app(scope, receive, send)
+        body, receive = await _buffer(receive)
+        try:
+            request = json.loads(body)
+        except (ValueError, UnicodeDecodeError):
+            request = None
+        if not isinstance(request, dict):
+            return await self.app(scope, receive, send)  # NeMo answers malformed bodies itself
+        entry = self.admissions.get(_config_id(request) or self.default_config_id() or "")
+        if entry is None:
+            return await self.app(scope, receive, send)
+        admission, timeout, on_failure = entry
+
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", [])}
+        guardrails = request.get("guardrails") if isinstance(request.get("guardrails"), dict) else {}
+        context = guardrails.get("context") if isinstance(guardrails.get("context"), dict) else None
+        key = admission.client_key(headers, context)
+        try:
+            quota = await asyncio.wait_for(
+                admission.decide(key, admission.cost(request.get("messages"), request.get("max_tokens"))), timeout
+            )
+        except Exception as exc:  # noqa: BLE001 - the failure policy decides, never a 500
+            log.warning("admission decision failed (%s); policy: fail-%s", type(exc).__name__, on_failure)
+            if on_failure == "open":
+                return await self.app(scope, receive, send)
+            quota = Quota(False, None, retry_after_s=1.0, reason="the admission check failed", status=503)
+
+        if not quota.allowed:
+            status, payload = refusal(quota)
+            return await send_json(send, status, payload, quota.headers())
+
+        extra = [(k.encode(), v.encode()) for k, v in quota.headers()]
+
+        async def send_with_quota(message: dict) -> None:
+            if message["type"] == "http.response.start":
+                message = {**message, "headers": [*message.get("headers", []), *extra]}
+            await send(message)
+
+        token = http_quota.set(quota)
+        try:
+            await self.app(scope, receive, send_with_quota)
+        finally:
+            http_quota.reset(token)
+
+
+def _config_id(request: dict) -> Optional[str]:
+    guardrails = request.get("guardrails")
+    if not isinstance(guardrails, dict):
+        return None
+    if isinstance(guardrails.get("config_id"), str):
+        return guardrails["config_id"]
+    ids = guardrails.get("config_ids")
+    return ids[0] if isinstance(ids, list) and ids and isinstance(ids[0], str) else None
+
+
+async def _buffer(receive: Callable) -> tuple[bytes, Callable]:
+    """Read the whole request body, and give the app a receive that replays it."""
+    chunks = []
+    while True:
+        message = await receive()
+        if message["type"] != "http.request":
+            break
+        chunks.append(message.get("body", b""))
+        if not message.get("more_body"):
+            break
+    body = b"".join(chunks)
+    replayed = False
+
+    async def replay() -> dict[str, Any]:
+        nonlocal replayed
+        if not replayed:
+            replayed = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        return await receive()
+
+    return body, replay

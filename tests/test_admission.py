@@ -1,0 +1,390 @@
+"""Admission: token buckets per client, in-process and through a real redis-server, over HTTP."""
+
+import asyncio
+import json
+import shutil
+import socket
+import subprocess
+import time
+
+import httpx
+import pytest
+from nemoguardrails import LLMRails
+from nemoguardrails.integrations.langchain.runnable_rails import RunnableRails
+
+from railstack import admission
+from railstack.admission import Admission, Limits, LocalEngine, RedisEngine
+from railstack.paths import configs_root
+from railstack.settings import AdmissionSettings, RateTier
+from support import chat, packaged_config, serving
+
+LIMITS = Limits(request_burst=3, requests_per_s=1.0, token_burst=1000, tokens_per_s=100.0)
+
+
+class ClockLoop(asyncio.SelectorEventLoop):
+    """An event loop whose clock the test moves by hand (aiolimiter reads loop.time())."""
+
+    now = 1000.0
+
+    def time(self):
+        return self.now
+
+
+@pytest.fixture
+def clock():
+    loop = ClockLoop()
+    yield loop
+    loop.close()
+
+
+def take(loop, engine, cost=10, key="k", limits=LIMITS):
+    return loop.run_until_complete(engine.acquire(key, limits, cost))
+
+
+def test_request_bucket_arithmetic_on_a_controlled_clock(clock):
+    engine = LocalEngine(max_clients=10)
+    assert [take(clock, engine).allowed for _ in range(3)] == [True, True, True]
+    refused = take(clock, engine)
+    assert not refused.allowed and refused.status == 429
+    assert refused.reason == "requests per minute limit reached"
+    assert refused.retry_after_s == pytest.approx(1.0)
+    clock.now += 0.5
+    assert not take(clock, engine).allowed
+    clock.now += 0.5
+    allowed = take(clock, engine)
+    assert allowed.allowed and allowed.remaining_requests == pytest.approx(0.0)
+    clock.now += 10
+    assert take(clock, engine).remaining_requests == pytest.approx(2.0)  # refilled to the burst, minus one
+
+
+def test_token_bucket_counts_cost_and_refuses_without_taking(clock):
+    engine = LocalEngine(max_clients=10)
+    assert take(clock, engine, cost=900).remaining_tokens == pytest.approx(100)
+    refused = take(clock, engine, cost=300)
+    assert not refused.allowed and refused.reason == "tokens per minute limit reached"
+    assert refused.retry_after_s == pytest.approx(2.0)  # 200 tokens short at 100 per s
+    assert refused.remaining_requests == pytest.approx(2)  # the refused request took nothing
+    clock.now += 2
+    assert take(clock, engine, cost=300).allowed
+
+
+def test_a_request_larger_than_the_burst_is_refused_without_a_retry_time(clock):
+    refused = take(clock, LocalEngine(max_clients=10), cost=5000)
+    assert not refused.allowed and refused.retry_after_s is None
+    assert "over this client's burst of 1000" in refused.reason
+
+
+def test_clients_are_isolated_and_state_is_bounded(clock):
+    engine = LocalEngine(max_clients=100)
+    for _ in range(3):
+        take(clock, engine, key="busy")
+    assert not take(clock, engine, key="busy").allowed
+    assert take(clock, engine, key="quiet").allowed
+    for i in range(1000):
+        take(clock, engine, key=f"flood-{i}")
+    assert len(engine) == 100
+
+
+def test_idle_full_buckets_are_dropped(clock):
+    engine = LocalEngine(max_clients=100)
+    take(clock, engine, key="a")
+    clock.now += 60
+    take(clock, engine, key="b")
+    assert len(engine) == 1
+
+
+def test_quota_headers_follow_openai():
+    quota = admission.Quota(False, LIMITS, remaining_requests=0.4, remaining_tokens=250.0, retry_after_s=0.6, reason="x", status=429)
+    assert dict(quota.headers()) == {
+        "x-ratelimit-limit-requests": "3",
+        "x-ratelimit-remaining-requests": "0",
+        "x-ratelimit-reset-requests": "3s",  # 2.6 s, rounded up
+        "x-ratelimit-limit-tokens": "1000",
+        "x-ratelimit-remaining-tokens": "250",
+        "x-ratelimit-reset-tokens": "8s",
+        "retry-after": "1",
+    }
+
+
+def test_limits_default_burst_is_one_minute_and_named_tiers_apply():
+    settings = AdmissionSettings(
+        enabled=True,
+        default_tier=RateTier(requests_per_minute=30, tokens_per_minute=6000),
+        tiers={"gold": RateTier(requests_per_minute=600, request_burst=50)},
+        clients={"acme": "gold"},
+    )
+    adm = Admission(settings, "cfg")
+    assert adm.limits_for("id:someone") == Limits(30, 0.5, 6000, 100.0)
+    assert adm.limits_for("id:acme") == Limits(50, 10.0, 100_000, 100_000 / 60)
+
+
+def test_client_key_sources_and_no_raw_credentials():
+    adm = Admission(AdmissionSettings(enabled=True), "cfg")
+    assert adm.client_key({"x-client-id": "team-a"}, None) == "id:team-a"
+    key = adm.client_key({"authorization": "Bearer sk-secret-123"}, None)
+    assert key.startswith("auth:") and "sk-secret" not in key
+    assert adm.client_key({}, {"client_id": "ctx-user"}) == "ctx:ctx-user"
+    assert adm.client_key({}, None) == "anonymous"
+    assert adm.client_key({"x-client-id": "x" * 500}, None).startswith("id:h:")
+
+
+def test_cost_is_prompt_estimate_plus_max_tokens():
+    adm = Admission(AdmissionSettings(enabled=True, default_max_tokens=100), "cfg")
+    messages = [{"role": "user", "content": "x" * 400}]
+    assert adm.cost(messages, 50) == 100 + 4 + 50
+    assert adm.cost(messages, None) == 100 + 4 + 100
+
+
+def test_unknown_tier_in_clients_is_a_settings_error():
+    with pytest.raises(ValueError, match="undefined tiers: silver"):
+        AdmissionSettings(clients={"acme": "silver"})
+
+
+# --- over HTTP -------------------------------------------------------------------------
+
+
+def limited_configs(tmp_path, railstack_admission: str):
+    """The packaged configs with no-models' admission replaced (burst 2 requests per client)."""
+    root = tmp_path / "configs"
+    shutil.copytree(configs_root(), root, ignore=shutil.ignore_patterns("__pycache__"))
+    yml = root / "no-models" / "config.yml"
+    text = yml.read_text()
+    start = text.index("    admission:\n")
+    end = text.index("    heuristics:\n")
+    yml.write_text(text[:start] + railstack_admission + text[end:])
+    return root
+
+
+SMALL = """    admission:
+      enabled: true
+      default_tier: {requests_per_minute: 2, tokens_per_minute: 100000}
+"""
+
+
+@pytest.fixture
+def limited(tmp_path, main_model, monkeypatch):
+    monkeypatch.setenv("MAIN_MODEL_BASE_URL", main_model.base_url)
+    with serving(limited_configs(tmp_path, SMALL)) as client:
+        yield client
+
+
+def post(client, client_id, stream=False, **extra):
+    return client.post(
+        "/v1/chat/completions",
+        json=chat("no-models", "What is the capital of France?", stream=stream, **extra),
+        headers={"X-Client-Id": client_id},
+    )
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_http_429_with_retry_after_and_headers(limited, main_model, stream):
+    first = post(limited, "alice", stream)
+    assert first.status_code == 200
+    assert first.headers["x-ratelimit-limit-requests"] == "2"
+    assert first.headers["x-ratelimit-remaining-requests"] == "1"
+    assert int(first.headers["x-ratelimit-remaining-tokens"]) < 100000
+    assert post(limited, "alice", stream).status_code == 200
+    refused = post(limited, "alice", stream)
+    assert refused.status_code == 429
+    assert refused.headers["content-type"] == "application/json"
+    assert 1 <= int(refused.headers["retry-after"]) <= 30
+    assert refused.headers["x-ratelimit-remaining-requests"] == "0"
+    assert refused.headers["x-ratelimit-reset-requests"].endswith("s")
+    error = refused.json()["error"]
+    assert error["code"] == "rate_limit_exceeded" and error["type"] == "requests"
+    assert "Retry after" in error["message"]
+    assert main_model.calls == 2
+
+
+def test_http_clients_are_isolated(limited, main_model):
+    for _ in range(2):
+        assert post(limited, "alice").status_code == 200
+    assert post(limited, "alice").status_code == 429
+    assert post(limited, "bob").status_code == 200
+    assert main_model.calls == 3
+
+
+def test_http_max_tokens_counts_at_admission(tmp_path, main_model, monkeypatch):
+    monkeypatch.setenv("MAIN_MODEL_BASE_URL", main_model.base_url)
+    tokens = "    admission:\n      enabled: true\n      default_tier: {requests_per_minute: 100, tokens_per_minute: 1000}\n"
+    with serving(limited_configs(tmp_path, tokens)) as client:
+        assert post(client, "carol", max_tokens=600).status_code == 200
+        refused = post(client, "carol", max_tokens=600)
+        assert refused.status_code == 429 and refused.json()["error"]["type"] == "tokens"
+        too_big = post(client, "dave", max_tokens=5000)
+        assert too_big.status_code == 429 and "retry-after" not in too_big.headers
+        assert "Request too large" in too_big.json()["error"]["message"]
+    assert main_model.calls == 1
+
+
+async def test_generate_async_refusal_says_when_to_retry(make_config, main_model):
+    cfg = make_config(
+        "models:\n  - {type: main, engine: openai, model: main, parameters: {base_url: '"
+        + main_model.base_url
+        + "', api_key: EMPTY}}\nrails:\n  input:\n    flows: [railstack admission]\n"
+        "custom_data:\n  railstack:\n    admission: {enabled: true, default_tier: {requests_per_minute: 1}}\n"
+    )
+    from nemoguardrails import RailsConfig
+
+    app = LLMRails(RailsConfig.from_path(str(cfg)))
+    ask = [{"role": "context", "content": {"client_id": "erin"}}, {"role": "user", "content": "hi"}]
+    assert (await app.generate_async(messages=ask))["content"] == main_model.reply
+    refusal = (await app.generate_async(messages=ask))["content"]
+    assert refusal.startswith("Blocked by the admission rail: requests per minute limit reached; retry after ")
+    assert main_model.calls == 1
+
+
+def test_runnable_rails_refuses_over_the_limit(main_model, monkeypatch):
+    monkeypatch.setenv("RAILSTACK__ADMISSION__DEFAULT_TIER__REQUESTS_PER_MINUTE", "1")
+    from langchain_openai import ChatOpenAI
+
+    model = ChatOpenAI(model="main", base_url=main_model.base_url, api_key="EMPTY", max_retries=0)
+    guarded = RunnableRails(packaged_config("no-models", "http://127.0.0.1:9/v1")) | model
+    first = guarded.invoke("What is the capital of France?")
+    assert getattr(first, "content", first) == main_model.reply
+    second = guarded.invoke("What is the capital of France?")
+    assert "Blocked by the admission rail" in getattr(second, "content", second)
+    assert main_model.calls == 1
+
+
+# --- Redis ---------------------------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class RedisServer:
+    def __init__(self):
+        self.port = free_port()
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.proc = None
+
+    def start(self):
+        self.proc = subprocess.Popen(
+            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
+            stdout=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=0.2) as s:
+                    s.sendall(b"PING\r\n")
+                    if s.recv(16).startswith(b"+PONG"):
+                        return self
+            except OSError:
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError("redis-server did not start")
+            time.sleep(0.05)
+
+    def stop(self):
+        self.proc.kill()
+        self.proc.wait(timeout=10)
+
+
+@pytest.fixture
+def redis_server():
+    if shutil.which("redis-server") is None:
+        pytest.fail("redis-server is not installed (Debian package redis-server; scripts/test.sh installs it)")
+    server = RedisServer().start()
+    yield server
+    if server.proc.poll() is None:
+        server.stop()
+
+
+def redis_settings(url, **extra):
+    return AdmissionSettings(
+        enabled=True, engine="redis", redis_url=url, default_tier=RateTier(requests_per_minute=3, tokens_per_minute=600), **extra
+    )
+
+
+async def test_redis_engine_enforces_one_limit_for_every_replica(redis_server):
+    # Two engines with their own connections stand for two server processes.
+    a = Admission(redis_settings(redis_server.url), "cfg")
+    b = Admission.__new__(Admission)
+    b.settings, b.scope = a.settings, "cfg"
+    b.engine = RedisEngine(redis_server.url, 0.25, "local", "railstack:rl", 100)
+    decisions = [await (a if i % 2 else b).decide("id:zoe", 10) for i in range(5)]
+    assert [d.allowed for d in decisions] == [True, True, True, False, False]
+    assert decisions[2].remaining_requests == pytest.approx(0, abs=0.01)
+    assert decisions[3].retry_after_s == pytest.approx(20, abs=0.5)  # 3 per minute
+    assert (await a.decide("id:yan", 10)).allowed
+    import redis.asyncio as redis
+
+    r = redis.Redis.from_url(redis_server.url)
+    keys = sorted(k.decode() for k in await r.keys("railstack:rl:*"))
+    assert keys == ["railstack:rl:cfg:id:yan", "railstack:rl:cfg:id:zoe"]
+    assert 0 < await r.pttl("railstack:rl:cfg:id:zoe") <= 61_000
+    await r.aclose()
+    await a.engine.close()
+    await b.engine.close()
+
+
+@pytest.mark.parametrize("policy, allowed, status", [("local", True, 200), ("open", True, 200), ("closed", False, 503)])
+async def test_redis_outage_follows_the_policy_and_recovers(redis_server, policy, allowed, status, caplog):
+    adm = Admission(redis_settings(redis_server.url, redis_outage=policy), "cfg")
+    assert (await adm.decide("id:kim", 10)).allowed
+    redis_server.stop()
+    start = time.perf_counter()
+    during = [await adm.decide("id:kim", 10) for _ in range(3)]
+    assert time.perf_counter() - start < 2
+    assert [d.allowed for d in during] == [allowed] * 3
+    assert during[0].status == status
+    assert adm.engine.outages == 1 and adm.engine.decisions_during_outage == 3
+    assert sum("unreachable" in r.getMessage() for r in caplog.records) == 1
+    redis_server.start()
+    adm.engine._down_until = 0  # the next retry is due now rather than in a second
+    back = await adm.decide("id:kim", 10)
+    assert back.allowed and back.limits is not None
+    assert adm.engine.outages == 1
+    await adm.engine.close()
+
+
+def test_http_redis_killed_mid_test_never_500(tmp_path, main_model, monkeypatch, redis_server):
+    monkeypatch.setenv("MAIN_MODEL_BASE_URL", main_model.base_url)
+    settings = (
+        "    admission:\n      enabled: true\n      engine: redis\n"
+        f"      redis_url: {redis_server.url}\n      redis_outage: closed\n"
+        "      default_tier: {requests_per_minute: 100}\n"
+    )
+    with serving(limited_configs(tmp_path, settings)) as client:
+        assert post(client, "lee").status_code == 200
+        redis_server.stop()
+        for stream in (False, True):
+            down = post(client, "lee", stream)
+            assert down.status_code == 503
+            assert down.headers["retry-after"] == "1"
+            assert down.json()["error"]["code"] == "rate_limiter_unavailable"
+        assert client.get("/v1/rails/configs").status_code == 200
+    assert main_model.calls == 1
+
+
+def test_several_server_processes_share_one_redis_limit(tmp_path, main_model, redis_server):
+    from test_install import Server, server_env
+
+    settings = (
+        "    admission:\n      enabled: true\n      engine: redis\n"
+        f"      redis_url: {redis_server.url}\n"
+        "      default_tier: {requests_per_minute: 1, request_burst: 5}\n"
+    )
+    root = limited_configs(tmp_path, settings)
+    servers = [Server(root, cwd=tmp_path, env=server_env(main_model)) for _ in range(2)]
+    try:
+        codes = []
+        for i in range(8):
+            res = httpx.post(
+                f"{servers[i % 2].url}/v1/chat/completions",
+                json=chat("no-models", "What is the capital of France?"),
+                headers={"X-Client-Id": "shared"},
+                timeout=30,
+            )
+            codes.append(res.status_code)
+        assert codes.count(200) == 5 and codes.count(429) == 3
+        assert main_model.calls == 5
+        assert json.loads(res.text)["error"]["code"] == "rate_limit_exceeded"
+    finally:
+        for server in servers:
+            server.stop()
