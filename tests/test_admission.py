@@ -304,9 +304,9 @@ def redis_settings(url, **extra):
 async def test_redis_engine_enforces_one_limit_for_every_replica(redis_server):
     # Two engines with their own connections stand for two server processes.
     a = Admission(redis_settings(redis_server.url), "cfg")
-    b = Admission.__new__(Admission)
-    b.settings, b.scope = a.settings, "cfg"
+    b = Admission(a.settings, "cfg")
     b.engine = RedisEngine(redis_server.url, 0.25, "local", "railstack:rl", 100)
+    assert b.engine is not a.engine
     decisions = [await (a if i % 2 else b).decide("id:zoe", 10) for i in range(5)]
     assert [d.allowed for d in decisions] == [True, True, True, False, False]
     assert decisions[2].remaining_requests == pytest.approx(0, abs=0.01)
@@ -388,3 +388,11 @@ def test_several_server_processes_share_one_redis_limit(tmp_path, main_model, re
     finally:
         for server in servers:
             server.stop()
+
+
+def test_redis_url_comes_from_the_environment(monkeypatch):
+    from railstack.settings import parse_settings
+
+    monkeypatch.setenv("RAILSTACK__ADMISSION__REDIS_URL", "redis://cache.internal:6380/2")
+    settings = parse_settings({"railstack": {"admission": {"enabled": True, "engine": "redis"}}})
+    assert settings.admission.redis_url == "redis://cache.internal:6380/2"

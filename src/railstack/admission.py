@@ -243,6 +243,8 @@ class Admission:
         self.settings = settings
         self.scope = scope
         self.engine: Engine = _engine(settings)
+        self._default_limits = Limits.of(settings.default_tier)
+        self._tier_limits = {name: Limits.of(tier) for name, tier in settings.tiers.items()}
 
     def client_key(self, headers: Mapping[str, str], context: Optional[Mapping[str, Any]]) -> str:
         how = self.settings.client_key
@@ -269,9 +271,8 @@ class Admission:
         return prompt + completion
 
     def limits_for(self, key: str) -> Limits:
-        client = key.split(":", 1)[-1]
-        tier = self.settings.tiers.get(self.settings.clients.get(client, ""), self.settings.default_tier)
-        return Limits.of(tier)
+        tier = self.settings.clients.get(key.split(":", 1)[-1])
+        return self._tier_limits[tier] if tier else self._default_limits
 
     async def decide(self, key: str, cost: int) -> Quota:
         return await self.engine.acquire(f"{self.scope}:{key}", self.limits_for(key), cost)

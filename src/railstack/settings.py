@@ -98,7 +98,9 @@ class AdmissionSettings(RailPolicy):
     redis_timeout_s: float = Field(default=0.25, gt=0, le=10)
     redis_outage: Literal["local", "closed", "open"] = "local"
     key_prefix: str = "railstack:rl"
-    max_clients: int = Field(default=50_000, gt=0, description="in-process buckets kept; least recent evicted")
+    # In-process buckets kept, least recently seen evicted first: about 1.5 kB each, so the
+    # default stays within ~30 MB however many client ids arrive (scripts/bench_admission.py).
+    max_clients: int = Field(default=20_000, gt=0)
 
     @model_validator(mode="after")
     def _clients_name_tiers(self) -> "AdmissionSettings":
