@@ -2,19 +2,24 @@
 
 import math
 
-from railstack.mechanism import CheckContext, Tier, Verdict, rail
+from railstack.mechanism import CheckContext, Runtime, Tier, Verdict, rail
 
 
-@rail("admission", Tier.ADMISSION)
-async def admission(text: str, ctx: CheckContext) -> Verdict:
+def _admission(runtime: Runtime):
     from railstack.admission import admission_for
+
+    return admission_for(runtime.settings.admission, runtime.scope)
+
+
+@rail("admission", Tier.ADMISSION, resource=_admission)
+async def admission(text: str, ctx: CheckContext) -> Verdict:
     from railstack.http import http_quota
 
     quota = http_quota.get()
     if quota is None:
         # Not behind railstack's HTTP layer (generate_async, RunnableRails, single-config
         # server): decide here, from the request headers NeMo kept, if any, and the context.
-        adm = ctx.resource("admission", lambda s: admission_for(s.admission, ctx.runtime.scope))
+        adm = ctx.resource
         quota = await adm.decide(adm.client_key(_request_headers(), ctx.nemo_context), adm.cost(text, None))
     facts = {"remaining_requests": math.floor(quota.remaining_requests), "remaining_tokens": math.floor(quota.remaining_tokens)}
     if quota.allowed:

@@ -1,11 +1,14 @@
 """The cheap tier: hidden text, instruction-override phrasing, input length."""
 
-from railstack.mechanism import CheckContext, Tier, Verdict, rail
+from railstack.mechanism import CheckContext, Runtime, Tier, Verdict, rail
 
 
-@rail("heuristics", Tier.CHEAP)
-async def heuristics(text: str, ctx: CheckContext) -> Verdict:
+def _matcher(runtime: Runtime):
     from railstack.heuristics import Matcher
 
-    matcher = ctx.resource("heuristics", lambda s: Matcher.build(s.heuristics))
-    return matcher.scan(text)
+    return Matcher.build(runtime.settings.heuristics)
+
+
+@rail("heuristics", Tier.CHEAP, resource=_matcher)
+async def heuristics(text: str, ctx: CheckContext) -> Verdict:
+    return ctx.resource.scan(text)

@@ -5,7 +5,29 @@ from typing import Any, Optional
 from nemoguardrails.actions import action
 from nemoguardrails.actions.rail_outcome import RailOutcome
 
-_SOURCES = {"input": "user_message", "output": "bot_message"}
+
+class Unreadable(ValueError):
+    """Message content that is neither text nor a list of content parts."""
+
+
+def _text(content: Any) -> str:
+    if content is None or isinstance(content, str):
+        return content or ""
+    if isinstance(content, list):  # OpenAI content parts: only text parts carry text
+        parts = [p for p in content if not (isinstance(p, dict) and p.get("type") != "text")]
+        if all(isinstance(p, dict) and isinstance(p.get("text"), str) for p in parts):
+            return "\n".join(p["text"] for p in parts)
+    raise Unreadable(type(content).__name__)
+
+
+def _conversation(events: Optional[list], context: dict) -> str:
+    """Everything the client sent that the main model will read: system and user turns."""
+    texts = [
+        _text(e.get("final_transcript") if e.get("type") == "UtteranceUserActionFinished" else e.get("content"))
+        for e in events or []
+        if e.get("type") in ("UtteranceUserActionFinished", "SystemMessage")
+    ]
+    return "\n\n".join(texts) if texts else _text(context.get("user_message"))
 
 
 @action(name="railstack_rails")
@@ -13,6 +35,7 @@ async def railstack_rails(
     rails: str,
     source: str = "input",
     context: Optional[dict] = None,
+    events: Optional[list] = None,
     railstack_runtime: Any = None,
     **kwargs: Any,
 ) -> RailOutcome:
@@ -21,10 +44,16 @@ async def railstack_rails(
             reason="Blocked: railstack is not initialised for this config "
             "(its config.py must contain `from railstack.nemo import init`)."
         )
-    if source not in _SOURCES:
-        return RailOutcome.failure(reason=f"Blocked: railstack flow names an unknown source {source!r}.")
     context = context or {}
-    # Streaming output rails pass the chunk as a keyword instead of through the context.
-    text = kwargs.get(_SOURCES[source], context.get(_SOURCES[source]))
+    try:
+        if source == "input":
+            text = _conversation(events, context)
+        elif source == "output":
+            # Streaming output rails pass the chunk as a keyword instead of through the context.
+            text = _text(kwargs.get("bot_message", context.get("bot_message")))
+        else:
+            return RailOutcome.failure(reason=f"Blocked: a railstack flow names an unknown source {source!r}.")
+    except Unreadable as exc:
+        return RailOutcome.failure(reason=f"Blocked: message content railstack cannot read ({exc}).")
     names = [name.strip() for name in rails.split(",") if name.strip()]
-    return await railstack_runtime.run(names, source=source, text=text if isinstance(text, str) else "", nemo_context=context)
+    return await railstack_runtime.run(names, source=source, text=text, nemo_context=context)

@@ -171,11 +171,10 @@ async def test_failure_policy_per_rail_overrides_the_default(make_config, monkey
     assert decisions["heuristics"].failed
 
 
-async def test_an_unknown_rail_blocks_and_names_it(make_config):
-    app, llm = build(make_config, "heuristics,no_such_rail")
-    answer, _ = await ask(app)
-    assert "no_such_rail" in answer and answer.startswith("Blocked")
-    assert llm.inference_count == 0
+def test_an_unknown_rail_in_a_flow_stops_the_config_from_loading(make_config):
+    with pytest.raises(RuntimeError) as err:
+        build(make_config, "heuristics,no_such_rail")
+    assert "unknown railstack rails: no_such_rail" in str(err.value.__cause__)
 
 
 async def test_disabled_rail_is_not_run(make_config):
@@ -226,9 +225,10 @@ async def test_running_from_the_repo_root_keeps_one_copy_of_state(monkeypatch):
     app = LLMRails(RailsConfig.from_path(str(config_dir("no-models"))), llm=FakeLLMModel(responses=["a", "b"]))
     action = app.runtime.action_dispatcher.registered_actions["railstack_rails"]
     assert action.__module__ == "railstack.actions.railstack"
-    await ask(app)
     runtime = app.runtime.registered_action_params["railstack_runtime"]
-    matcher = runtime.resources["heuristics"]
+    assert set(runtime.resources) == {"admission", "heuristics"}
+    runtime = app.runtime.registered_action_params["railstack_runtime"]
+    matcher = runtime.resources["heuristics"]  # built when the config loaded
     await ask(app)
     assert runtime.resources["heuristics"] is matcher
 

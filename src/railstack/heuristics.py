@@ -17,44 +17,48 @@ from railstack.text import normalize, phrase_pattern
 _ANY = r"(?:all|any|every|each|the|these|those|my|your|of)"
 _PRIOR = r"(?:previous|prior|preceding|above|earlier|former|foregoing|original|initial|system|developer)"
 _RULES = (
-    r"(?:instructions?|prompts?|rules|directions?|directives?|guidelines|commands?|orders|assignments|tasks"
-    r"|constraints|restrictions|context|programming|guardrails)"
+    r"(?:instructions?|prompts?|rules|directions?|directives?|guidelines|orders"
+    r"|constraints|restrictions|programming|guardrails)"
 )
+_WORD = r"(?:\w+\W+)"  # one arbitrary word; the separator is required so that words cannot be split
 
 # Rule id -> pattern over normalized (casefolded, spacing-collapsed) text. ``\W*`` between
-# words also matches text whose spaces were squeezed out.
+# fixed words also matches text whose spaces were squeezed out. Every repeated part needs
+# a separator, which keeps matching linear (no catastrophic backtracking).
 DEFAULT_RULES: dict[str, str] = {
     "override-previous-instructions": (
-        rf"\b(?:ignore|disregard|forget|skip|override|bypass|drop|abandon|discard)\W*"
-        rf"(?:{_ANY}\W*){{0,3}}(?:of\W*)?{_PRIOR}\W*(?:\w+\W*)?{_RULES}\b"
+        rf"\b(?:ignore|disregard|forget|override)\W*(?:{_ANY}\W*){{0,3}}{_PRIOR}\W*{_WORD}?{_RULES}\b"
     ),
-    "override-instructions-and": rf"\b(?:ignore|disregard|forget)\W*(?:about\W*)?(?:{_ANY}\W*){{1,3}}{_RULES}\W*(?:you\W*(?:got|were\W*given|received)|and|\.|,|:|!)",
-    "forget-everything": r"\bforget\W*(?:about\W*)?everything\W*(?:you\W*know|above|before|i\W*(?:said|told)|so\W*far)",
+    "override-instructions-and": (
+        rf"\b(?:ignore|disregard|forget)\W*(?:about\W*)?(?:{_ANY}\W*){{1,3}}{_RULES}\W*"
+        r"(?:you\W*(?:got|were\W*given|received)|and\b|\.|,|:|!)"
+    ),
+    "forget-everything": r"\bforget\W*(?:about\W*)?everything\W*(?:above|before|i\W*(?:said|told\W*you)|so\W*far)",
     "new-task-focus": r"\b(?:focus|concentrate)\W*(?:now\W*)?on\W*your\W*new\W*(?:task|assignment|instructions?)",
     "from-now-on-persona": (
         r"\bfrom\W*now\W*on\W*,?\W*you\W*(?:are\W*going\W*to|will|shall|must)\W*(?:act|be|play|respond|answer|pretend|operate)"
-        r"\W*(?:\w+\W*){0,4}(?:dan|jailbr\w*|unfiltered|uncensored|unrestricted|amoral|two\W*(?:different|separate)|without)"
+        rf"\W+{_WORD}{{0,4}}(?:dan|jailbr\w*|unfiltered|uncensored|unrestricted|amoral|two\W*(?:different|separate)|without)\b"
     ),
     "amoral-persona": (
-        r"\b(?:amoral|unfiltered|uncensored|unrestricted|unethical)\W*(?:and\W*\w+\W*|,\W*\w+\W*)?"
-        r"(?:ai|chatbot|bot|assistant|language\W*model|persona|character|version)\b"
+        rf"\b(?:amoral|unfiltered|uncensored|unrestricted|unethical)\W+(?:and\W+{_WORD}|,\W*{_WORD})?"
+        r"(?:ai|chatbot|bot|assistant|language\W*model|persona)\b"
     ),
     "freed-from-confines": r"\bfreed\W*from\W*the\W*(?:typical\W*)?(?:confines|restrictions|limitations|rules)",
-    "new-instructions-marker": r"(?:^|\W)(?:new|updated|real|actual)\W*(?:system\W*)?instructions?\W*:",
     "reveal-system-prompt": (
-        r"\b(?:reveal|show|print|repeat|output|display|leak|disclose|tell me)\W*(?:me\W*)?"
-        r"(?:your|the)\W*(?:full\W*|entire\W*|hidden\W*|secret\W*|original\W*|initial\W*)?"
-        r"(?:system\W*prompt|initial\W*instructions|hidden\W*instructions|system\W*message|instructions\W*above)"
+        r"\b(?:reveal|show|print|repeat|output|display|leak|disclose|tell\W*me)\W*(?:me\W*)?"
+        r"(?:your\W*(?:full\W*|entire\W*|hidden\W*|secret\W*|original\W*|initial\W*)?"
+        r"|the\W*(?:full|entire|hidden|secret|original|initial)\W*)"
+        r"(?:system\W*prompt|instructions|system\W*message|prompt\W*text)"
     ),
-    "persona-dan": r"\b(?:do\W*anything\W*now|you\W*are\W*(?:now\W*)?dan\b|dan\W*mode|jailbreak\W*mode|jailbroken\b)",
+    "persona-dan": r"\b(?:do\W*anything\W*now|you\W*are\W*(?:now\W*)?dan\b|dan\W*mode|jailbreak\W*mode)",
     "developer-mode": r"\b(?:developer\W*mode\W*(?:enabled|on|activated)|enable\W*developer\W*mode)",
     "no-restrictions-persona": (
         r"\b(?:free\W*from|without|no\W*longer\W*(?:bound|restricted)\W*by|not\W*bound\W*by)\W*"
-        r"(?:any\W*)?(?:ethical|moral|openai|content|safety)\W*(?:\w+\W*)?(?:restrictions|guidelines|policies|filters|rules)"
+        rf"(?:any\W*)?(?:ethical|moral|openai|content|safety)\W+{_WORD}?(?:restrictions|guidelines|policies|filters|rules)"
     ),
     # German instruction overrides, as in the deepset set.
     "override-previous-instructions-de": (
-        r"\b(?:ignoriere|ignorieren\W*sie|vergiss|vergessen\W*sie|missachte|abweichend\W*(?:zu|von))\W*(?:\w+\W*){0,3}"
+        rf"\b(?:ignoriere|ignorieren\W*sie|vergiss|vergessen\W*sie|missachte|abweichend\W*(?:zu|von))\W+{_WORD}{{0,3}}"
         r"(?:anweisungen|befehle|instruktionen|vorgaben|regeln|aufträge|aufgaben|alles)\b"
     ),
 }

@@ -17,7 +17,7 @@ import enum
 import importlib
 import logging
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Awaitable, Callable, Iterator, Optional
 
 from nemoguardrails.actions.rail_outcome import RailOutcome
@@ -56,20 +56,15 @@ class Verdict:
 
 @dataclass(frozen=True)
 class CheckContext:
-    source: str  # "input" (the user turn), "output" (the bot turn) or "retrieval"
+    source: str  # "input" (the user's side of the conversation) or "output" (the bot's answer)
     settings: RailstackSettings
     nemo_context: dict[str, Any]
     runtime: "Runtime"
-
-    def resource(self, key: str, build: Callable[[RailstackSettings], Any]) -> Any:
-        """Something a rail builds once per config (compiled patterns, a loaded model)."""
-        resources = self.runtime.resources
-        if key not in resources:
-            resources[key] = build(self.settings)
-        return resources[key]
+    resource: Any = None  # what the rail's ``resource`` builder made for this config
 
 
 Check = Callable[[str, CheckContext], Awaitable[Verdict]]
+Builder = Callable[["Runtime"], Any]
 
 
 @dataclass(frozen=True)
@@ -77,6 +72,7 @@ class Rail:
     name: str
     tier: Tier
     check: Check
+    resource: Optional[Builder] = None
 
 
 @dataclass(frozen=True)
@@ -98,15 +94,17 @@ class Decision:
 _registry: dict[str, Rail] = {}
 
 
-def rail(name: str, tier: Tier) -> Callable[[Check], Check]:
+def rail(name: str, tier: Tier, resource: Optional[Builder] = None) -> Callable[[Check], Check]:
     """Register an async check as the rail ``name``.
 
+    ``resource(runtime)`` builds what the check needs per config (compiled patterns, a
+    model); it runs when the config loads, and the check finds the result in ``ctx.resource``.
     Registration is by name, so the copy NeMo file-loads from a working directory's
     ``actions/`` replaces the packaged one with identical code and no state is duplicated.
     """
 
     def register(check: Check) -> Check:
-        _registry[name] = Rail(name, tier, check)
+        _registry[name] = Rail(name, tier, check, resource)
         return check
 
     return register
@@ -159,6 +157,20 @@ class Runtime:
         self.settings = settings
         self.scope = scope
         self.resources: dict[str, Any] = {}
+
+    def prepare(self, names: list[str]) -> None:
+        """Check that the rails exist and build their resources, before the first request."""
+        unknown = sorted({n for n in names if get_rail(n) is None})
+        if unknown:
+            raise ValueError(f"this config's flows name unknown railstack rails: {', '.join(unknown)}")
+        for name in names:
+            if self.settings.enabled(name):
+                self._resource(get_rail(name))
+
+    def _resource(self, r: Rail) -> Any:
+        if r.resource is not None and r.name not in self.resources:
+            self.resources[r.name] = r.resource(self)
+        return self.resources.get(r.name)
 
     async def run(
         self, names: list[str], *, source: str, text: str, nemo_context: Optional[dict] = None
@@ -224,9 +236,14 @@ class Runtime:
         timeout, on_failure = self.settings.policy(r.name)
         start = time.perf_counter()
         try:
+            ctx = replace(ctx, resource=self._resource(r))
             verdict = await asyncio.wait_for(r.check(text, ctx), timeout)
             if not isinstance(verdict, Verdict):
                 raise TypeError(f"rail {r.name} returned {type(verdict).__name__}, not a Verdict")
+            if time.perf_counter() - start > timeout:
+                # Work that never yields to the loop cannot be interrupted; it still must not
+                # count as a verdict given in time.
+                raise asyncio.TimeoutError
         except asyncio.TimeoutError:
             failure = f"did not finish within {timeout:g} s"
         except Exception as exc:  # noqa: BLE001 - any failure of a check is a policy decision

@@ -38,6 +38,14 @@ class Defaults(_Strict):
     on_failure: Literal["closed", "open"] = "closed"
 
 
+def _have_words(terms: list[str]) -> list[str]:
+    # A term with no letters or digits would match at every punctuation mark.
+    empty = [t for t in terms if not any(ch.isalnum() for ch in t)]
+    if empty:
+        raise ValueError(f"terms must contain a letter or digit: {empty!r}")
+    return terms
+
+
 class HeuristicsSettings(RailPolicy):
     """The cheap tier: normalization, hidden text, blocklist, input length."""
 
@@ -46,6 +54,11 @@ class HeuristicsSettings(RailPolicy):
     default_blocklist: bool = True
     phrases: list[str] = Field(default_factory=list)
     patterns: list[str] = Field(default_factory=list)
+
+    @field_validator("phrases")
+    @classmethod
+    def _phrases_have_words(cls, phrases: list[str]) -> list[str]:
+        return _have_words(phrases)
 
     @field_validator("patterns")
     @classmethod
@@ -63,6 +76,11 @@ class TopicSettings(RailPolicy):
 
     deny: list[str] = Field(default_factory=list)
     reason: str = "this assistant does not discuss that topic"
+
+    @field_validator("deny")
+    @classmethod
+    def _terms_have_words(cls, terms: list[str]) -> list[str]:
+        return _have_words(terms)
 
 
 class RateTier(_Strict):
@@ -126,6 +144,15 @@ class RailstackSettings(BaseSettings):
     admission: AdmissionSettings = Field(default_factory=AdmissionSettings)
     heuristics: HeuristicsSettings = Field(default_factory=HeuristicsSettings)
     topic: TopicSettings = Field(default_factory=TopicSettings)
+    # Policy of rails that have no section of their own (your own rails), by rail name.
+    rails: dict[str, RailPolicy] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _rails_are_not_builtin_sections(self) -> "RailstackSettings":
+        builtin = sorted(name for name in self.rails if isinstance(getattr(self, name, None), RailPolicy))
+        if builtin:
+            raise ValueError(f"rails.{builtin[0]}: set it under custom_data.railstack.{builtin[0]} instead")
+        return self
 
     @classmethod
     def settings_customise_sources(
@@ -139,18 +166,20 @@ class RailstackSettings(BaseSettings):
         # The environment overrides the file: that is what a deployment override is for.
         return (env_settings, init_settings)
 
+    def _own(self, rail: str) -> RailPolicy:
+        section = getattr(self, rail, None)
+        return section if isinstance(section, RailPolicy) else self.rails.get(rail, RailPolicy())
+
     def policy(self, rail: str) -> tuple[float, Literal["closed", "open"]]:
         """The effective (timeout, failure policy) of a rail."""
-        own = getattr(self, rail, None)
-        own = own if isinstance(own, RailPolicy) else RailPolicy()
+        own = self._own(rail)
         return (
             own.timeout_s if own.timeout_s is not None else self.defaults.timeout_s,
             own.on_failure or self.defaults.on_failure,
         )
 
     def enabled(self, rail: str) -> bool:
-        own = getattr(self, rail, None)
-        return own.enabled if isinstance(own, RailPolicy) else True
+        return self._own(rail).enabled
 
 
 def _describe(exc: ValidationError) -> str:

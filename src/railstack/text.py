@@ -9,19 +9,18 @@ import re
 import unicodedata
 from dataclasses import dataclass
 
+import regex
+
 _TAGS = re.compile("[\U000E0000-\U000E007F]")
+# Characters that render as nothing: every format control (zero-width spaces and joiners, BOM,
+# soft hyphen, bidi embeddings, overrides, isolates and marks) and the Hangul fillers.
+_INVISIBLE = regex.compile(r"[\p{Cf}\u115F\u1160\u3164\uFFA0]")
+# Combining marks stack on a letter without changing what a reader takes it for (accents,
+# variation selectors, the grapheme joiner, floods of diacritics).
+_MARKS = regex.compile(r"\p{Mn}+")
 
-# Invisible characters that split a word without showing: zero-width, joiners, word joiner,
-# BOM, soft hyphen, Mongolian vowel separator, and the bidi embedding/override/isolate and
-# mark controls that reorder what a reader sees.
-_INVISIBLE = (
-    [0x00AD, 0x180E, 0x200B, 0x200C, 0x200D, 0x2060, 0x2061, 0x2062, 0x2063, 0x2064, 0xFEFF]
-    + [0x200E, 0x200F, 0x061C]
-    + list(range(0x202A, 0x202F))
-    + list(range(0x2066, 0x206A))
-)
-
-# Letters from other scripts that render like Latin ones; NFKC leaves them alone.
+# Letters from other scripts that render like Latin ones; NFKC leaves them alone. Applied
+# after casefolding, so only lower-case forms are needed.
 _HOMOGLYPHS = {
     # Cyrillic
     "а": "a", "в": "b", "е": "e", "ё": "e", "к": "k", "м": "m", "н": "h", "о": "o", "р": "p",
@@ -29,13 +28,11 @@ _HOMOGLYPHS = {
     "һ": "h", "ԛ": "q", "ԝ": "w", "ɡ": "g",
     # Greek
     "α": "a", "β": "b", "ε": "e", "η": "n", "ι": "i", "κ": "k", "ν": "v", "ο": "o", "ρ": "p",
-    "τ": "t", "υ": "u", "χ": "x", "ϲ": "c",
+    "τ": "t", "υ": "u", "χ": "x",
     # Latin look-alikes outside ASCII
     "ı": "i", "ȷ": "j", "ℓ": "l",
 }
-
-_DELETE = {cp: None for cp in _INVISIBLE}
-_FOLD = str.maketrans({**{k: v for k, v in _HOMOGLYPHS.items()}, **_DELETE})
+_FOLD = str.maketrans(_HOMOGLYPHS)
 
 # Three or more single letters each followed by one separator ("i g n o r e", "i.g.n.o.r.e").
 _SPACED = re.compile(r"(?<![^\W\d_])(?:[^\W\d_][ ._\-*]){2,}[^\W\d_](?![^\W\d_])")
@@ -55,18 +52,18 @@ def _collapse(match: re.Match[str]) -> str:
 
 
 def normalize(raw: str) -> Normalized:
-    """NFKC, invisible and bidi controls removed, homoglyphs folded, spaced letters joined.
+    """NFKC, invisible characters and combining marks removed, homoglyphs folded, whitespace
+    collapsed, spaced-out letters joined.
 
     Unicode tag characters (U+E0000..U+E007F) are counted and removed: they carry hidden
     ASCII that a model reads and a person does not see.
     """
     raw, hidden = _TAGS.subn("", raw)
-    visible_len = len(raw)
-    text = raw.translate(_DELETE)
-    invisible = visible_len - len(text)
-    text = unicodedata.normalize("NFKC", text).casefold().translate(_FOLD)
-    text = _SPACED.sub(_collapse, text)
+    text, invisible = _INVISIBLE.subn("", raw)
+    text = unicodedata.normalize("NFKC", text).casefold()
+    text = _MARKS.sub("", text).translate(_FOLD)
     text = _SPACE_RUN.sub(" ", text).strip()
+    text = _SPACED.sub(_collapse, text)
     return Normalized(text=text, hidden_chars=hidden, invisible_chars=invisible)
 
 
