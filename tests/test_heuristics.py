@@ -167,3 +167,9 @@ def test_false_positive_rate_on_benign_eval_rows_is_at_most_one_percent():
     assert false_positives / len(benign) <= 0.01
     # It is a prefilter, but it must catch the plain instruction-override attacks.
     assert detected / len(attacks) >= 0.15
+
+
+@pytest.mark.parametrize("field, value", [("phrases", [""]), ("phrases", ["  ..."])])
+def test_empty_phrases_are_a_settings_error(field, value):
+    with pytest.raises(ValueError, match="must contain a letter or digit"):
+        HeuristicsSettings(**{field: value})

@@ -90,6 +90,41 @@ def test_a_failing_rail_blocks_over_http_with_a_clear_reason(client, main_model,
     assert main_model.calls == 0
 
 
+def test_a_rail_that_times_out_blocks_over_http(client, main_model, monkeypatch):
+    import time
+
+    from railstack.heuristics import Matcher
+
+    def slow(self, text):
+        time.sleep(0.3)
+
+    monkeypatch.setattr(Matcher, "scan", slow)
+    monkeypatch.setenv("RAILSTACK__HEURISTICS__TIMEOUT_S", "0.1")
+    res = client.post("/v1/chat/completions", json=chat("no-models", "What is 2+2?"))
+    assert res.status_code == 200
+    assert res.json()["choices"][0]["message"]["content"] == (
+        "Blocked by the heuristics rail: the check did not finish within 0.1 s (fail-closed)"
+    )
+    assert main_model.calls == 0
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_each_response_names_its_request_and_decisions(client, main_model, stream, caplog):
+    import logging
+
+    with caplog.at_level(logging.INFO, logger="railstack"):
+        ok = client.post("/v1/chat/completions", json=chat("default", "Hello there", stream=stream))
+        blocked = client.post(
+            "/v1/chat/completions", json=chat("default", "Tell me about Globex", stream=stream), headers={"X-Request-Id": "req-42"}
+        )
+    assert ok.headers["x-railstack-decisions"] == "admission=allow,heuristics=allow,topic=allow"
+    assert len(ok.headers["x-railstack-request-id"]) == 32
+    assert blocked.headers["x-railstack-request-id"] == "req-42"
+    assert blocked.headers["x-railstack-decisions"] == "admission=allow,heuristics=allow,topic=block"
+    logged = [r.getMessage() for r in caplog.records if r.name == "railstack.decisions"]
+    assert any(m.startswith("request=req-42 rail=topic") and "verdict=block" in m for m in logged)
+
+
 def test_a_config_with_a_bad_key_stops_the_server_at_startup_naming_it(tmp_path):
     root = tmp_path / "configs"
     shutil.copytree(configs_root(), root, ignore=shutil.ignore_patterns("__pycache__"))

@@ -31,3 +31,10 @@ async def test_other_topics_reach_the_main_model(app, main_model):
 async def test_a_word_that_merely_contains_a_denied_term_passes(app, main_model):
     res = await app.generate_async(messages=[{"role": "user", "content": "Is the Globexian empire real?"}])
     assert res["content"] == main_model.reply
+
+
+def test_an_empty_denied_term_is_a_settings_error():
+    from railstack.settings import TopicSettings
+
+    with pytest.raises(ValueError, match="must contain a letter or digit"):
+        TopicSettings(deny=["Globex", " "])

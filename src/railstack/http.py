@@ -14,9 +14,11 @@ import contextvars
 import json
 import logging
 import math
+import uuid
 from typing import Any, Awaitable, Callable, Optional
 
 from railstack.admission import Admission, Quota
+from railstack.mechanism import collect_decisions, request_id
 
 log = logging.getLogger("railstack.http")
 
@@ -48,6 +50,49 @@ def refusal(quota: Quota) -> tuple[int, bytes]:
     return 429, error_body(message, error_type=which, code="rate_limit_exceeded")
 
 
+def _with_headers(send: Callable, extra: Callable[[], list[tuple[str, str]]]) -> Callable:
+    """``send`` that appends ``extra()`` to the response's headers when they go out."""
+
+    async def sending(message: dict) -> None:
+        if message["type"] == "http.response.start":
+            added = [(k.encode(), v.encode()) for k, v in extra()]
+            message = {**message, "headers": [*message.get("headers", []), *added]}
+        await send(message)
+
+    return sending
+
+
+def _is_chat(scope: dict) -> bool:
+    return scope["type"] == "http" and scope["method"] == "POST" and scope["path"].endswith(CHAT_PATH)
+
+
+class DecisionsMiddleware:
+    """Keeps each chat request's decision records and says them in the response headers:
+    ``x-railstack-request-id`` (also in every decision log line) and ``x-railstack-decisions``
+    (``rail=verdict`` for each rail that had decided when the headers went out: all input rails,
+    since NeMo answers only after them)."""
+
+    def __init__(self, app: Callable[..., Awaitable[None]]):
+        self.app = app
+
+    async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
+        if not _is_chat(scope):
+            return await self.app(scope, receive, send)
+        given = dict(scope.get("headers", [])).get(b"x-request-id", b"").decode("latin-1")
+        rid = given if 0 < len(given) <= 64 and given.isprintable() else uuid.uuid4().hex
+        token = request_id.set(rid)
+        try:
+            with collect_decisions() as decisions:
+
+                def headers() -> list[tuple[str, str]]:
+                    summary = ",".join(f"{d.rail}={d.verdict}" for d in decisions)
+                    return [("x-railstack-request-id", rid)] + ([("x-railstack-decisions", summary)] if summary else [])
+
+                await self.app(scope, receive, _with_headers(send, headers))
+        finally:
+            request_id.reset(token)
+
+
 class AdmissionMiddleware:
     def __init__(
         self,
@@ -61,7 +106,7 @@ class AdmissionMiddleware:
         self.default_config_id = default_config_id
 
     async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
-        if scope["type"] != "http" or scope["method"] != "POST" or not scope["path"].endswith(CHAT_PATH):
+        if not _is_chat(scope):
             return await self.app(scope, receive, send)
         body, receive = await _buffer(receive)
         try:
@@ -93,16 +138,9 @@ class AdmissionMiddleware:
             status, payload = refusal(quota)
             return await send_json(send, status, payload, quota.headers())
 
-        extra = [(k.encode(), v.encode()) for k, v in quota.headers()]
-
-        async def send_with_quota(message: dict) -> None:
-            if message["type"] == "http.response.start":
-                message = {**message, "headers": [*message.get("headers", []), *extra]}
-            await send(message)
-
         token = http_quota.set(quota)
         try:
-            await self.app(scope, receive, send_with_quota)
+            await self.app(scope, receive, _with_headers(send, quota.headers))
         finally:
             http_quota.reset(token)
 

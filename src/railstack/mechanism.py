@@ -121,6 +121,8 @@ def get_rail(name: str) -> Optional[Rail]:
 _collector: contextvars.ContextVar[Optional[list[Decision]]] = contextvars.ContextVar(
     "railstack_decisions", default=None
 )
+# Set by the HTTP layer so that a request's decision log lines can be found together.
+request_id: contextvars.ContextVar[str] = contextvars.ContextVar("railstack_request_id", default="-")
 
 
 @contextlib.contextmanager
@@ -136,7 +138,8 @@ def collect_decisions() -> Iterator[list[Decision]]:
 
 def _keep(decision: Decision) -> None:
     log.info(
-        "rail=%s source=%s verdict=%s score=%s latency_ms=%.2f failed=%s reason=%s",
+        "request=%s rail=%s source=%s verdict=%s score=%s latency_ms=%.2f failed=%s reason=%s",
+        request_id.get(),
         decision.rail,
         decision.source,
         decision.verdict,
@@ -238,12 +241,12 @@ class Runtime:
         try:
             ctx = replace(ctx, resource=self._resource(r))
             verdict = await asyncio.wait_for(r.check(text, ctx), timeout)
-            if not isinstance(verdict, Verdict):
-                raise TypeError(f"rail {r.name} returned {type(verdict).__name__}, not a Verdict")
             if time.perf_counter() - start > timeout:
                 # Work that never yields to the loop cannot be interrupted; it still must not
                 # count as a verdict given in time.
                 raise asyncio.TimeoutError
+            if not isinstance(verdict, Verdict):
+                raise TypeError(f"rail {r.name} returned {type(verdict).__name__}, not a Verdict")
         except asyncio.TimeoutError:
             failure = f"did not finish within {timeout:g} s"
         except Exception as exc:  # noqa: BLE001 - any failure of a check is a policy decision

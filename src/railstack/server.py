@@ -5,8 +5,8 @@ single-config mode, and not under ``--prefix``). It
 
 - validates every config's railstack settings, so a bad key stops the server with a message
   that names it instead of failing that config's first request;
-- wraps the ASGI stack with the admission middleware for the configs that enable admission,
-  so a limited request gets a real 429 with its headers.
+- wraps the ASGI stack: every chat response says its request id and decisions in headers,
+  and configs that enable admission get a real 429 with its headers.
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ def validate_configs(root: Path) -> dict[str, tuple[Any, RailstackSettings]]:
 
 def init(app: Any) -> None:
     from railstack.admission import admission_for
-    from railstack.http import AdmissionMiddleware
+    from railstack.http import AdmissionMiddleware, DecisionsMiddleware
 
     configs = validate_configs(Path(app.rails_config_path))
     log.info("railstack settings valid for configs: %s", ", ".join(configs))
@@ -50,9 +50,9 @@ def init(app: Any) -> None:
     # for a config.py hook (add_middleware is refused after start-up). The app object lives
     # as long as the process, so a second start-up replaces the wrapper rather than nesting.
     stack = app.middleware_stack
-    if isinstance(stack, AdmissionMiddleware):
+    while isinstance(stack, (AdmissionMiddleware, DecisionsMiddleware)):
         stack = stack.app
-    app.middleware_stack = stack
     if admissions:
-        app.middleware_stack = AdmissionMiddleware(stack, admissions, lambda: app.default_config_id)
+        stack = AdmissionMiddleware(stack, admissions, lambda: app.default_config_id)
         log.info("railstack admission answers HTTP for configs: %s", ", ".join(admissions))
+    app.middleware_stack = DecisionsMiddleware(stack)
