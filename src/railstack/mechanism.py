@@ -112,9 +112,14 @@ def rail(name: str, tier: Tier, resource: Optional[Builder] = None) -> Callable[
 
 def get_rail(name: str) -> Optional[Rail]:
     if name not in _registry:
-        # Rails ship as ``railstack.actions.<name>``; importing one registers it.
-        with contextlib.suppress(ImportError):
-            importlib.import_module(f"railstack.actions.{name}")
+        # Rails ship as ``railstack.actions.<name>``; importing one registers it. Only its
+        # absence means "no such rail": a rail module that fails to import says why.
+        module = f"railstack.actions.{name}"
+        try:
+            importlib.import_module(module)
+        except ModuleNotFoundError as exc:
+            if exc.name != module:
+                raise
     return _registry.get(name)
 
 
