@@ -5,29 +5,17 @@ from typing import Any, Optional
 from nemoguardrails.actions import action
 from nemoguardrails.actions.rail_outcome import RailOutcome
 
-
-class Unreadable(ValueError):
-    """Message content that is neither text nor a list of content parts."""
-
-
-def _text(content: Any) -> str:
-    if content is None or isinstance(content, str):
-        return content or ""
-    if isinstance(content, list):  # OpenAI content parts: only text parts carry text
-        parts = [p for p in content if not (isinstance(p, dict) and p.get("type") != "text")]
-        if all(isinstance(p, dict) and isinstance(p.get("text"), str) for p in parts):
-            return "\n".join(p["text"] for p in parts)
-    raise Unreadable(type(content).__name__)
+from railstack.text import Unreadable, message_text
 
 
 def _conversation(events: Optional[list], context: dict) -> str:
     """Everything the client sent that the main model will read: system and user turns."""
     texts = [
-        _text(e.get("final_transcript") if e.get("type") == "UtteranceUserActionFinished" else e.get("content"))
+        message_text(e.get("final_transcript") if e.get("type") == "UtteranceUserActionFinished" else e.get("content"))
         for e in events or []
         if e.get("type") in ("UtteranceUserActionFinished", "SystemMessage")
     ]
-    return "\n\n".join(texts) if texts else _text(context.get("user_message"))
+    return "\n\n".join(texts) if texts else message_text(context.get("user_message"))
 
 
 @action(name="railstack_rails")
@@ -50,7 +38,7 @@ async def railstack_rails(
             text = _conversation(events, context)
         elif source == "output":
             # Streaming output rails pass the chunk as a keyword instead of through the context.
-            text = _text(kwargs.get("bot_message", context.get("bot_message")))
+            text = message_text(kwargs.get("bot_message", context.get("bot_message")))
         else:
             return RailOutcome.failure(reason=f"Blocked: a railstack flow names an unknown source {source!r}.")
     except Unreadable as exc:

@@ -128,11 +128,29 @@ def test_client_key_sources_and_no_raw_credentials():
     assert adm.client_key({"x-client-id": "x" * 500}, None).startswith("id:h:")
 
 
+def test_the_credential_outranks_a_self_chosen_id_unless_configured_otherwise():
+    # A client picks its own header freely: with a credential present, a new id per request
+    # must not buy a new bucket.
+    headers = {"authorization": "Bearer sk-1", "x-client-id": "fresh-every-time"}
+    assert Admission(AdmissionSettings(enabled=True), "cfg").client_key(headers, None).startswith("auth:")
+    behind_proxy = AdmissionSettings(enabled=True, client_key={"sources": ["header", "authorization"]})
+    assert Admission(behind_proxy, "cfg").client_key(headers, None) == "id:fresh-every-time"
+
+
 def test_cost_is_prompt_estimate_plus_max_tokens():
     adm = Admission(AdmissionSettings(enabled=True, default_max_tokens=100), "cfg")
     messages = [{"role": "user", "content": "x" * 400}]
     assert adm.cost(messages, 50) == 100 + 4 + 50
+    assert adm.cost(messages, "50") == 100 + 4 + 50
     assert adm.cost(messages, None) == 100 + 4 + 100
+    parts = [{"role": "user", "content": [{"type": "text", "text": "x" * 400}, {"type": "image_url", "image_url": {"url": "u" * 9000}}]}]
+    assert adm.cost(parts, 50) == 100 + 4 + 50
+
+
+async def test_concurrent_requests_of_one_client_never_exceed_the_burst():
+    adm = Admission(AdmissionSettings(enabled=True, default_tier=RateTier(requests_per_minute=3)), "cfg")
+    results = await asyncio.gather(*(adm.decide("id:many", 10) for _ in range(200)))
+    assert sum(q.allowed for q in results) == 3
 
 
 def test_unknown_tier_in_clients_is_a_settings_error():
@@ -211,10 +229,21 @@ def test_http_max_tokens_counts_at_admission(tmp_path, main_model, monkeypatch):
         assert post(client, "carol", max_tokens=600).status_code == 200
         refused = post(client, "carol", max_tokens=600)
         assert refused.status_code == 429 and refused.json()["error"]["type"] == "tokens"
+        assert post(client, "erin", max_completion_tokens=900).status_code == 200
+        assert post(client, "erin", max_completion_tokens=900).status_code == 429
         too_big = post(client, "dave", max_tokens=5000)
         assert too_big.status_code == 429 and "retry-after" not in too_big.headers
         assert "Request too large" in too_big.json()["error"]["message"]
-    assert main_model.calls == 1
+    assert main_model.calls == 2
+
+
+def test_http_uses_the_default_config_id_from_the_environment(tmp_path, main_model, monkeypatch):
+    monkeypatch.setenv("MAIN_MODEL_BASE_URL", main_model.base_url)
+    monkeypatch.setenv("DEFAULT_CONFIG_ID", "no-models")
+    with serving(limited_configs(tmp_path, SMALL)) as client:
+        body = {"model": "main", "messages": [{"role": "user", "content": "Hi"}]}
+        codes = [client.post("/v1/chat/completions", json=body, headers={"X-Client-Id": "fay"}).status_code for _ in range(3)]
+    assert codes == [200, 200, 429]
 
 
 async def test_generate_async_refusal_says_when_to_retry(make_config, main_model):
@@ -323,17 +352,36 @@ async def test_redis_engine_enforces_one_limit_for_every_replica(redis_server):
     await b.engine.close()
 
 
-@pytest.mark.parametrize("policy, allowed, status", [("local", True, 200), ("open", True, 200), ("closed", False, 503)])
+async def test_redis_refills_over_time_and_refuses_a_request_over_the_burst(redis_server):
+    fast = AdmissionSettings(enabled=True, engine="redis", redis_url=redis_server.url,
+                             default_tier=RateTier(requests_per_minute=120, request_burst=2, tokens_per_minute=600))
+    adm = Admission(fast, "cfg")
+    assert [(await adm.decide("id:ray", 10)).allowed for _ in range(3)] == [True, True, False]
+    await asyncio.sleep(0.6)  # two requests per second
+    assert (await adm.decide("id:ray", 10)).allowed
+    too_big = await adm.decide("id:sam", 601)
+    assert not too_big.allowed and too_big.retry_after_s is None
+    results = await asyncio.gather(*(adm.decide("id:crowd", 1) for _ in range(150)))
+    assert sum(q.allowed for q in results) == 2
+    assert adm.engine.outages == 0  # a burst of decisions waits for connections; it is no outage
+    await adm.engine.close()
+
+
+# Under "local" the fallback buckets start full (burst 3), so the fourth decision is refused.
+@pytest.mark.parametrize(
+    "policy, allowed, status",
+    [("local", [True, True, True, False], 200), ("open", [True] * 4, 200), ("closed", [False] * 4, 503)],
+)
 async def test_redis_outage_follows_the_policy_and_recovers(redis_server, policy, allowed, status, caplog):
     adm = Admission(redis_settings(redis_server.url, redis_outage=policy), "cfg")
     assert (await adm.decide("id:kim", 10)).allowed
     redis_server.stop()
     start = time.perf_counter()
-    during = [await adm.decide("id:kim", 10) for _ in range(3)]
+    during = [await adm.decide("id:kim", 10) for _ in range(4)]
     assert time.perf_counter() - start < 2
-    assert [d.allowed for d in during] == [allowed] * 3
+    assert [d.allowed for d in during] == allowed
     assert during[0].status == status
-    assert adm.engine.outages == 1 and adm.engine.decisions_during_outage == 3
+    assert adm.engine.outages == 1 and adm.engine.decisions_during_outage == 4
     assert sum("unreachable" in r.getMessage() for r in caplog.records) == 1
     redis_server.start()
     adm.engine._down_until = 0  # the next retry is due now rather than in a second
@@ -396,3 +444,16 @@ def test_redis_url_comes_from_the_environment(monkeypatch):
     monkeypatch.setenv("RAILSTACK__ADMISSION__REDIS_URL", "redis://cache.internal:6380/2")
     settings = parse_settings({"railstack": {"admission": {"enabled": True, "engine": "redis"}}})
     assert settings.admission.redis_url == "redis://cache.internal:6380/2"
+
+
+async def test_redis_error_replies_follow_the_outage_policy(redis_server):
+    import redis.asyncio as redis
+
+    r = redis.Redis.from_url(redis_server.url)
+    await r.config_set("maxmemory", 1)  # every write is now refused with an OOM error reply
+    adm = Admission(redis_settings(redis_server.url, redis_outage="closed"), "cfg")
+    refused = await adm.decide("id:oom", 10)
+    assert not refused.allowed and refused.status == 503
+    assert adm.engine.outages == 1
+    await r.aclose()
+    await adm.engine.close()

@@ -19,6 +19,7 @@ from typing import Any, Mapping, Optional, Protocol
 from aiolimiter import AsyncLimiter
 
 from railstack.settings import AdmissionSettings, RateTier
+from railstack.text import Unreadable, message_text
 
 log = logging.getLogger("railstack.admission")
 
@@ -185,14 +186,18 @@ class RedisEngine:
 
     RETRY_EVERY_S = 1.0
 
-    def __init__(self, url: str, timeout_s: float, outage: str, prefix: str, max_clients: int):
+    def __init__(self, url: str, timeout_s: float, outage: str, prefix: str, max_clients: int, max_connections: int = 64):
         import redis.asyncio as redis
 
-        self._client = redis.Redis.from_url(
-            url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s, retry_on_timeout=False
+        # A blocking pool makes a burst of decisions wait (up to the timeout) for a free
+        # connection instead of failing at once as if Redis were down.
+        pool = redis.BlockingConnectionPool.from_url(
+            url, max_connections=max_connections, timeout=timeout_s, socket_timeout=timeout_s, socket_connect_timeout=timeout_s
         )
+        self._client = redis.Redis(connection_pool=pool)
         self._script = self._client.register_script(_LUA)
-        self._errors = (redis.ConnectionError, redis.TimeoutError, OSError)
+        # Error replies (OOM, READONLY, MISCONF) leave no decision either: same policy.
+        self._errors = (redis.RedisError, OSError)
         self.url, self.outage, self.prefix = url, outage, prefix
         self.fallback = LocalEngine(max_clients)
         self.outages = 0
@@ -247,28 +252,33 @@ class Admission:
         self._tier_limits = {name: Limits.of(tier) for name, tier in settings.tiers.items()}
 
     def client_key(self, headers: Mapping[str, str], context: Optional[Mapping[str, Any]]) -> str:
+        """The first source in ``client_key.sources`` that the request has, else "anonymous"."""
         how = self.settings.client_key
-        if how.header and headers.get(how.header.lower()):
-            return "id:" + _bounded(headers[how.header.lower()])
-        if how.hash_authorization and headers.get("authorization"):
-            return "auth:" + hashlib.sha256(headers["authorization"].encode()).hexdigest()[:32]
-        if how.context_field and context and context.get(how.context_field) is not None:
-            return "ctx:" + _bounded(str(context[how.context_field]))
+        for source in how.sources:
+            if source == "authorization" and headers.get("authorization"):
+                return "auth:" + hashlib.sha256(headers["authorization"].encode()).hexdigest()[:32]
+            if source == "header" and headers.get(how.header.lower()):
+                return "id:" + _bounded(headers[how.header.lower()])
+            if source == "context" and context and context.get(how.context_field) is not None:
+                return "ctx:" + _bounded(str(context[how.context_field]))
         return "anonymous"
 
-    def cost(self, messages: Any, max_tokens: Optional[int]) -> int:
+    def cost(self, messages: Any, max_tokens: Any = None) -> int:
+        """Estimated prompt tokens plus the completion tokens asked for (``max_tokens`` or
+        ``max_completion_tokens``; numeric strings count, as NeMo coerces them)."""
+        contents = [m.get("content") if isinstance(m, dict) else m for m in messages] if isinstance(messages, list) else [messages]
         chars = 0
-        count = 0
-        if isinstance(messages, list):
-            for message in messages:
-                count += 1
-                content = message.get("content") if isinstance(message, dict) else message
-                chars += len(content) if isinstance(content, str) else len(str(content or ""))
-        elif isinstance(messages, str):
-            chars, count = len(messages), 1
-        prompt = math.ceil(chars / self.settings.chars_per_token) + 4 * count
-        completion = max_tokens if isinstance(max_tokens, int) and max_tokens > 0 else self.settings.default_max_tokens
-        return prompt + completion
+        for content in contents:
+            try:
+                chars += len(message_text(content))
+            except Unreadable:
+                chars += len(str(content))
+        prompt = math.ceil(chars / self.settings.chars_per_token) + 4 * len(contents)
+        try:
+            completion = int(max_tokens)
+        except (TypeError, ValueError):
+            completion = 0
+        return prompt + (completion if completion > 0 else self.settings.default_max_tokens)
 
     def limits_for(self, key: str) -> Limits:
         tier = self.settings.clients.get(key.split(":", 1)[-1])
@@ -293,7 +303,12 @@ def _engine(settings: AdmissionSettings) -> Engine:
         key = ("redis", settings.redis_url, settings.redis_timeout_s, settings.redis_outage, settings.key_prefix)
         if key not in _engines:
             _engines[key] = RedisEngine(
-                settings.redis_url, settings.redis_timeout_s, settings.redis_outage, settings.key_prefix, settings.max_clients
+                settings.redis_url,
+                settings.redis_timeout_s,
+                settings.redis_outage,
+                settings.key_prefix,
+                settings.max_clients,
+                settings.redis_max_connections,
             )
         return _engines[key]
     key = ("local", settings.max_clients)

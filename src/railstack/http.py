@@ -14,6 +14,7 @@ import contextvars
 import json
 import logging
 import math
+import os
 import uuid
 from typing import Any, Awaitable, Callable, Optional
 
@@ -115,7 +116,9 @@ class AdmissionMiddleware:
             request = None
         if not isinstance(request, dict):
             return await self.app(scope, receive, send)  # NeMo answers malformed bodies itself
-        entry = self.admissions.get(_config_id(request) or self.default_config_id() or "")
+        # The same order NeMo resolves a request's config in.
+        config_id = _config_id(request) or os.getenv("DEFAULT_CONFIG_ID") or self.default_config_id()
+        entry = self.admissions.get(config_id or "")
         if entry is None:
             return await self.app(scope, receive, send)
         admission, timeout, on_failure = entry
@@ -126,7 +129,7 @@ class AdmissionMiddleware:
         key = admission.client_key(headers, context)
         try:
             quota = await asyncio.wait_for(
-                admission.decide(key, admission.cost(request.get("messages"), request.get("max_tokens"))), timeout
+                admission.decide(key, admission.cost(request.get("messages"), _max_tokens(request))), timeout
             )
         except Exception as exc:  # noqa: BLE001 - the failure policy decides, never a 500
             log.warning("admission decision failed (%s); policy: fail-%s", type(exc).__name__, on_failure)
@@ -143,6 +146,11 @@ class AdmissionMiddleware:
             await self.app(scope, receive, _with_headers(send, quota.headers))
         finally:
             http_quota.reset(token)
+
+
+def _max_tokens(request: dict) -> Any:
+    given = request.get("max_tokens")
+    return given if given is not None else request.get("max_completion_tokens")
 
 
 def _config_id(request: dict) -> Optional[str]:

@@ -93,11 +93,15 @@ class RateTier(_Strict):
 
 
 class ClientKeySettings(_Strict):
-    """Where the client's identity comes from, first match wins; else the client is anonymous."""
+    """Where the client's identity comes from: the first of ``sources`` the request has, else
+    the shared "anonymous" bucket. The credential comes first because a client chooses its
+    header and context freely; put ``header`` first only behind a proxy that sets it."""
 
-    header: Optional[str] = "x-client-id"
-    hash_authorization: bool = True
-    context_field: Optional[str] = "client_id"
+    sources: list[Literal["authorization", "header", "context"]] = Field(
+        default_factory=lambda: ["authorization", "header", "context"], min_length=1
+    )
+    header: str = Field(default="x-client-id", min_length=1)
+    context_field: str = Field(default="client_id", min_length=1)
 
 
 class AdmissionSettings(RailPolicy):
@@ -114,6 +118,7 @@ class AdmissionSettings(RailPolicy):
     engine: Literal["local", "redis"] = "local"
     redis_url: str = "redis://127.0.0.1:6379/0"
     redis_timeout_s: float = Field(default=0.25, gt=0, le=10)
+    redis_max_connections: int = Field(default=64, gt=0)
     redis_outage: Literal["local", "closed", "open"] = "local"
     key_prefix: str = "railstack:rl"
     # In-process buckets kept, least recently seen evicted first: about 1.5 kB each, so the

@@ -8,6 +8,7 @@ from __future__ import annotations
 import re
 import unicodedata
 from dataclasses import dataclass
+from typing import Any
 
 import regex
 
@@ -65,6 +66,21 @@ def normalize(raw: str) -> Normalized:
     text = _SPACE_RUN.sub(" ", text).strip()
     text = _SPACED.sub(_collapse, text)
     return Normalized(text=text, hidden_chars=hidden, invisible_chars=invisible)
+
+
+class Unreadable(ValueError):
+    """Message content that is neither text nor a list of content parts."""
+
+
+def message_text(content: Any) -> str:
+    """The text of an OpenAI message's content: a string, or the text parts of a parts list."""
+    if content is None or isinstance(content, str):
+        return content or ""
+    if isinstance(content, list):  # non-text parts (images, audio) carry no text
+        parts = [p for p in content if not (isinstance(p, dict) and p.get("type") != "text")]
+        if all(isinstance(p, dict) and isinstance(p.get("text"), str) for p in parts):
+            return "\n".join(p["text"] for p in parts)
+    raise Unreadable(type(content).__name__)
 
 
 def phrase_pattern(phrase: str) -> str:
