@@ -18,7 +18,7 @@ from typing import Any, Mapping, Optional, Protocol
 
 from aiolimiter import AsyncLimiter
 
-from railstack.settings import AdmissionSettings, RateTier
+from railstack.settings import AdmissionSettings, ClientKeySettings, RateTier
 from railstack.text import Unreadable, message_text
 
 log = logging.getLogger("railstack.admission")
@@ -252,16 +252,7 @@ class Admission:
         self._tier_limits = {name: Limits.of(tier) for name, tier in settings.tiers.items()}
 
     def client_key(self, headers: Mapping[str, str], context: Optional[Mapping[str, Any]]) -> str:
-        """The first source in ``client_key.sources`` that the request has, else "anonymous"."""
-        how = self.settings.client_key
-        for source in how.sources:
-            if source == "authorization" and headers.get("authorization"):
-                return "auth:" + hashlib.sha256(headers["authorization"].encode()).hexdigest()[:32]
-            if source == "header" and headers.get(how.header.lower()):
-                return "id:" + _bounded(headers[how.header.lower()])
-            if source == "context" and context and context.get(how.context_field) is not None:
-                return "ctx:" + _bounded(str(context[how.context_field]))
-        return "anonymous"
+        return client_key(self.settings.client_key, headers, context)
 
     def cost(self, messages: Any, max_tokens: Any = None) -> int:
         """Estimated prompt tokens plus the completion tokens asked for (``max_tokens`` or
@@ -286,6 +277,18 @@ class Admission:
 
     async def decide(self, key: str, cost: int) -> Quota:
         return await self.engine.acquire(f"{self.scope}:{key}", self.limits_for(key), cost)
+
+
+def client_key(how: ClientKeySettings, headers: Mapping[str, str], context: Optional[Mapping[str, Any]]) -> str:
+    """The first source in ``how.sources`` that the request has, else "anonymous"."""
+    for source in how.sources:
+        if source == "authorization" and headers.get("authorization"):
+            return "auth:" + hashlib.sha256(headers["authorization"].encode()).hexdigest()[:32]
+        if source == "header" and headers.get(how.header.lower()):
+            return "id:" + _bounded(headers[how.header.lower()])
+        if source == "context" and context and context.get(how.context_field) is not None:
+            return "ctx:" + _bounded(str(context[how.context_field]))
+    return "anonymous"
 
 
 def _bounded(value: str) -> str:

@@ -18,8 +18,10 @@ import os
 import uuid
 from typing import Any, Awaitable, Callable, Optional
 
-from railstack.admission import Admission, Quota
+from railstack.admission import Admission, Quota, client_key
 from railstack.mechanism import collect_decisions, request_id
+from railstack.settings import ClientKeySettings, RequestLimits
+from railstack.validation import Rejected, parse_body, validate
 
 log = logging.getLogger("railstack.http")
 
@@ -29,8 +31,8 @@ http_quota: contextvars.ContextVar[Optional[Quota]] = contextvars.ContextVar("ra
 CHAT_PATH = "/v1/chat/completions"
 
 
-def error_body(message: str, *, error_type: str, code: str) -> bytes:
-    return json.dumps({"error": {"message": message, "type": error_type, "param": None, "code": code}}).encode()
+def error_body(message: str, *, error_type: str, code: str, param: Optional[str] = None) -> bytes:
+    return json.dumps({"error": {"message": message, "type": error_type, "param": param, "code": code}}).encode()
 
 
 async def send_json(send: Callable, status: int, body: bytes, headers: list[tuple[str, str]]) -> None:
@@ -94,6 +96,54 @@ class DecisionsMiddleware:
             request_id.reset(token)
 
 
+REQUEST_KEY = "railstack.request"  # the parsed, validated body, left in the ASGI scope
+
+
+class ValidationMiddleware:
+    """Refuses malformed and hostile chat requests before anything else reads them (see
+    ``railstack.validation``); a valid one goes on with its parsed body in the scope."""
+
+    def __init__(
+        self,
+        app: Callable[..., Awaitable[None]],
+        limits: dict[str, RequestLimits],
+        client_keys: dict[str, ClientKeySettings],
+        default_config_id: Callable[[], Optional[str]],
+    ):
+        self.app = app
+        self.limits = limits
+        self.client_keys = client_keys
+        self.default_config_id = default_config_id
+        self.max_body = max(lim.max_body_bytes for lim in limits.values()) if limits else RequestLimits().max_body_bytes
+
+    async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
+        if not _is_chat(scope):
+            return await self.app(scope, receive, send)
+        config_id: Optional[str] = None
+        request: dict = {}
+        try:
+            declared = dict(scope.get("headers", [])).get(b"content-length")
+            if declared is not None and declared.isdigit() and int(declared) > self.max_body:
+                raise Rejected(413, f"The request body is over {self.max_body} bytes.", code="too_large")
+            body, receive = await _buffer(receive, self.max_body)
+            request = parse_body(body)
+            config_id = validate(request, self.limits.get, os.getenv("DEFAULT_CONFIG_ID") or self.default_config_id())
+        except Rejected as exc:
+            r = exc.rejection
+            headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", [])}
+            how = self.client_keys.get(config_id or "", ClientKeySettings())
+            context = request.get("guardrails", {}).get("context") if isinstance(request.get("guardrails"), dict) else None
+            log.info(
+                "request=%s client=%s rejected status=%d param=%s reason=%s",
+                request_id.get(), client_key(how, headers, context if isinstance(context, dict) else None),
+                r.status, r.param or "-", r.message,
+            )
+            error_type = "request_too_large" if r.status == 413 else "not_found" if r.status == 404 else "invalid_request_error"
+            return await send_json(send, r.status, error_body(r.message, error_type=error_type, code=r.code, param=r.param), [])
+        scope = {**scope, REQUEST_KEY: request}
+        await self.app(scope, receive, send)
+
+
 class AdmissionMiddleware:
     def __init__(
         self,
@@ -109,13 +159,15 @@ class AdmissionMiddleware:
     async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
         if not _is_chat(scope):
             return await self.app(scope, receive, send)
-        body, receive = await _buffer(receive)
-        try:
-            request = json.loads(body)
-        except (ValueError, UnicodeDecodeError):
-            request = None
-        if not isinstance(request, dict):
-            return await self.app(scope, receive, send)  # NeMo answers malformed bodies itself
+        request = scope.get(REQUEST_KEY)
+        if request is None:  # not behind the validation layer
+            body, receive = await _buffer(receive)
+            try:
+                request = json.loads(body)
+            except (ValueError, UnicodeDecodeError, RecursionError):
+                request = None
+            if not isinstance(request, dict):
+                return await self.app(scope, receive, send)  # NeMo answers malformed bodies itself
         # The same order NeMo resolves a request's config in.
         config_id = _config_id(request) or os.getenv("DEFAULT_CONFIG_ID") or self.default_config_id()
         entry = self.admissions.get(config_id or "")
@@ -163,14 +215,19 @@ def _config_id(request: dict) -> Optional[str]:
     return ids[0] if isinstance(ids, list) and ids and isinstance(ids[0], str) else None
 
 
-async def _buffer(receive: Callable) -> tuple[bytes, Callable]:
-    """Read the whole request body, and give the app a receive that replays it."""
+async def _buffer(receive: Callable, limit: Optional[int] = None) -> tuple[bytes, Callable]:
+    """Read the whole request body (refusing one over ``limit`` bytes as soon as it is), and
+    give the app a receive that replays it."""
     chunks = []
+    size = 0
     while True:
         message = await receive()
         if message["type"] != "http.request":
             break
         chunks.append(message.get("body", b""))
+        size += len(chunks[-1])
+        if limit is not None and size > limit:
+            raise Rejected(413, f"The request body is over {limit} bytes.", code="too_large")
         if not message.get("more_body"):
             break
     body = b"".join(chunks)

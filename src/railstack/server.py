@@ -5,8 +5,9 @@ single-config mode, and not under ``--prefix``). It
 
 - validates every config's railstack settings, so a bad key stops the server with a message
   that names it instead of failing that config's first request;
-- wraps the ASGI stack: every chat response says its request id and decisions in headers,
-  and configs that enable admission get a real 429 with its headers.
+- wraps the ASGI stack: malformed and hostile chat requests are refused before NeMo reads
+  them (``railstack.validation``), every chat response says its request id and decisions in
+  headers, and configs that enable admission get a real 429 with its headers.
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ def validate_configs(root: Path) -> dict[str, tuple[Any, RailstackSettings]]:
 
 def init(app: Any) -> None:
     from railstack.admission import admission_for
-    from railstack.http import AdmissionMiddleware, DecisionsMiddleware
+    from railstack.http import AdmissionMiddleware, DecisionsMiddleware, ValidationMiddleware
 
     configs = validate_configs(Path(app.rails_config_path))
     log.info("railstack settings valid for configs: %s", ", ".join(configs))
@@ -50,9 +51,15 @@ def init(app: Any) -> None:
     # for a config.py hook (add_middleware is refused after start-up). The app object lives
     # as long as the process, so a second start-up replaces the wrapper rather than nesting.
     stack = app.middleware_stack
-    while isinstance(stack, (AdmissionMiddleware, DecisionsMiddleware)):
+    while isinstance(stack, (AdmissionMiddleware, DecisionsMiddleware, ValidationMiddleware)):
         stack = stack.app
     if admissions:
         stack = AdmissionMiddleware(stack, admissions, lambda: app.default_config_id)
         log.info("railstack admission answers HTTP for configs: %s", ", ".join(admissions))
+    stack = ValidationMiddleware(
+        stack,
+        {config_id: settings.limits for config_id, (_, settings) in configs.items()},
+        {config_id: settings.admission.client_key for config_id, (_, settings) in configs.items()},
+        lambda: app.default_config_id,
+    )
     app.middleware_stack = DecisionsMiddleware(stack)

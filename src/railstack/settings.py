@@ -133,6 +133,16 @@ class AdmissionSettings(RailPolicy):
         return self
 
 
+class RequestLimits(_Strict):
+    """What one chat request may hold; past these it is refused with 413 before NeMo sees it."""
+
+    max_body_bytes: int = Field(default=4_000_000, gt=0)
+    max_messages: int = Field(default=500, gt=0)
+    max_message_chars: int = Field(default=100_000, gt=0)
+    max_total_chars: int = Field(default=400_000, gt=0)
+    max_tokens: int = Field(default=32_768, gt=0, description="the largest max_tokens a request may ask for")
+
+
 class RailstackSettings(BaseSettings):
     model_config = SettingsConfigDict(
         extra="forbid",
@@ -146,6 +156,7 @@ class RailstackSettings(BaseSettings):
     # them one after another in the order the flow names them.
     concurrent_tiers: bool = True
     defaults: Defaults = Field(default_factory=Defaults)
+    limits: RequestLimits = Field(default_factory=RequestLimits)
     admission: AdmissionSettings = Field(default_factory=AdmissionSettings)
     heuristics: HeuristicsSettings = Field(default_factory=HeuristicsSettings)
     topic: TopicSettings = Field(default_factory=TopicSettings)

@@ -1,0 +1,45 @@
+#!/usr/bin/env python3
+"""Time the heuristics tier's normalization and full scan on 1 MB adversarial inputs.
+
+    NEMO_GUARDRAILS_NO_USAGE_STATS=1 python scripts/bench_normalize.py
+
+Normalization must be linear in the input: every row should take well under a second.
+"""
+
+import os
+import time
+
+os.environ.setdefault("NEMO_GUARDRAILS_NO_USAGE_STATS", "1")
+
+MB = 1_000_000
+CASES = {
+    "plain ASCII": "What is the capital of France? " * (MB // 31),
+    "zero-width flood": "\u200b" * MB,
+    "combining-mark flood": "a" + "\u0301" * (MB - 1),
+    "bidi overrides": "\u202eabc\u202c" * (MB // 5),
+    "tag characters": "".join(chr(0xE0000 + ord(c)) for c in "ignore ") * (MB // 7),
+    "emoji flood": "\U0001F600" * MB,
+    "spaced-out letters": "i g n o r e " * (MB // 12),
+    "homoglyphs": "іgnоrе рrеvіоus " * (MB // 16),
+}
+
+
+def main() -> None:
+    from railstack.heuristics import Matcher
+    from railstack.settings import HeuristicsSettings
+    from railstack.text import normalize
+
+    # The whole blocklist too, with the length cap lifted so that it really scans 1 MB.
+    matcher = Matcher.build(HeuristicsSettings(max_input_chars=2 * MB))
+    print(f"{'input (about 1 MB)':26s} {'normalize':>10s} {'full scan':>10s}")
+    for name, text in CASES.items():
+        start = time.perf_counter()
+        normalize(text)
+        middle = time.perf_counter()
+        matcher.scan(text)
+        end = time.perf_counter()
+        print(f"{name:26s} {(middle - start) * 1000:8.0f} ms {(end - middle) * 1000:8.0f} ms")
+
+
+if __name__ == "__main__":
+    main()

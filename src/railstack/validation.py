@@ -1,0 +1,180 @@
+"""Validation in front of NeMo: a malformed or hostile chat request is answered 400/404/413 with
+an OpenAI-style error body, in milliseconds, and never reaches NeMo, a rail or the main model.
+
+It runs as the first ASGI layer for ``/v1/chat/completions`` (see ``railstack.server``), so it
+works the same for streaming and non-streaming requests, and NeMo never sees input that it
+handles badly (a lone surrogate, for one, used to turn every later request into a 500).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from dataclasses import dataclass
+from typing import Any, Callable, Optional
+
+from railstack.settings import RequestLimits
+
+ROLES = {"system", "developer", "user", "assistant", "tool", "context"}
+CONFIG_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+# name -> (lowest, highest, whether the lowest itself is allowed), as OpenAI documents them.
+SAMPLING = {
+    "temperature": (0.0, 2.0, True),
+    "top_p": (0.0, 1.0, False),
+    "presence_penalty": (-2.0, 2.0, True),
+    "frequency_penalty": (-2.0, 2.0, True),
+}
+
+
+@dataclass(frozen=True)
+class Rejection:
+    status: int
+    message: str
+    param: Optional[str]
+    code: str
+
+
+class Rejected(Exception):
+    def __init__(self, status: int, message: str, param: Optional[str] = None, code: str = "invalid_request"):
+        super().__init__(message)
+        self.rejection = Rejection(status, message, param, code)
+
+
+def parse_body(body: bytes) -> dict:
+    try:
+        request = json.loads(body)
+    except RecursionError:
+        raise Rejected(400, "The request body is nested too deeply.", code="invalid_json") from None
+    except (ValueError, UnicodeDecodeError):
+        raise Rejected(400, "The request body is not valid JSON.", code="invalid_json") from None
+    if not isinstance(request, dict):
+        raise Rejected(400, "The request body must be a JSON object.", code="invalid_json")
+    return request
+
+
+def config_ids(request: dict) -> list[str]:
+    """The config ids a request names (validated as plain names, never paths)."""
+    guardrails = request.get("guardrails", {})
+    if guardrails is None:
+        return []
+    if not isinstance(guardrails, dict):
+        raise Rejected(400, "'guardrails' must be an object.", "guardrails")
+    named = []
+    if guardrails.get("config_id") is not None:
+        named.append(("guardrails.config_id", guardrails["config_id"]))
+    ids = guardrails.get("config_ids")
+    if ids is not None:
+        if not isinstance(ids, list):
+            raise Rejected(400, "'guardrails.config_ids' must be a list of config ids.", "guardrails.config_ids")
+        named += [(f"guardrails.config_ids[{i}]", v) for i, v in enumerate(ids)]
+    for param, value in named:
+        if not isinstance(value, str) or not CONFIG_ID.fullmatch(value) or ".." in value:
+            raise Rejected(400, "A config id is a plain name of letters, digits, '.', '_' and '-'.", param)
+    return [value for _, value in named]
+
+
+def _text_of(content: Any, param: str) -> str:
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        texts = []
+        for j, part in enumerate(content):
+            if not isinstance(part, dict) or not isinstance(part.get("type"), str):
+                raise Rejected(400, "A content part must be an object with a 'type'.", f"{param}[{j}]")
+            if part["type"] == "text":
+                if not isinstance(part.get("text"), str):
+                    raise Rejected(400, "A text content part needs a string 'text'.", f"{param}[{j}].text")
+                texts.append(part["text"])
+        return "\n".join(texts)
+    raise Rejected(400, "Message content must be a string or a list of content parts.", param)
+
+
+def _check_text(text: str, param: str) -> None:
+    if "\x00" in text:
+        raise Rejected(400, "Message content must not contain NUL characters.", param, "invalid_unicode")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise Rejected(400, "Message content holds invalid Unicode (a lone surrogate).", param, "invalid_unicode") from None
+
+
+def check_messages(messages: Any, limits: RequestLimits) -> None:
+    if not isinstance(messages, list) or not messages:
+        raise Rejected(400, "'messages' must be a non-empty list.", "messages")
+    if len(messages) > limits.max_messages:
+        raise Rejected(413, f"Too many messages: {len(messages)}, the limit is {limits.max_messages}.", "messages", "too_large")
+    total = 0
+    for i, message in enumerate(messages):
+        param = f"messages[{i}]"
+        if not isinstance(message, dict):
+            raise Rejected(400, "Each message must be an object.", param)
+        role = message.get("role")
+        if not isinstance(role, str) or role not in ROLES:
+            raise Rejected(400, f"A message role must be one of {', '.join(sorted(ROLES))}.", f"{param}.role")
+        content = message.get("content")
+        if role == "context":
+            if not isinstance(content, dict):
+                raise Rejected(400, "A context message's content must be an object.", f"{param}.content")
+            continue
+        if content is None and role in ("assistant", "tool"):
+            continue  # a tool call or an empty tool result
+        text = _text_of(content, f"{param}.content")
+        _check_text(text, f"{param}.content")
+        if len(text) > limits.max_message_chars:
+            raise Rejected(
+                413, f"A message has {len(text)} characters, the limit is {limits.max_message_chars}.",
+                f"{param}.content", "too_large",
+            )
+        total += len(text)
+    if total > limits.max_total_chars:
+        raise Rejected(413, f"The messages hold {total} characters, the limit is {limits.max_total_chars}.", "messages", "too_large")
+    last = messages[-1]
+    if last["role"] not in ("user", "tool"):
+        raise Rejected(400, "The last message must come from the user (or a tool).", f"messages[{len(messages) - 1}].role")
+    if last["role"] == "user" and not _text_of(last.get("content"), "").strip():
+        raise Rejected(400, "The user's message is empty.", f"messages[{len(messages) - 1}].content")
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def check_parameters(request: dict, limits: RequestLimits) -> None:
+    for name in ("max_tokens", "max_completion_tokens"):
+        value = request.get(name)
+        if value is not None and (not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= limits.max_tokens):
+            raise Rejected(400, f"'{name}' must be an integer from 1 to {limits.max_tokens}.", name)
+    for name, (low, high, low_ok) in SAMPLING.items():
+        value = request.get(name)
+        if value is not None and (not _number(value) or value > high or value < low or (value == low and not low_ok)):
+            bounds = f"{'from' if low_ok else 'above'} {low:g} to {high:g}"
+            raise Rejected(400, f"'{name}' must be a number {bounds}.", name)
+    if request.get("stream") is not None and not isinstance(request["stream"], bool):
+        raise Rejected(400, "'stream' must be true or false.", "stream")
+    n = request.get("n")
+    if n is not None and n != 1:
+        raise Rejected(400, "'n' must be 1: a guarded answer is one answer.", "n")
+    stop = request.get("stop")
+    if stop is not None and not (
+        isinstance(stop, str) or (isinstance(stop, list) and len(stop) <= 4 and all(isinstance(s, str) for s in stop))
+    ):
+        raise Rejected(400, "'stop' must be a string or a list of up to 4 strings.", "stop")
+    if request.get("model") is not None and not isinstance(request["model"], str):
+        raise Rejected(400, "'model' must be a string.", "model")
+
+
+def validate(request: dict, limits_for: Callable[[Optional[str]], Optional[RequestLimits]], default_id: Optional[str]) -> str:
+    """Validate a parsed chat request; return the config id it resolves to."""
+    ids = config_ids(request) or ([default_id] if default_id else [])
+    if not ids:
+        raise Rejected(400, "No guardrails config id given and the server has no default.", "guardrails.config_id")
+    for config_id in ids:
+        if limits_for(config_id) is None:
+            raise Rejected(404, f"No guardrails config named '{config_id}'.", "guardrails.config_id", "config_not_found")
+    # Several configs: the strictest of their limits.
+    each = [limits_for(i) for i in ids]
+    limits = RequestLimits(**{name: min(getattr(lim, name) for lim in each) for name in RequestLimits.model_fields})
+    check_messages(request.get("messages"), limits)
+    check_parameters(request, limits)
+    return ids[0]
