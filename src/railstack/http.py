@@ -1,10 +1,14 @@
-"""HTTP answers NeMo's server cannot give by itself: 429/503 with Retry-After and OpenAI's
-x-ratelimit-* headers, for streaming and non-streaming requests alike.
+"""The ASGI layers railstack puts in front of NeMo's server (installed by ``railstack.server``),
+for streaming and non-streaming chat requests alike, outermost first:
 
-``AdmissionMiddleware`` wraps the server's ASGI stack (see ``railstack.server``). It decides
-admission before NeMo parses the request, so a refused request costs no rail, classifier or
-model time; an admitted one carries its remaining quota in the response headers, and the
-``admission`` rail inside NeMo sees the decision instead of taking from the buckets again.
+- ``DecisionsMiddleware``: a request id for the decision log lines, and the request's decision
+  records in the response headers;
+- ``ValidationMiddleware``: malformed and hostile requests get 400/404/413 before anything
+  else reads them (``railstack.validation``);
+- ``AdmissionMiddleware``: 429/503 with Retry-After and OpenAI's x-ratelimit-* headers, decided
+  before NeMo parses the request, so a refused request costs no rail, classifier or model time;
+  an admitted one carries its remaining quota in the response headers, and the ``admission``
+  rail inside NeMo sees the decision instead of taking from the buckets again.
 """
 
 from __future__ import annotations
@@ -119,7 +123,6 @@ class ValidationMiddleware:
     async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
         if not _is_chat(scope):
             return await self.app(scope, receive, send)
-        config_id: Optional[str] = None
         request: dict = {}
         try:
             declared = dict(scope.get("headers", [])).get(b"content-length")
@@ -127,11 +130,12 @@ class ValidationMiddleware:
                 raise Rejected(413, f"The request body is over {self.max_body} bytes.", code="too_large")
             body, receive = await _buffer(receive, self.max_body)
             request = parse_body(body)
-            config_id = validate(request, self.limits.get, os.getenv("DEFAULT_CONFIG_ID") or self.default_config_id())
+            validate(request, self.limits.get, os.getenv("DEFAULT_CONFIG_ID") or self.default_config_id())
         except Rejected as exc:
             r = exc.rejection
             headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", [])}
-            how = self.client_keys.get(config_id or "", ClientKeySettings())
+            # Name the client the way its config's admission would, where the body says which.
+            how = self.client_keys.get(_config_id(request) or "", ClientKeySettings())
             context = request.get("guardrails", {}).get("context") if isinstance(request.get("guardrails"), dict) else None
             log.info(
                 "request=%s client=%s rejected status=%d param=%s reason=%s",

@@ -164,8 +164,8 @@ def check_parameters(request: dict, limits: RequestLimits) -> None:
         raise Rejected(400, "'model' must be a string.", "model")
 
 
-def validate(request: dict, limits_for: Callable[[Optional[str]], Optional[RequestLimits]], default_id: Optional[str]) -> str:
-    """Validate a parsed chat request; return the config id it resolves to."""
+def validate(request: dict, limits_for: Callable[[str], Optional[RequestLimits]], default_id: Optional[str]) -> None:
+    """Validate a parsed chat request against the limits of the configs it names."""
     ids = config_ids(request) or ([default_id] if default_id else [])
     if not ids:
         raise Rejected(400, "No guardrails config id given and the server has no default.", "guardrails.config_id")
@@ -177,4 +177,3 @@ def validate(request: dict, limits_for: Callable[[Optional[str]], Optional[Reque
     limits = RequestLimits(**{name: min(getattr(lim, name) for lim in each) for name in RequestLimits.model_fields})
     check_messages(request.get("messages"), limits)
     check_parameters(request, limits)
-    return ids[0]
