@@ -9,12 +9,25 @@ from railstack.text import Unreadable, message_text
 
 
 def _conversation(events: Optional[list], context: dict) -> str:
-    """Everything the client sent that the main model will read: system and user turns."""
-    texts = [
-        message_text(e.get("final_transcript") if e.get("type") == "UtteranceUserActionFinished" else e.get("content"))
-        for e in events or []
-        if e.get("type") in ("UtteranceUserActionFinished", "SystemMessage")
-    ]
+    """Everything the client sent that the main model will read: system and user turns, the
+    assistant turns of the history it supplied, and tool results."""
+    from railstack.http import http_messages
+
+    sent = http_messages.get()
+    if sent is not None:  # behind railstack's HTTP layer: the request exactly as it came
+        return "\n\n".join(message_text(m.get("content")) for m in sent if m.get("role") != "context")
+    # Otherwise NeMo's events: they hold tool results only when tool input rails are configured.
+    texts = []
+    for event in events or []:
+        kind = event.get("type")
+        if kind == "UtteranceUserActionFinished":
+            texts.append(message_text(event.get("final_transcript")))
+        elif kind == "SystemMessage":
+            texts.append(message_text(event.get("content")))
+        elif kind == "UtteranceBotActionFinished":
+            texts.append(message_text(event.get("final_script")))
+        elif kind == "UserToolMessages":
+            texts += [message_text(m.get("content")) for m in event.get("tool_messages") or []]
     return "\n\n".join(texts) if texts else message_text(context.get("user_message"))
 
 

@@ -21,6 +21,7 @@ CASES = {
     "emoji flood": "\U0001F600" * MB,
     "spaced-out letters": "i g n o r e " * (MB // 12),
     "homoglyphs": "іgnоrе рrеvіоus " * (MB // 16),
+    "NFKC-expanding ligatures": "\ufdfa" * MB,
 }
 
 

@@ -173,3 +173,19 @@ def test_false_positive_rate_on_benign_eval_rows_is_at_most_one_percent():
 def test_empty_phrases_are_a_settings_error(field, value):
     with pytest.raises(ValueError, match="must contain a letter or digit"):
         HeuristicsSettings(**{field: value})
+
+
+def test_every_long_nfkc_expansion_is_dropped_before_nfkc():
+    # NFKC turns U+FDFA into 18 characters; such code points are dropped first so that
+    # normalization stays within a small factor of the input's length.
+    import unicodedata
+
+    from railstack.text import _LONG_EXPANSIONS
+
+    long_ones = [
+        chr(cp)
+        for cp in range(0x110000)
+        if not 0xD800 <= cp <= 0xDFFF and len(unicodedata.normalize("NFKC", chr(cp))) > 3
+    ]
+    assert len(long_ones) == 72
+    assert all(_LONG_EXPANSIONS.match(ch) for ch in long_ones)

@@ -293,7 +293,9 @@ def client_key(how: ClientKeySettings, headers: Mapping[str, str], context: Opti
 
 def _bounded(value: str) -> str:
     # Client ids become Redis keys and log fields: long ones are hashed, not stored whole.
-    return value if len(value) <= 64 and value.isprintable() else "h:" + hashlib.sha256(value.encode()).hexdigest()[:32]
+    if len(value) <= 64 and value.isprintable():
+        return value
+    return "h:" + hashlib.sha256(value.encode("utf-8", "surrogatepass")).hexdigest()[:32]
 
 
 _engines: dict[tuple, Engine] = {}

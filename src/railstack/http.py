@@ -25,14 +25,17 @@ from typing import Any, Awaitable, Callable, Optional
 from railstack.admission import Admission, Quota, client_key
 from railstack.mechanism import collect_decisions, request_id
 from railstack.settings import ClientKeySettings, RequestLimits
-from railstack.validation import Rejected, parse_body, validate
+from railstack.validation import ConfigRules, Rejected, parse_body, validate
 
 log = logging.getLogger("railstack.http")
 
+# The messages of the request being served, as the client sent them (set once validated).
+http_messages: contextvars.ContextVar[Optional[list]] = contextvars.ContextVar("railstack_http_messages", default=None)
 # The admission decision the HTTP layer already made for this request.
 http_quota: contextvars.ContextVar[Optional[Quota]] = contextvars.ContextVar("railstack_http_quota", default=None)
 
 CHAT_PATH = "/v1/chat/completions"
+CHECKS_PATH = "/v1/checks"  # NeMo's rails-only endpoint: validated too
 
 
 def error_body(message: str, *, error_type: str, code: str, param: Optional[str] = None) -> bytes:
@@ -110,27 +113,34 @@ class ValidationMiddleware:
     def __init__(
         self,
         app: Callable[..., Awaitable[None]],
-        limits: dict[str, RequestLimits],
+        rules: dict[str, ConfigRules],
         client_keys: dict[str, ClientKeySettings],
         default_config_id: Callable[[], Optional[str]],
     ):
         self.app = app
-        self.limits = limits
+        self.rules = rules
         self.client_keys = client_keys
         self.default_config_id = default_config_id
-        self.max_body = max(lim.max_body_bytes for lim in limits.values()) if limits else RequestLimits().max_body_bytes
+        every = [r.limits for r in rules.values()] or [RequestLimits()]
+        self.max_body = max(lim.max_body_bytes for lim in every)
+        self.body_timeout = max(lim.body_timeout_s for lim in every)
 
     async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
-        if not _is_chat(scope):
+        checks = scope["type"] == "http" and scope["method"] == "POST" and scope["path"].endswith(CHECKS_PATH)
+        if not (_is_chat(scope) or checks):
             return await self.app(scope, receive, send)
         request: dict = {}
         try:
             declared = dict(scope.get("headers", [])).get(b"content-length")
             if declared is not None and declared.isdigit() and int(declared) > self.max_body:
                 raise Rejected(413, f"The request body is over {self.max_body} bytes.", code="too_large")
-            body, receive = await _buffer(receive, self.max_body)
+            try:
+                body, receive = await asyncio.wait_for(_buffer(receive, self.max_body), self.body_timeout)
+            except asyncio.TimeoutError:
+                raise Rejected(408, f"The request body did not arrive within {self.body_timeout:g} s.", code="timeout") from None
             request = parse_body(body)
-            validate(request, self.limits.get, os.getenv("DEFAULT_CONFIG_ID") or self.default_config_id())
+            default = os.getenv("DEFAULT_CONFIG_ID") or self.default_config_id()
+            validate(request, self.rules.get, default, user_last=not checks)
         except Rejected as exc:
             r = exc.rejection
             headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", [])}
@@ -142,10 +152,14 @@ class ValidationMiddleware:
                 request_id.get(), client_key(how, headers, context if isinstance(context, dict) else None),
                 r.status, r.param or "-", r.message,
             )
-            error_type = "request_too_large" if r.status == 413 else "not_found" if r.status == 404 else "invalid_request_error"
+            error_type = {413: "request_too_large", 404: "not_found", 408: "timeout"}.get(r.status, "invalid_request_error")
             return await send_json(send, r.status, error_body(r.message, error_type=error_type, code=r.code, param=r.param), [])
         scope = {**scope, REQUEST_KEY: request}
-        await self.app(scope, receive, send)
+        token = http_messages.set(request["messages"])
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            http_messages.reset(token)
 
 
 class AdmissionMiddleware:

@@ -36,6 +36,15 @@ def validate_configs(root: Path) -> dict[str, tuple[Any, RailstackSettings]]:
     return configs
 
 
+def rules_of(config: Any, settings: RailstackSettings) -> Any:
+    from railstack.validation import ConfigRules
+
+    main = [m.model for m in config.models if m.type == "main" and m.model]
+    return ConfigRules(
+        settings.limits, frozenset(main + settings.limits.models), bool(config.passthrough), bool(config.rails.tool_input.flows)
+    )
+
+
 def init(app: Any) -> None:
     from railstack.admission import admission_for
     from railstack.http import AdmissionMiddleware, DecisionsMiddleware, ValidationMiddleware
@@ -58,7 +67,7 @@ def init(app: Any) -> None:
         log.info("railstack admission answers HTTP for configs: %s", ", ".join(admissions))
     stack = ValidationMiddleware(
         stack,
-        {config_id: settings.limits for config_id, (_, settings) in configs.items()},
+        {config_id: rules_of(config, settings) for config_id, (config, settings) in configs.items()},
         {config_id: settings.admission.client_key for config_id, (_, settings) in configs.items()},
         lambda: app.default_config_id,
     )

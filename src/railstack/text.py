@@ -16,6 +16,12 @@ _TAGS = re.compile("[\U000E0000-\U000E007F]")
 # Characters that render as nothing: every format control (zero-width spaces and joiners, BOM,
 # soft hyphen, bidi embeddings, overrides, isolates and marks) and the Hangul fillers.
 _INVISIBLE = regex.compile(r"[\p{Cf}\u115F\u1160\u3164\uFFA0]")
+# The 72 code points whose NFKC form is longer than three characters (U+FDFA becomes 18):
+# squared CJK words, Arabic ligatures, parenthesized numbers. None can be part of a phrase the
+# rules look for, and dropping them first keeps NFKC from multiplying an input's length.
+_LONG_EXPANSIONS = regex.compile(
+    "[\u2057\u2152\u2167\u2177\u247d-\u2487\u2a0c\u321d\u321e\u3300-\u33d8\ufdf2-\ufdf8\ufdfa-\ufdfc]"
+)
 # Combining marks stack on a letter without changing what a reader takes it for (accents,
 # variation selectors, the grapheme joiner, floods of diacritics).
 _MARKS = regex.compile(r"\p{Mn}+")
@@ -61,7 +67,7 @@ def normalize(raw: str) -> Normalized:
     """
     raw, hidden = _TAGS.subn("", raw)
     text, invisible = _INVISIBLE.subn("", raw)
-    text = unicodedata.normalize("NFKC", text).casefold()
+    text = unicodedata.normalize("NFKC", _LONG_EXPANSIONS.sub(" ", text)).casefold()
     text = _MARKS.sub("", text).translate(_FOLD)
     text = _SPACE_RUN.sub(" ", text).strip()
     text = _SPACED.sub(_collapse, text)

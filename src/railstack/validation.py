@@ -53,6 +53,24 @@ def parse_body(body: bytes) -> dict:
     return request
 
 
+MAX_CONFIG_IDS = 8
+# What a client may set in guardrails.options: sampling only, checked like the top-level
+# fields. Anything else there could switch rails off (``rails``) or reveal prompts (``log``).
+LLM_PARAMS = {"max_tokens", "temperature", "top_p", "presence_penalty", "frequency_penalty", "stop"}
+
+
+@dataclass(frozen=True)
+class ConfigRules:
+    """What the validation layer knows of one config."""
+
+    limits: RequestLimits
+    models: frozenset[str]  # the model names a request may ask for
+    passthrough: bool  # NeMo's passthrough mode cannot carry a context
+    # NeMo runs no input rails on a conversation that ends with a tool result; only its tool
+    # input rails look at one. Without them such a request would go to the model unchecked.
+    tool_results: bool = False
+
+
 def config_ids(request: dict) -> list[str]:
     """The config ids a request names (validated as plain names, never paths)."""
     guardrails = request.get("guardrails", {})
@@ -65,13 +83,32 @@ def config_ids(request: dict) -> list[str]:
         named.append(("guardrails.config_id", guardrails["config_id"]))
     ids = guardrails.get("config_ids")
     if ids is not None:
-        if not isinstance(ids, list):
-            raise Rejected(400, "'guardrails.config_ids' must be a list of config ids.", "guardrails.config_ids")
+        if not isinstance(ids, list) or len(ids) > MAX_CONFIG_IDS:
+            raise Rejected(400, f"'guardrails.config_ids' must be a list of at most {MAX_CONFIG_IDS} config ids.", "guardrails.config_ids")
         named += [(f"guardrails.config_ids[{i}]", v) for i, v in enumerate(ids)]
     for param, value in named:
         if not isinstance(value, str) or not CONFIG_ID.fullmatch(value) or ".." in value:
             raise Rejected(400, "A config id is a plain name of letters, digits, '.', '_' and '-'.", param)
-    return [value for _, value in named]
+    values = [value for _, value in named]
+    if len(set(values)) != len(values):
+        raise Rejected(400, "A config id is named twice.", "guardrails.config_ids")
+    return values
+
+
+def check_strings(value: Any, path: str = "") -> None:
+    """Every string in the body, keys included: valid Unicode (no lone surrogates), no NUL."""
+    stack = [(value, path)]
+    while stack:
+        item, where = stack.pop()
+        if isinstance(item, str):
+            _check_text(item, where or None)
+        elif isinstance(item, dict):
+            for key, child in item.items():
+                child_path = f"{where}.{key}" if where else str(key)
+                _check_text(key, child_path)
+                stack.append((child, child_path))
+        elif isinstance(item, list):
+            stack.extend((child, f"{where}[{i}]") for i, child in enumerate(item))
 
 
 def _text_of(content: Any, param: str) -> str:
@@ -90,16 +127,16 @@ def _text_of(content: Any, param: str) -> str:
     raise Rejected(400, "Message content must be a string or a list of content parts.", param)
 
 
-def _check_text(text: str, param: str) -> None:
+def _check_text(text: str, param: Optional[str]) -> None:
     if "\x00" in text:
-        raise Rejected(400, "Message content must not contain NUL characters.", param, "invalid_unicode")
+        raise Rejected(400, "The request must not contain NUL characters.", param, "invalid_unicode")
     try:
         text.encode("utf-8")
     except UnicodeEncodeError:
-        raise Rejected(400, "Message content holds invalid Unicode (a lone surrogate).", param, "invalid_unicode") from None
+        raise Rejected(400, "The request holds invalid Unicode (a lone surrogate).", param, "invalid_unicode") from None
 
 
-def check_messages(messages: Any, limits: RequestLimits) -> None:
+def check_messages(messages: Any, limits: RequestLimits, *, user_last: bool, tool_last: bool) -> None:
     if not isinstance(messages, list) or not messages:
         raise Rejected(400, "'messages' must be a non-empty list.", "messages")
     if len(messages) > limits.max_messages:
@@ -119,8 +156,10 @@ def check_messages(messages: Any, limits: RequestLimits) -> None:
             continue
         if content is None and role in ("assistant", "tool"):
             continue  # a tool call or an empty tool result
+        if isinstance(content, list) and role != "user":
+            # NeMo 0.24 fails (HTTP 500) on content parts in any other role.
+            raise Rejected(400, "Content parts are accepted in user messages only.", f"{param}.content")
         text = _text_of(content, f"{param}.content")
-        _check_text(text, f"{param}.content")
         if len(text) > limits.max_message_chars:
             raise Rejected(
                 413, f"A message has {len(text)} characters, the limit is {limits.max_message_chars}.",
@@ -129,9 +168,12 @@ def check_messages(messages: Any, limits: RequestLimits) -> None:
         total += len(text)
     if total > limits.max_total_chars:
         raise Rejected(413, f"The messages hold {total} characters, the limit is {limits.max_total_chars}.", "messages", "too_large")
+    if not user_last:
+        return
     last = messages[-1]
-    if last["role"] not in ("user", "tool"):
-        raise Rejected(400, "The last message must come from the user (or a tool).", f"messages[{len(messages) - 1}].role")
+    if last["role"] not in (("user", "tool") if tool_last else ("user",)):
+        who = "the user (or a tool)" if tool_last else "the user (this config has no tool input rails)"
+        raise Rejected(400, f"The last message must come from {who}.", f"messages[{len(messages) - 1}].role")
     if last["role"] == "user" and not _text_of(last.get("content"), "").strip():
         raise Rejected(400, "The user's message is empty.", f"messages[{len(messages) - 1}].content")
 
@@ -140,40 +182,72 @@ def _number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
-def check_parameters(request: dict, limits: RequestLimits) -> None:
+def check_sampling(params: dict, limits: RequestLimits, prefix: str = "") -> None:
     for name in ("max_tokens", "max_completion_tokens"):
-        value = request.get(name)
+        value = params.get(name)
         if value is not None and (not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= limits.max_tokens):
-            raise Rejected(400, f"'{name}' must be an integer from 1 to {limits.max_tokens}.", name)
+            raise Rejected(400, f"'{name}' must be an integer from 1 to {limits.max_tokens}.", prefix + name)
     for name, (low, high, low_ok) in SAMPLING.items():
-        value = request.get(name)
+        value = params.get(name)
         if value is not None and (not _number(value) or value > high or value < low or (value == low and not low_ok)):
             bounds = f"{'from' if low_ok else 'above'} {low:g} to {high:g}"
-            raise Rejected(400, f"'{name}' must be a number {bounds}.", name)
+            raise Rejected(400, f"'{name}' must be a number {bounds}.", prefix + name)
+    stop = params.get("stop")
+    if stop is not None and not (
+        isinstance(stop, str) or (isinstance(stop, list) and len(stop) <= 4 and all(isinstance(s, str) for s in stop))
+    ):
+        raise Rejected(400, "'stop' must be a string or a list of up to 4 strings.", prefix + "stop")
+
+
+def check_parameters(request: dict, rules: ConfigRules) -> None:
+    check_sampling(request, rules.limits)
     if request.get("stream") is not None and not isinstance(request["stream"], bool):
         raise Rejected(400, "'stream' must be true or false.", "stream")
     n = request.get("n")
     if n is not None and n != 1:
         raise Rejected(400, "'n' must be 1: a guarded answer is one answer.", "n")
-    stop = request.get("stop")
-    if stop is not None and not (
-        isinstance(stop, str) or (isinstance(stop, list) and len(stop) <= 4 and all(isinstance(s, str) for s in stop))
-    ):
-        raise Rejected(400, "'stop' must be a string or a list of up to 4 strings.", "stop")
-    if request.get("model") is not None and not isinstance(request["model"], str):
-        raise Rejected(400, "'model' must be a string.", "model")
+    model = request.get("model")
+    if model is not None and (not isinstance(model, str) or model not in rules.models):
+        # NeMo builds and keeps a new rails instance for every model name it is sent.
+        raise Rejected(400, f"Unknown model; this config serves: {', '.join(sorted(rules.models))}.", "model", "model_not_found")
+    guardrails = request.get("guardrails") or {}
+    if guardrails.get("state") is not None:
+        raise Rejected(400, "A client cannot set the guardrails state.", "guardrails.state")
+    options = guardrails.get("options")
+    if options is not None:
+        if not isinstance(options, dict) or set(options) - {"llm_params"}:
+            raise Rejected(400, "'guardrails.options' may only hold 'llm_params'.", "guardrails.options")
+        params = options.get("llm_params") or {}
+        if not isinstance(params, dict) or set(params) - LLM_PARAMS:
+            raise Rejected(
+                400, f"'guardrails.options.llm_params' may only hold {', '.join(sorted(LLM_PARAMS))}.",
+                "guardrails.options.llm_params",
+            )
+        check_sampling(params, rules.limits, "guardrails.options.llm_params.")
+    has_context = guardrails.get("context") is not None or any(
+        isinstance(m, dict) and m.get("role") == "context" for m in request.get("messages") or []
+    )
+    if has_context and rules.passthrough:
+        raise Rejected(400, "This config passes the conversation through; it takes no context.", "guardrails.context")
 
 
-def validate(request: dict, limits_for: Callable[[str], Optional[RequestLimits]], default_id: Optional[str]) -> None:
-    """Validate a parsed chat request against the limits of the configs it names."""
+def validate(request: dict, rules_for: Callable[[str], Optional[ConfigRules]], default_id: Optional[str], *, user_last: bool = True) -> None:
+    """Validate a parsed request against the rules of the configs it names. ``user_last``:
+    a chat request must end with the user; a rails-only check (/v1/checks) need not."""
+    check_strings(request)
     ids = config_ids(request) or ([default_id] if default_id else [])
     if not ids:
         raise Rejected(400, "No guardrails config id given and the server has no default.", "guardrails.config_id")
     for config_id in ids:
-        if limits_for(config_id) is None:
+        if rules_for(config_id) is None:
             raise Rejected(404, f"No guardrails config named '{config_id}'.", "guardrails.config_id", "config_not_found")
-    # Several configs: the strictest of their limits.
-    each = [limits_for(i) for i in ids]
-    limits = RequestLimits(**{name: min(getattr(lim, name) for lim in each) for name in RequestLimits.model_fields})
-    check_messages(request.get("messages"), limits)
-    check_parameters(request, limits)
+    # Several configs: the strictest of their limits, the models all of them serve.
+    each = [rules_for(i) for i in ids]
+    rules = ConfigRules(
+        limits=RequestLimits(**{name: min(getattr(r.limits, name) for r in each) for name in RequestLimits.model_fields}),
+        models=frozenset.intersection(*(r.models for r in each)),
+        passthrough=any(r.passthrough for r in each),
+        tool_results=all(r.tool_results for r in each),
+    )
+    check_messages(request.get("messages"), rules.limits, user_last=user_last, tool_last=rules.tool_results)
+    check_parameters(request, rules)
