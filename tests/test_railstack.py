@@ -116,7 +116,7 @@ async def test_concurrent_tier_cancels_the_rest_on_the_first_block(make_config):
     app, llm = build(make_config, "t_slow_allow,t_slow_block")
     start = time.perf_counter()
     answer, decisions = await ask(app)
-    assert time.perf_counter() - start < 0.25
+    assert time.perf_counter() - start < 0.29  # the cancelled check alone takes 0.3 s
     assert answer == "Blocked by the t_slow_block rail: slow block"
     assert decisions["t_slow_allow"].verdict == "cancelled"
     assert llm.inference_count == 0
