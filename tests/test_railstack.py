@@ -315,3 +315,20 @@ async def test_streaming_output_rail_checks_the_answer(make_config):
             assert error["code"] == "content_blocked" and error["param"] == "railstack heuristics output"
         else:
             assert "".join(chunks) == answer
+
+
+@pytest.mark.parametrize(
+    "name, value, message",
+    [
+        ("RAILSTACK__HEURISTICS__MAX_INPUT_CHARS", "-3", "(from RAILSTACK__HEURISTICS__MAX_INPUT_CHARS)"),
+        ("RAILSTACK__HEURISTIC__MAX_INPUT_CHARS", "3", "RAILSTACK__HEURISTIC__MAX_INPUT_CHARS: no such setting"),
+        ("RAILSTACK__TOPIC__DENY", "Globex", "write lists and mappings as JSON"),
+    ],
+)
+def test_a_bad_environment_override_is_an_error_that_names_it(monkeypatch, name, value, message):
+    from railstack.settings import SettingsError, parse_settings
+
+    monkeypatch.setenv(name, value)
+    with pytest.raises(SettingsError) as err:
+        parse_settings({})
+    assert message in str(err.value)

@@ -8,11 +8,13 @@ which is how deployments swap model paths and service URLs without editing a con
 
 from __future__ import annotations
 
+import os
 import re
 from typing import Any, Literal, Mapping, Optional
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+from pydantic_settings import SettingsError as EnvParseError
 
 ENV_PREFIX = "RAILSTACK__"
 
@@ -203,15 +205,32 @@ class RailstackSettings(BaseSettings):
         return self._own(rail).enabled
 
 
+def _env_name(loc: tuple) -> str:
+    return ENV_PREFIX + "__".join(str(p) for p in loc).upper()
+
+
 def _describe(exc: ValidationError) -> str:
     lines = []
     for err in exc.errors():
         key = ".".join(str(p) for p in ("custom_data", "railstack", *err["loc"]))
+        # Say where a bad value came from when the environment set it.
+        env = next((_env_name(err["loc"][:n]) for n in range(len(err["loc"]), 0, -1) if _env_name(err["loc"][:n]) in os.environ), None)
+        where = f" (from {env})" if env else ""
         if err["type"] == "extra_forbidden":
-            lines.append(f"{key}: unknown key")
+            lines.append(f"{key}: unknown key{where}")
         else:
-            lines.append(f"{key}: {err['msg']} (got {err.get('input')!r})")
+            lines.append(f"{key}: {err['msg']} (got {err.get('input')!r}){where}")
     return "invalid railstack settings:\n  " + "\n  ".join(lines)
+
+
+def _unknown_env_sections() -> list[str]:
+    # pydantic-settings ignores an environment variable whose first part names no setting;
+    # an override that silently does nothing is worse than an error.
+    known = set(RailstackSettings.model_fields)
+    return sorted(
+        name for name in os.environ
+        if name.upper().startswith(ENV_PREFIX) and name[len(ENV_PREFIX):].split("__")[0].lower() not in known
+    )
 
 
 def parse_settings(custom_data: Optional[Mapping[str, Any]]) -> RailstackSettings:
@@ -219,7 +238,12 @@ def parse_settings(custom_data: Optional[Mapping[str, Any]]) -> RailstackSetting
     raw = (custom_data or {}).get("railstack") or {}
     if not isinstance(raw, Mapping):
         raise SettingsError(f"custom_data.railstack must be a mapping, got {type(raw).__name__}")
+    unknown_env = _unknown_env_sections()
+    if unknown_env:
+        raise SettingsError(f"invalid railstack settings:\n  {', '.join(unknown_env)}: no such setting")
     try:
         return RailstackSettings(**raw)
     except ValidationError as exc:
         raise SettingsError(_describe(exc)) from None
+    except EnvParseError as exc:  # an override that is not valid JSON where a list or mapping is due
+        raise SettingsError(f"invalid railstack settings:\n  {exc} (write lists and mappings as JSON)") from None
