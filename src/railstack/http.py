@@ -72,6 +72,16 @@ def _with_headers(send: Callable, extra: Callable[[], list[tuple[str, str]]]) ->
     return sending
 
 
+def _headers(scope: dict) -> dict[str, str]:
+    return {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", [])}
+
+
+def _context(request: dict) -> Optional[dict]:
+    guardrails = request.get("guardrails")
+    context = guardrails.get("context") if isinstance(guardrails, dict) else None
+    return context if isinstance(context, dict) else None
+
+
 def _is_chat(scope: dict) -> bool:
     return scope["type"] == "http" and scope["method"] == "POST" and scope["path"].endswith(CHAT_PATH)
 
@@ -139,17 +149,14 @@ class ValidationMiddleware:
             except asyncio.TimeoutError:
                 raise Rejected(408, f"The request body did not arrive within {self.body_timeout:g} s.", code="timeout") from None
             request = parse_body(body)
-            default = os.getenv("DEFAULT_CONFIG_ID") or self.default_config_id()
-            validate(request, self.rules.get, default, user_last=not checks)
+            validate(request, self.rules.get, _default_config_id(self.default_config_id), user_last=not checks)
         except Rejected as exc:
             r = exc.rejection
-            headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", [])}
             # Name the client the way its config's admission would, where the body says which.
             how = self.client_keys.get(_config_id(request) or "", ClientKeySettings())
-            context = request.get("guardrails", {}).get("context") if isinstance(request.get("guardrails"), dict) else None
             log.info(
                 "request=%s client=%s rejected status=%d param=%s reason=%s",
-                request_id.get(), client_key(how, headers, context if isinstance(context, dict) else None),
+                request_id.get(), client_key(how, _headers(scope), _context(request)),
                 r.status, r.param or "-", r.message,
             )
             error_type = {413: "request_too_large", 404: "not_found", 408: "timeout"}.get(r.status, "invalid_request_error")
@@ -163,6 +170,8 @@ class ValidationMiddleware:
 
 
 class AdmissionMiddleware:
+    """Sits inside ``ValidationMiddleware`` and reads the body it parsed."""
+
     def __init__(
         self,
         app: Callable[..., Awaitable[None]],
@@ -177,26 +186,13 @@ class AdmissionMiddleware:
     async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
         if not _is_chat(scope):
             return await self.app(scope, receive, send)
-        request = scope.get(REQUEST_KEY)
-        if request is None:  # not behind the validation layer
-            body, receive = await _buffer(receive)
-            try:
-                request = json.loads(body)
-            except (ValueError, UnicodeDecodeError, RecursionError):
-                request = None
-            if not isinstance(request, dict):
-                return await self.app(scope, receive, send)  # NeMo answers malformed bodies itself
-        # The same order NeMo resolves a request's config in.
-        config_id = _config_id(request) or os.getenv("DEFAULT_CONFIG_ID") or self.default_config_id()
-        entry = self.admissions.get(config_id or "")
+        request = scope[REQUEST_KEY]
+        entry = self.admissions.get(_config_id(request) or _default_config_id(self.default_config_id) or "")
         if entry is None:
             return await self.app(scope, receive, send)
         admission, timeout, on_failure = entry
 
-        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", [])}
-        guardrails = request.get("guardrails") if isinstance(request.get("guardrails"), dict) else {}
-        context = guardrails.get("context") if isinstance(guardrails.get("context"), dict) else None
-        key = admission.client_key(headers, context)
+        key = admission.client_key(_headers(scope), _context(request))
         try:
             quota = await asyncio.wait_for(
                 admission.decide(key, admission.cost(request.get("messages"), _max_tokens(request))), timeout
@@ -223,6 +219,11 @@ def _max_tokens(request: dict) -> Any:
     return given if given is not None else request.get("max_completion_tokens")
 
 
+def _default_config_id(server_default: Callable[[], Optional[str]]) -> Optional[str]:
+    # The order NeMo resolves a request without a config id in.
+    return os.getenv("DEFAULT_CONFIG_ID") or server_default()
+
+
 def _config_id(request: dict) -> Optional[str]:
     guardrails = request.get("guardrails")
     if not isinstance(guardrails, dict):
@@ -233,7 +234,7 @@ def _config_id(request: dict) -> Optional[str]:
     return ids[0] if isinstance(ids, list) and ids and isinstance(ids[0], str) else None
 
 
-async def _buffer(receive: Callable, limit: Optional[int] = None) -> tuple[bytes, Callable]:
+async def _buffer(receive: Callable, limit: int) -> tuple[bytes, Callable]:
     """Read the whole request body (refusing one over ``limit`` bytes as soon as it is), and
     give the app a receive that replays it."""
     chunks = []
@@ -244,7 +245,7 @@ async def _buffer(receive: Callable, limit: Optional[int] = None) -> tuple[bytes
             break
         chunks.append(message.get("body", b""))
         size += len(chunks[-1])
-        if limit is not None and size > limit:
+        if size > limit:
             raise Rejected(413, f"The request body is over {limit} bytes.", code="too_large")
         if not message.get("more_body"):
             break

@@ -185,13 +185,14 @@ class Runtime:
     ) -> RailOutcome:
         ctx = CheckContext(source, self.settings, nemo_context or {}, self)
         decisions: list[Decision] = []
-        unknown = [n for n in names if get_rail(n) is None]
-        if unknown:
+        found = {n: get_rail(n) for n in names}
+        unknown = [n for n, r in found.items() if r is None]
+        if unknown:  # a rail named by a flow that prepare() never saw
             return RailOutcome.failure(
                 reason=f"Blocked: unknown railstack rail(s) {', '.join(unknown)} in this config.",
                 metadata={"rail": unknown[0], "decisions": []},
             )
-        rails = [get_rail(n) for n in names if self.settings.enabled(n)]
+        rails = [found[n] for n in names if self.settings.enabled(n)]
         tiers = sorted({r.tier for r in rails})
         blocker: Optional[Decision] = None
         for tier in tiers:

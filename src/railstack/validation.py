@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Optional
 
 from railstack.settings import RequestLimits
+from railstack.text import message_text
 
 ROLES = {"system", "developer", "user", "assistant", "tool", "context"}
 CONFIG_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
@@ -112,19 +113,16 @@ def check_strings(value: Any, path: str = "") -> None:
 
 
 def _text_of(content: Any, param: str) -> str:
-    if isinstance(content, str):
-        return content
+    """``message_text``, with an error that names the part that is wrong."""
     if isinstance(content, list):
-        texts = []
         for j, part in enumerate(content):
             if not isinstance(part, dict) or not isinstance(part.get("type"), str):
                 raise Rejected(400, "A content part must be an object with a 'type'.", f"{param}[{j}]")
-            if part["type"] == "text":
-                if not isinstance(part.get("text"), str):
-                    raise Rejected(400, "A text content part needs a string 'text'.", f"{param}[{j}].text")
-                texts.append(part["text"])
-        return "\n".join(texts)
-    raise Rejected(400, "Message content must be a string or a list of content parts.", param)
+            if part["type"] == "text" and not isinstance(part.get("text"), str):
+                raise Rejected(400, "A text content part needs a string 'text'.", f"{param}[{j}].text")
+    elif not isinstance(content, str):
+        raise Rejected(400, "Message content must be a string or a list of content parts.", param)
+    return message_text(content)
 
 
 def _check_text(text: str, param: Optional[str]) -> None:
