@@ -43,3 +43,13 @@ def make_config(tmp_path: Path):
         return path
 
     return make
+
+
+@pytest.fixture(autouse=True)
+def fresh_stages():
+    """Bounded stages live for the whole process; each test starts with empty queues."""
+    from railstack import backpressure
+
+    backpressure.reset()
+    yield
+    backpressure.reset()

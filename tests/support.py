@@ -3,8 +3,16 @@
 from __future__ import annotations
 
 import contextlib
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
 from pathlib import Path
 from typing import Iterator
+
+import httpx
 
 from nemoguardrails import RailsConfig
 
@@ -41,3 +49,62 @@ def serving(root: Path) -> Iterator["TestClient"]:  # noqa: F821
 
 def chat(config_id: str, content: str, **extra) -> dict:
     return {"model": "main", "messages": [{"role": "user", "content": content}], "guardrails": {"config_id": config_id}, **extra}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+
+class Server:
+    """`nemoguardrails server --config config` in its own process, on a free loopback port."""
+
+    def __init__(self, config: Path, cwd: Path, env: dict, args: tuple[str, ...] = ()):
+        self.port = free_port()
+        # A file, not a pipe: a busy server logs more than a pipe holds, and would block on it.
+        self.log = tempfile.TemporaryFile("w+")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "nemoguardrails", "server", "--config", str(config), "--port", str(self.port), *args],
+            cwd=cwd,
+            env=env,
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        self.url = f"http://127.0.0.1:{self.port}"
+        deadline = time.monotonic() + 90
+        while True:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"server exited {self.proc.returncode}: {self.output()[-3000:]}")
+            try:
+                if httpx.get(f"{self.url}/v1/rails/configs", timeout=2).status_code == 200:
+                    return
+            except httpx.TransportError:
+                pass
+            if time.monotonic() > deadline:
+                self.stop()
+                raise RuntimeError("server did not start in 90 s")
+            time.sleep(0.3)
+
+    def output(self) -> str:
+        self.log.seek(0)
+        return self.log.read()
+
+    def stop(self):
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+        self.log.close()
+
+
+def server_env(main_model, **extra) -> dict:
+    return {
+        **os.environ,
+        "NEMO_GUARDRAILS_NO_USAGE_STATS": "1",
+        "MAIN_MODEL_BASE_URL": main_model.base_url,
+        **extra,
+    }

@@ -1,24 +1,15 @@
 """The pack as users run it: a built wheel installed non-editable, and the repo checkout,
 each served by a real `nemoguardrails server` process on loopback."""
 
-import os
-import socket
 import subprocess
 import sys
-import time
 import zipfile
 from pathlib import Path
 
 import httpx
 import pytest
 
-from support import REPO, chat
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from support import REPO, Server, chat, server_env
 
 
 @pytest.fixture(scope="module")
@@ -61,40 +52,6 @@ def test_wheel_ships_actions_flows_and_configs(wheel):
         assert expected in names
 
 
-class Server:
-    def __init__(self, config: Path, cwd: Path, env: dict):
-        self.port = free_port()
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "nemoguardrails", "server", "--config", str(config), "--port", str(self.port)],
-            cwd=cwd,
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-        )
-        self.url = f"http://127.0.0.1:{self.port}"
-        deadline = time.monotonic() + 90
-        while True:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"server exited {self.proc.returncode}: {self.proc.stdout.read()[-3000:]}")
-            try:
-                if httpx.get(f"{self.url}/v1/rails/configs", timeout=2).status_code == 200:
-                    return
-            except httpx.TransportError:
-                pass
-            if time.monotonic() > deadline:
-                self.stop()
-                raise RuntimeError("server did not start in 90 s")
-            time.sleep(0.3)
-
-    def stop(self):
-        self.proc.terminate()
-        try:
-            self.proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-
-
 def exercise(server: Server, main_model):
     ids = {c["id"] for c in httpx.get(f"{server.url}/v1/rails/configs").json()}
     assert {"default", "no-models"} <= ids
@@ -107,15 +64,6 @@ def exercise(server: Server, main_model):
     assert blocked.status_code == 200
     assert blocked.json()["choices"][0]["message"]["content"].startswith("Blocked by the heuristics rail")
     assert main_model.calls == 1
-
-
-def server_env(main_model, **extra) -> dict:
-    return {
-        **os.environ,
-        "NEMO_GUARDRAILS_NO_USAGE_STATS": "1",
-        "MAIN_MODEL_BASE_URL": main_model.base_url,
-        **extra,
-    }
 
 
 def test_non_editable_install_serves_from_any_working_directory(installed, main_model, tmp_path):

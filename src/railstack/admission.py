@@ -18,6 +18,7 @@ from typing import Any, Mapping, Optional, Protocol
 
 from aiolimiter import AsyncLimiter
 
+from railstack import metrics
 from railstack.settings import AdmissionSettings, ClientKeySettings, RateTier
 from railstack.text import Unreadable, message_text
 
@@ -276,7 +277,10 @@ class Admission:
         return self._tier_limits[tier] if tier else self._default_limits
 
     async def decide(self, key: str, cost: int) -> Quota:
-        return await self.engine.acquire(f"{self.scope}:{key}", self.limits_for(key), cost)
+        quota = await self.engine.acquire(f"{self.scope}:{key}", self.limits_for(key), cost)
+        result = "admitted" if quota.allowed else ("unavailable" if quota.status == 503 else "limited")
+        metrics.ADMISSION.labels(self.scope, result).inc()
+        return quota
 
 
 def client_key(how: ClientKeySettings, headers: Mapping[str, str], context: Optional[Mapping[str, Any]]) -> str:

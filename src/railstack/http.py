@@ -8,7 +8,12 @@ for streaming and non-streaming chat requests alike, outermost first:
 - ``AdmissionMiddleware``: 429/503 with Retry-After and OpenAI's x-ratelimit-* headers, decided
   before NeMo parses the request, so a refused request costs no rail, classifier or model time;
   an admitted one carries its remaining quota in the response headers, and the ``admission``
-  rail inside NeMo sees the decision instead of taking from the buckets again.
+  rail inside NeMo sees the decision instead of taking from the buckets again;
+- ``BackpressureMiddleware``: an admitted request takes a slot of its config's main stage at
+  the door, or is shed with 503 and Retry-After; a client that goes away leaves the queue or
+  frees its slot; a request a classifier engine's stage shed also gets 503.
+
+``OpsMiddleware``, outermost, serves ``GET /railstack/health`` and ``GET /metrics``.
 """
 
 from __future__ import annotations
@@ -22,8 +27,10 @@ import os
 import uuid
 from typing import Any, Awaitable, Callable, Optional
 
+from railstack import backpressure
 from railstack.admission import Admission, Quota, client_key
-from railstack.mechanism import collect_decisions, request_id
+from railstack.backpressure import Shed, Stage, overloaded_message
+from railstack.mechanism import collect_decisions, current_decisions, request_id
 from railstack.settings import ClientKeySettings, RequestLimits
 from railstack.validation import ConfigRules, Rejected, parse_body, validate
 
@@ -36,6 +43,8 @@ http_quota: contextvars.ContextVar[Optional[Quota]] = contextvars.ContextVar("ra
 
 CHAT_PATH = "/v1/chat/completions"
 CHECKS_PATH = "/v1/checks"  # NeMo's rails-only endpoint: validated too
+HEALTH_PATH = "/railstack/health"
+METRICS_PATH = "/metrics"
 
 
 def error_body(message: str, *, error_type: str, code: str, param: Optional[str] = None) -> bytes:
@@ -212,6 +221,144 @@ class AdmissionMiddleware:
             await self.app(scope, receive, _with_headers(send, quota.headers))
         finally:
             http_quota.reset(token)
+
+
+def shed_response(exc: Shed) -> tuple[bytes, list[tuple[str, str]]]:
+    body = error_body(overloaded_message(exc), error_type="service_unavailable", code="overloaded")
+    return body, [("retry-after", str(max(1, math.ceil(exc.retry_after_s))))]
+
+
+def _rail_shed_as_503(send: Callable) -> Callable:
+    """``send`` that answers 503 instead of the refusal when a rail blocked because its engine's
+    stage shed it. Input rails have all decided before NeMo starts a response, streaming too."""
+    replaced = False
+
+    async def sending(message: dict) -> None:
+        nonlocal replaced
+        if replaced:
+            return
+        if message["type"] == "http.response.start":
+            shed = next((d for d in current_decisions() if d.verdict == "block" and "shed" in d.metadata), None)
+            if shed is not None:
+                replaced = True
+                exc = Shed(shed.metadata["shed"], shed.metadata["shed_reason"], shed.metadata["retry_after_s"])
+                body, headers = shed_response(exc)
+                return await send_json(send, 503, body, headers)
+        await send(message)
+
+    return sending
+
+
+class BackpressureMiddleware:
+    """Sits inside ``AdmissionMiddleware``: only requests their client's quota admits queue."""
+
+    def __init__(
+        self,
+        app: Callable[..., Awaitable[None]],
+        stages: dict[str, Stage],
+        default_config_id: Callable[[], Optional[str]],
+    ):
+        self.app = app
+        self.stages = stages  # config id -> its main stage
+        self.default_config_id = default_config_id
+
+    async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
+        if not _is_chat(scope):
+            return await self.app(scope, receive, send)
+        send = _rail_shed_as_503(send)
+        request = scope[REQUEST_KEY]
+        stage = self.stages.get(_config_id(request) or _default_config_id(self.default_config_id) or "")
+        if stage is None:
+            return await self.app(scope, receive, send)
+
+        body = await receive()  # replayed by the validation layer: the watcher must not take it
+        gone = asyncio.Event()
+        watcher = asyncio.ensure_future(_watch_disconnect(receive, gone))
+        try:
+            if not await _first(stage.acquire(), gone):
+                log.info("request=%s client went away while queued for %s", request_id.get(), stage.name)
+                return
+            try:
+                token = backpressure.held_main.set(stage.name)
+                try:
+                    if not await _first(self.app(scope, _then_disconnect(body, gone), send), gone):
+                        log.info("request=%s client went away; its %s slot is free", request_id.get(), stage.name)
+                finally:
+                    backpressure.held_main.reset(token)
+            finally:
+                stage.release()
+        except Shed as exc:
+            log.info("request=%s shed by %s: %s", request_id.get(), exc.stage, exc.reason)
+            payload, headers = shed_response(exc)
+            await send_json(send, 503, payload, headers)
+        finally:
+            watcher.cancel()
+
+
+async def _first(work: Awaitable[Any], gone: asyncio.Event) -> bool:
+    """Run ``work`` unless the client goes away first (then cancel it and say False)."""
+    task = asyncio.ensure_future(work)
+    leaving = asyncio.ensure_future(gone.wait())
+    try:
+        await asyncio.wait({task, leaving}, return_when=asyncio.FIRST_COMPLETED)
+    except asyncio.CancelledError:
+        task.cancel()
+        raise
+    finally:
+        leaving.cancel()
+    if task.done():
+        task.result()
+        return True
+    task.cancel()
+    try:
+        await task
+    except asyncio.CancelledError:
+        return False
+    return True  # it finished as it was being cancelled
+
+
+async def _watch_disconnect(receive: Callable, gone: asyncio.Event) -> None:
+    while (await receive())["type"] != "http.disconnect":
+        pass
+    gone.set()
+
+
+def _then_disconnect(body: dict, gone: asyncio.Event) -> Callable:
+    """The app's receive: the body, then a disconnect when the watcher sees one."""
+    given = False
+
+    async def receive() -> dict:
+        nonlocal given
+        if not given:
+            given = True
+            return body
+        await gone.wait()
+        return {"type": "http.disconnect"}
+
+    return receive
+
+
+class OpsMiddleware:
+    """``GET /railstack/health``: healthy / degraded / overloaded (503) with each stage's
+    in-flight, queued, admitted and shed counts; ``GET /metrics``: Prometheus text format."""
+
+    def __init__(self, app: Callable[..., Awaitable[None]]):
+        self.app = app
+
+    async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
+        if scope["type"] == "http" and scope["method"] in ("GET", "HEAD"):
+            if scope["path"].endswith(HEALTH_PATH):
+                status, stages = backpressure.health()
+                body = json.dumps({"status": status, "stages": stages}).encode()
+                return await send_json(send, 503 if status == "overloaded" else 200, body, [("cache-control", "no-store")])
+            if scope["path"].endswith(METRICS_PATH):
+                from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+                body = generate_latest()
+                raw = [(b"content-type", CONTENT_TYPE_LATEST.encode()), (b"content-length", str(len(body)).encode())]
+                await send({"type": "http.response.start", "status": 200, "headers": raw})
+                return await send({"type": "http.response.body", "body": body})
+        await self.app(scope, receive, send)
 
 
 def _max_tokens(request: dict) -> Any:

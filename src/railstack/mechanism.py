@@ -22,6 +22,8 @@ from typing import Any, Awaitable, Callable, Iterator, Optional
 
 from nemoguardrails.actions.rail_outcome import RailOutcome
 
+from railstack import metrics
+from railstack.backpressure import Shed, Stage, stage_for
 from railstack.settings import RailstackSettings
 
 log = logging.getLogger("railstack.decisions")
@@ -141,6 +143,11 @@ def collect_decisions() -> Iterator[list[Decision]]:
         _collector.reset(token)
 
 
+def current_decisions() -> list[Decision]:
+    """The decisions made so far for the request being served (empty outside ``collect_decisions``)."""
+    return list(_collector.get() or [])
+
+
 def _keep(decision: Decision) -> None:
     log.info(
         "request=%s rail=%s source=%s verdict=%s score=%s latency_ms=%.2f failed=%s reason=%s",
@@ -153,6 +160,9 @@ def _keep(decision: Decision) -> None:
         decision.failed,
         decision.reason or "-",
     )
+    metrics.RAIL_DECISIONS.labels(decision.rail, decision.source, decision.verdict, str(decision.failed).lower()).inc()
+    if decision.verdict in ("allow", "block"):
+        metrics.RAIL_LATENCY.labels(decision.rail, decision.source).observe(decision.latency_ms / 1000)
     kept = _collector.get()
     if kept is not None:
         kept.append(decision)
@@ -174,6 +184,12 @@ class Runtime:
         for name in names:
             if self.settings.enabled(name):
                 self._resource(get_rail(name))
+
+    def engine_stage(self, engine: str) -> Optional[Stage]:
+        """The bounded stage in front of a classifier engine (None when backpressure is off):
+        a slow engine backs up its own queue, not the whole process."""
+        bp = self.settings.backpressure
+        return stage_for(f"engine/{engine}", bp.engines, bp) if bp.enabled else None
 
     def _resource(self, r: Rail) -> Any:
         if r.resource is not None and r.name not in self.resources:
@@ -243,6 +259,7 @@ class Runtime:
 
     async def _run_one(self, r: Rail, text: str, ctx: CheckContext) -> Decision:
         timeout, on_failure = self.settings.policy(r.name)
+        metadata: dict[str, Any] = {}
         start = time.perf_counter()
         try:
             ctx = replace(ctx, resource=self._resource(r))
@@ -255,6 +272,10 @@ class Runtime:
                 raise TypeError(f"rail {r.name} returned {type(verdict).__name__}, not a Verdict")
         except asyncio.TimeoutError:
             failure = f"did not finish within {timeout:g} s"
+        except Shed as exc:
+            # Its engine's queue is full: over HTTP this becomes a 503 with Retry-After.
+            failure = f"was shed ({exc})"
+            metadata = {"shed": exc.stage, "shed_reason": exc.reason, "retry_after_s": exc.retry_after_s}
         except Exception as exc:  # noqa: BLE001 - any failure of a check is a policy decision
             log.debug("rail %s raised", r.name, exc_info=True)
             failure = f"raised {type(exc).__name__}"
@@ -279,6 +300,7 @@ class Runtime:
             score=None,
             latency_ms=(time.perf_counter() - start) * 1000,
             failed=True,
+            metadata=metadata,
         )
 
     @staticmethod

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import functools
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from railstack.mechanism import Runtime
 from railstack.settings import parse_settings
@@ -45,3 +45,37 @@ def init(app: Any) -> None:
         return await railstack_rails(*args, **kwargs)
 
     app.register_action(bound, name="railstack_rails")
+    _gate_main_model(app, runtime)
+
+
+def _gate_main_model(app: Any, runtime: Runtime) -> None:
+    """Put the main model behind this config's main stage (``railstack.backpressure``).
+
+    NeMo calls ``init`` before it builds the models and offers no hook after, and
+    ``RunnableRails(config) | model`` swaps the model in later through ``update_llm``; so both
+    steps are wrapped, on this instance only, to gate whatever model they set.
+    """
+    from railstack.backpressure import GatedModel, main_stage_name, stage_for
+
+    bp = runtime.settings.backpressure
+    stage = stage_for(main_stage_name(runtime.scope), bp.main, bp) if bp.enabled else None
+
+    def gate() -> None:
+        if app.llm is None or isinstance(app.llm, GatedModel):
+            return
+        app.llm = GatedModel(app.llm, stage, runtime.scope)
+        app.runtime.register_action_param("llm", app.llm)
+        generation = getattr(app, "_llm_generation_actions", None)  # made after the models
+        if generation is not None:
+            generation.llm = app.llm
+
+    def wrapped(step: Callable[..., None]) -> Callable[..., None]:
+        @functools.wraps(step)
+        def run(*args: Any, **kwargs: Any) -> None:
+            step(*args, **kwargs)
+            gate()
+
+        return run
+
+    app._init_llms = wrapped(app._init_llms)
+    app.update_llm = wrapped(app.update_llm)

@@ -7,7 +7,9 @@ single-config mode, and not under ``--prefix``). It
   that names it instead of failing that config's first request;
 - wraps the ASGI stack: malformed and hostile chat requests are refused before NeMo reads
   them (``railstack.validation``), every chat response says its request id and decisions in
-  headers, and configs that enable admission get a real 429 with its headers.
+  headers, configs that enable admission get a real 429 with its headers, overload is shed
+  at the door with 503 and Retry-After (``railstack.backpressure``), and the server answers
+  ``GET /railstack/health`` and ``GET /metrics``.
 """
 
 from __future__ import annotations
@@ -47,21 +49,35 @@ def rules_of(config: Any, settings: RailstackSettings) -> Any:
 
 def init(app: Any) -> None:
     from railstack.admission import admission_for
-    from railstack.http import AdmissionMiddleware, DecisionsMiddleware, ValidationMiddleware
+    from railstack.backpressure import main_stage_name, stage_for
+    from railstack.http import (
+        AdmissionMiddleware,
+        BackpressureMiddleware,
+        DecisionsMiddleware,
+        OpsMiddleware,
+        ValidationMiddleware,
+    )
+
+    ours = (AdmissionMiddleware, BackpressureMiddleware, DecisionsMiddleware, OpsMiddleware, ValidationMiddleware)
 
     configs = validate_configs(Path(app.rails_config_path))
     log.info("railstack settings valid for configs: %s", ", ".join(configs))
-    admissions = {}
+    admissions, stages = {}, {}
     for config_id, (_, settings) in configs.items():
         if settings.admission.enabled:
             timeout, on_failure = settings.policy("admission")
             admissions[config_id] = (admission_for(settings.admission, config_id), timeout, on_failure)
+        bp = settings.backpressure
+        if bp.enabled:
+            # The same stage object the config's main-model gate uses (railstack.nemo).
+            stages[config_id] = stage_for(main_stage_name(config_id), bp.main, bp)
     # Starlette has built its stack by the time the lifespan runs; wrapping it is the way in
     # for a config.py hook (add_middleware is refused after start-up). The app object lives
     # as long as the process, so a second start-up replaces the wrapper rather than nesting.
     stack = app.middleware_stack
-    while isinstance(stack, (AdmissionMiddleware, DecisionsMiddleware, ValidationMiddleware)):
+    while isinstance(stack, ours):
         stack = stack.app
+    stack = BackpressureMiddleware(stack, stages, lambda: app.default_config_id)
     if admissions:
         stack = AdmissionMiddleware(stack, admissions, lambda: app.default_config_id)
         log.info("railstack admission answers HTTP for configs: %s", ", ".join(admissions))
@@ -71,4 +87,4 @@ def init(app: Any) -> None:
         {config_id: settings.admission.client_key for config_id, (_, settings) in configs.items()},
         lambda: app.default_config_id,
     )
-    app.middleware_stack = DecisionsMiddleware(stack)
+    app.middleware_stack = OpsMiddleware(DecisionsMiddleware(stack))
