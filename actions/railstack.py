@@ -5,7 +5,7 @@ from typing import Any, Optional
 from nemoguardrails.actions import action
 from nemoguardrails.actions.rail_outcome import RailOutcome
 
-from railstack.text import Unreadable, message_text
+from railstack.text import Unreadable, conversation_text, message_text
 
 
 def _conversation(events: Optional[list], context: dict) -> str:
@@ -15,7 +15,7 @@ def _conversation(events: Optional[list], context: dict) -> str:
 
     sent = http_messages.get()
     if sent is not None:  # behind railstack's HTTP layer: the request exactly as it came
-        return "\n\n".join(message_text(m.get("content")) for m in sent if m.get("role") != "context")
+        return conversation_text(sent)
     # Otherwise NeMo's events: they hold tool results only when tool input rails are configured.
     texts = []
     for event in events or []:
@@ -46,6 +46,15 @@ async def railstack_rails(
             "(its config.py must contain `from railstack.nemo import init`)."
         )
     context = context or {}
+    names = [name.strip() for name in rails.split(",") if name.strip()]
+    if source == "input":
+        from railstack.http import http_input_decisions
+
+        decided = http_input_decisions.get()
+        # The HTTP layer already ran this request's input rails; the flow only says the outcome.
+        replayed = railstack_runtime.replay(names, decided) if decided is not None else None
+        if replayed is not None:
+            return replayed
     try:
         if source == "input":
             text = _conversation(events, context)
@@ -56,5 +65,4 @@ async def railstack_rails(
             return RailOutcome.failure(reason=f"Blocked: a railstack flow names an unknown source {source!r}.")
     except Unreadable as exc:
         return RailOutcome.failure(reason=f"Blocked: message content railstack cannot read ({exc}).")
-    names = [name.strip() for name in rails.split(",") if name.strip()]
     return await railstack_runtime.run(names, source=source, text=text, nemo_context=context)

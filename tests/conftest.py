@@ -47,9 +47,12 @@ def make_config(tmp_path: Path):
 
 @pytest.fixture(autouse=True)
 def fresh_stages():
-    """Bounded stages live for the whole process; each test starts with empty queues."""
+    """Bounded stages and config runtimes live for the whole process; each test starts anew."""
     from railstack import backpressure
+    from railstack.mechanism import reset_runtimes
 
     backpressure.reset()
+    reset_runtimes()
     yield
     backpressure.reset()
+    reset_runtimes()

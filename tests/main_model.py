@@ -99,6 +99,8 @@ class MainModelDouble:
 
     def start(self, port: int = 0) -> "MainModelDouble":
         sock = socket.socket()
+        # Connections inherit it: without it every answer waits ~40 ms for a delayed ACK.
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         sock.bind(("127.0.0.1", port))
         self.port = sock.getsockname()[1]
         self._server = uvicorn.Server(uvicorn.Config(self.app(), log_level="warning", lifespan="off"))
@@ -117,9 +119,15 @@ class MainModelDouble:
 
 
 if __name__ == "__main__":
-    # A stand-in main model for trying railstack without one: python tests/main_model.py [PORT]
-    import sys
+    # A stand-in main model for trying railstack without one:
+    #   python tests/main_model.py [PORT] [--latency S] [--token-delay S]
+    import argparse
 
-    double = MainModelDouble().start(int(sys.argv[1]) if len(sys.argv) > 1 else 8000)
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("port", nargs="?", type=int, default=8000)
+    parser.add_argument("--latency", type=float, default=0.0, help="seconds before answering")
+    parser.add_argument("--token-delay", type=float, default=0.0, help="seconds between streamed tokens")
+    args = parser.parse_args()
+    double = MainModelDouble(latency_s=args.latency, token_delay_s=args.token_delay).start(args.port)
     print(f"test main model on {double.base_url}; Ctrl-C stops it", flush=True)
     double._thread.join()

@@ -62,6 +62,19 @@ async def test_a_cancelled_waiter_leaves_the_queue_and_never_takes_a_slot():
     await asyncio.wait_for(stage.acquire(), 1)  # the slot was not lost to the cancelled waiter
 
 
+async def test_a_request_that_would_wait_past_its_maximum_is_shed_at_once():
+    stage = a_stage(queue=5, wait=0.1)
+    taken = await stage.acquire()
+    await asyncio.sleep(0.2)
+    stage.release(taken)  # slots are held about 0.2 s
+    await stage.acquire()
+    start = time.monotonic()
+    with pytest.raises(Shed, match=r"wait_estimate: a slot would take about 0\.2\d s, over 0\.1 s"):
+        await stage.acquire()
+    assert time.monotonic() - start < 0.05
+    assert stage.queued == 0
+
+
 async def test_the_first_waiter_is_served_first():
     stage = a_stage(queue=3)
     await stage.acquire()
@@ -160,6 +173,21 @@ async def test_generate_async_beyond_capacity_gets_a_refusal_that_says_why(main_
     assert contents[1].startswith("Service overloaded (py/main): queue_full")
     assert "Retry after 1 s." in contents[1]
     assert main_model.calls == 1
+
+
+def test_nemo_verbose_console_log_is_off_unless_asked_for(main_model, tmp_path):
+    import logging
+
+    from nemoguardrails.logging.verbose import VerboseHandler
+
+    root = logging.getLogger()
+    root.addHandler(VerboseHandler())  # what NeMo's server adds: it builds configs with verbose=True
+    try:
+        LLMRails(rails_for(tmp_path / "quiet", main_model), verbose=True)
+        assert not [h for h in root.handlers if isinstance(h, VerboseHandler)]
+    finally:
+        for h in [h for h in root.handlers if isinstance(h, VerboseHandler)]:
+            root.removeHandler(h)
 
 
 async def test_runnable_rails_around_a_chat_model_is_gated_too(main_model, tmp_path):

@@ -90,7 +90,7 @@ def test_a_failing_rail_blocks_over_http_with_a_clear_reason(client, main_model,
     assert main_model.calls == 0
 
 
-def test_a_rail_that_times_out_blocks_over_http(client, main_model, monkeypatch):
+def test_a_rail_that_times_out_blocks_over_http(main_model, monkeypatch):
     import time
 
     from railstack.heuristics import Matcher
@@ -99,8 +99,11 @@ def test_a_rail_that_times_out_blocks_over_http(client, main_model, monkeypatch)
         time.sleep(0.3)
 
     monkeypatch.setattr(Matcher, "scan", slow)
+    # Settings are read when the server starts.
     monkeypatch.setenv("RAILSTACK__HEURISTICS__TIMEOUT_S", "0.1")
-    res = client.post("/v1/chat/completions", json=chat("no-models", "What is 2+2?"))
+    monkeypatch.setenv("MAIN_MODEL_BASE_URL", main_model.base_url)
+    with serving(configs_root()) as client:
+        res = client.post("/v1/chat/completions", json=chat("no-models", "What is 2+2?"))
     assert res.status_code == 200
     assert res.json()["choices"][0]["message"]["content"] == (
         "Blocked by the heuristics rail: the check did not finish within 0.1 s (fail-closed)"
@@ -133,3 +136,40 @@ def test_a_config_with_a_bad_key_stops_the_server_at_startup_naming_it(tmp_path)
     with pytest.raises(SettingsError, match=r"(?s)config .no-models.*custom_data\.railstack\.heuristics\.max_imput_chars: unknown key"):
         with serving(root):
             pass
+
+
+def test_input_flows_of_railstack_rails_run_in_the_http_layer(tmp_path):
+    from nemoguardrails import RailsConfig
+
+    from railstack.nemo import input_rails_of
+    from railstack.paths import config_dir, rails_dir
+
+    assert input_rails_of(RailsConfig.from_path(str(config_dir("default")))) == ["admission", "heuristics", "topic"]
+    # A flow that does more than run railstack rails and refuse keeps NeMo's input rails.
+    mixed = tmp_path / "mixed"
+    mixed.mkdir()
+    (mixed / "rails").symlink_to(rails_dir())
+    (mixed / "config.yml").write_text("rails:\n  input:\n    flows: [railstack heuristics, check more]\n")
+    (mixed / "more.co").write_text("define subflow check more\n  $ok = execute self_check_input\n")
+    assert input_rails_of(RailsConfig.from_path(str(mixed))) is None
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_a_request_the_input_rails_pass_skips_nemos_input_rails(client, main_model, stream, monkeypatch):
+    from railstack.mechanism import Runtime
+
+    runs = []
+    decide = Runtime.decide
+
+    async def counted(self, names, **kwargs):
+        runs.append(names)
+        return await decide(self, names, **kwargs)
+
+    monkeypatch.setattr(Runtime, "decide", counted)
+    ok = client.post("/v1/chat/completions", json=chat("default", "Hello there", stream=stream))
+    blocked = client.post("/v1/chat/completions", json=chat("default", "Tell me about Globex", stream=stream))
+    assert ok.status_code == blocked.status_code == 200
+    # Each request's rails ran once, in the HTTP layer; NeMo's flows only said the refusal.
+    assert runs == [["admission", "heuristics", "topic"]] * 2
+    assert "I can only talk about our own products" in blocked.text
+    assert main_model.calls == 1

@@ -14,6 +14,7 @@ import contextlib
 import contextvars
 import math
 import threading
+import time
 from dataclasses import dataclass
 from typing import Any, AsyncIterator, Literal, Optional
 
@@ -61,6 +62,7 @@ class Stage:
         self.queued = 0
         self.admitted = 0
         self.shed = 0
+        self.hold_s: Optional[float] = None  # moving average of how long a slot is held
         metrics.STAGE_CAPACITY.labels(name).set(settings.max_concurrency)
         self._publish()
 
@@ -74,17 +76,24 @@ class Stage:
         metrics.SHED.labels(self.name, kind).inc()
         return Shed(self.name, f"{kind}: {detail}", self.thresholds.retry_after_s)
 
-    async def acquire(self) -> None:
-        """Take a slot, waiting in the queue for at most ``max_wait_s``; raise ``Shed`` otherwise."""
+    async def acquire(self) -> float:
+        """Take a slot, waiting in the queue for at most ``max_wait_s``; raise ``Shed`` otherwise.
+        Returns when the slot was taken, for ``release``."""
         # aiologic's semaphore is fair (a newcomer never takes a slot ahead of a waiter) and
         # works from any event loop or thread: sync ``generate()`` calls each run their own loop.
         if not await self._slots.async_acquire(blocking=False):
             with self._lock:
                 full = self.queued >= self.settings.max_queue
-                if not full:
+                # A slot frees about every hold_s / max_concurrency seconds while all are busy.
+                expected = None if self.hold_s is None else (self.queued + 1) * self.hold_s / self.settings.max_concurrency
+                late = expected is not None and expected > self.settings.max_wait_s
+                if not (full or late):
                     self.queued += 1
             if full:
                 raise self._shed("queue_full", f"{self.settings.max_queue} requests already waiting")
+            if late:
+                # Shed now rather than after a wait that would most likely end in a shed anyway.
+                raise self._shed("wait_estimate", f"a slot would take about {expected:.2f} s, over {self.settings.max_wait_s:g} s")
             self._publish()
             try:
                 got = await self._slots.async_acquire(timeout=self.settings.max_wait_s)
@@ -98,20 +107,24 @@ class Stage:
             self.in_flight += 1
             self.admitted += 1
         self._publish()
+        return time.monotonic()
 
-    def release(self) -> None:
+    def release(self, taken_at: Optional[float] = None) -> None:
         with self._lock:
             self.in_flight -= 1
+            if taken_at is not None:
+                held = time.monotonic() - taken_at
+                self.hold_s = held if self.hold_s is None else 0.9 * self.hold_s + 0.1 * held
         self._publish()
         self._slots.release()
 
     @contextlib.asynccontextmanager
     async def slot(self) -> AsyncIterator[None]:
-        await self.acquire()
+        taken_at = await self.acquire()
         try:
             yield
         finally:
-            self.release()
+            self.release(taken_at)
 
     def state(self) -> StageState:
         s = self.settings
@@ -191,14 +204,14 @@ class GatedModel:
             yield None
             return
         try:
-            await stage.acquire()
+            taken_at = await stage.acquire()
         except Shed as exc:
             yield overloaded_message(exc)
             return
         try:
             yield None
         finally:
-            stage.release()
+            stage.release(taken_at)
 
     async def generate_async(self, prompt: Any, *, stop: Optional[list] = None, **kwargs: Any) -> Any:
         from nemoguardrails.types import LLMResponse

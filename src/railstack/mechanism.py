@@ -17,7 +17,7 @@ import enum
 import importlib
 import logging
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 from typing import Any, Awaitable, Callable, Iterator, Optional
 
 from nemoguardrails.actions.rail_outcome import RailOutcome
@@ -90,7 +90,7 @@ class Decision:
     metadata: dict[str, Any] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        return {**self.__dict__, "metadata": dict(self.metadata)}
 
 
 _registry: dict[str, Rail] = {}
@@ -143,6 +143,17 @@ def collect_decisions() -> Iterator[list[Decision]]:
         _collector.reset(token)
 
 
+def _outcome(decisions: list[Decision], blocker: Optional[Decision]) -> RailOutcome:
+    metadata: dict[str, Any] = {"decisions": [d.as_dict() for d in decisions]}
+    if blocker is None:
+        return RailOutcome.allow(metadata=metadata)
+    metadata["rail"] = blocker.rail
+    reason = f"Blocked by the {blocker.rail} rail: {blocker.reason}"
+    if blocker.failed:
+        return RailOutcome.failure(reason=reason, metadata=metadata)
+    return RailOutcome.block(reason=reason, metadata=metadata)
+
+
 def current_decisions() -> list[Decision]:
     """The decisions made so far for the request being served (empty outside ``collect_decisions``)."""
     return list(_collector.get() or [])
@@ -168,6 +179,10 @@ def _keep(decision: Decision) -> None:
         kept.append(decision)
 
 
+class UnknownRails(ValueError):
+    """A config's flows name rails that no module has registered."""
+
+
 class Runtime:
     """The per-config runtime NeMo injects into railstack actions as ``railstack_runtime``."""
 
@@ -180,7 +195,7 @@ class Runtime:
         """Check that the rails exist and build their resources, before the first request."""
         unknown = sorted({n for n in names if get_rail(n) is None})
         if unknown:
-            raise ValueError(f"this config's flows name unknown railstack rails: {', '.join(unknown)}")
+            raise UnknownRails(f"this config's flows name unknown railstack rails: {', '.join(unknown)}")
         for name in names:
             if self.settings.enabled(name):
                 self._resource(get_rail(name))
@@ -199,16 +214,21 @@ class Runtime:
     async def run(
         self, names: list[str], *, source: str, text: str, nemo_context: Optional[dict] = None
     ) -> RailOutcome:
-        ctx = CheckContext(source, self.settings, nemo_context or {}, self)
-        decisions: list[Decision] = []
-        found = {n: get_rail(n) for n in names}
-        unknown = [n for n, r in found.items() if r is None]
+        unknown = [n for n in names if get_rail(n) is None]
         if unknown:  # a rail named by a flow that prepare() never saw
             return RailOutcome.failure(
                 reason=f"Blocked: unknown railstack rail(s) {', '.join(unknown)} in this config.",
                 metadata={"rail": unknown[0], "decisions": []},
             )
-        rails = [found[n] for n in names if self.settings.enabled(n)]
+        return _outcome(*await self.decide(names, source=source, text=text, nemo_context=nemo_context))
+
+    async def decide(
+        self, names: list[str], *, source: str, text: str, nemo_context: Optional[dict] = None
+    ) -> tuple[list[Decision], Optional[Decision]]:
+        """Run the (known) rails ``names`` in cost order: every decision, and the blocking one."""
+        ctx = CheckContext(source, self.settings, nemo_context or {}, self)
+        decisions: list[Decision] = []
+        rails = [get_rail(n) for n in names if self.settings.enabled(n)]
         tiers = sorted({r.tier for r in rails})
         blocker: Optional[Decision] = None
         for tier in tiers:
@@ -219,14 +239,15 @@ class Runtime:
             blocker = await self._run_tier(members, text, ctx, decisions)
         for decision in decisions:
             _keep(decision)
-        metadata = {"decisions": [d.as_dict() for d in decisions]}
-        if blocker is None:
-            return RailOutcome.allow(metadata=metadata)
-        metadata["rail"] = blocker.rail
-        reason = f"Blocked by the {blocker.rail} rail: {blocker.reason}"
-        if blocker.failed:
-            return RailOutcome.failure(reason=reason, metadata=metadata)
-        return RailOutcome.block(reason=reason, metadata=metadata)
+        return decisions, blocker
+
+    def replay(self, names: list[str], decisions: list[Decision]) -> Optional[RailOutcome]:
+        """The outcome the rails ``names`` already reached in ``decisions`` (made for this request
+        before NeMo ran, by the HTTP layer), or None when some of them did not decide there."""
+        mine = [d for d in decisions if d.rail in names]
+        if {d.rail for d in mine} != {n for n in names if self.settings.enabled(n)}:
+            return None
+        return _outcome(mine, next((d for d in mine if d.verdict == "block"), None))
 
     async def _run_tier(
         self, members: list[Rail], text: str, ctx: CheckContext, decisions: list[Decision]
@@ -263,7 +284,8 @@ class Runtime:
         start = time.perf_counter()
         try:
             ctx = replace(ctx, resource=self._resource(r))
-            verdict = await asyncio.wait_for(r.check(text, ctx), timeout)
+            async with asyncio.timeout(timeout):  # unlike wait_for, no task per check
+                verdict = await r.check(text, ctx)
             if time.perf_counter() - start > timeout:
                 # Work that never yields to the loop cannot be interrupted; it still must not
                 # count as a verdict given in time.
@@ -306,3 +328,20 @@ class Runtime:
     @staticmethod
     def _not_run(r: Rail, source: str, verdict: str) -> Decision:
         return Decision(r.name, r.tier.name.lower(), source, verdict, None, None, 0.0)
+
+
+_runtimes: dict[tuple[str, str], Runtime] = {}
+
+
+def runtime_for(settings: RailstackSettings, scope: str) -> Runtime:
+    """The process's one runtime for a config (``scope``: its id), shared by the HTTP layer and
+    every NeMo rails instance of that config, so their resources are built once."""
+    key = (scope, settings.model_dump_json())
+    if key not in _runtimes:
+        _runtimes[key] = Runtime(settings, scope)
+    return _runtimes[key]
+
+
+def reset_runtimes() -> None:
+    """Forget every config's runtime (tests, and config reloads)."""
+    _runtimes.clear()

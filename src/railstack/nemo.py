@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import functools
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Optional
 
-from railstack.mechanism import Runtime
+from railstack.mechanism import Runtime, runtime_for
 from railstack.settings import parse_settings
 
 
@@ -22,6 +22,35 @@ def rails_named_in_flows(config: Any) -> list[str]:
     return names
 
 
+def input_rails_of(config: Any) -> Optional[list[str]]:
+    """The railstack rails of a config's input flows, when those flows are railstack's own:
+    each runs ``railstack_rails`` on the input with a fixed list of rails, and otherwise only
+    says bot messages (its refusal). Then railstack's HTTP layer can run them before NeMo and
+    spare a passing request NeMo's input-rail machinery. None when any input flow does more."""
+    by_id = {flow.get("id"): flow for flow in config.flows}
+    names: list[str] = []
+    for flow_id in config.rails.input.flows:
+        flow = by_id.get(flow_id)
+        if flow is None:
+            return None
+        ran = False
+        for element in flow.get("elements", []):
+            if not isinstance(element, dict) or element.get("_type") != "run_action":
+                continue
+            action, params = element.get("action_name"), element.get("action_params", {})
+            if action == "railstack_rails":
+                spec = params.get("rails", "")
+                if params.get("source", "input") != "input" or not isinstance(spec, str) or spec.startswith("$"):
+                    return None
+                names += [n.strip() for n in spec.split(",") if n.strip()]
+                ran = True
+            elif action != "utter":
+                return None
+        if not ran:
+            return None
+    return names
+
+
 def init(app: Any) -> None:
     """Called by NeMo with the ``LLMRails`` of a config that imports it.
 
@@ -33,7 +62,7 @@ def init(app: Any) -> None:
 
     # The config's id (its dir's name) scopes per-client state such as rate-limit buckets.
     first_path = (app.config.config_path or "").split(",")[0].strip()
-    runtime = Runtime(parse_settings(app.config.custom_data), scope=Path(first_path).name or "config")
+    runtime = runtime_for(parse_settings(app.config.custom_data), Path(first_path).name or "config")
     runtime.prepare(rails_named_in_flows(app.config))
     app.register_action_param("railstack_runtime", runtime)
 
@@ -46,6 +75,20 @@ def init(app: Any) -> None:
 
     app.register_action(bound, name="railstack_rails")
     _gate_main_model(app, runtime)
+    if not runtime.settings.logging.nemo_verbose:
+        _quiet_nemo_verbose_log()
+
+
+def _quiet_nemo_verbose_log() -> None:
+    """Remove the console handler NeMo's verbose mode adds to the root logger (once per process;
+    NeMo does not add it again)."""
+    import logging
+
+    from nemoguardrails.logging.verbose import VerboseHandler
+
+    root = logging.getLogger()
+    for handler in [h for h in root.handlers if isinstance(h, VerboseHandler)]:
+        root.removeHandler(handler)
 
 
 def _gate_main_model(app: Any, runtime: Runtime) -> None:

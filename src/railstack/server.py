@@ -14,6 +14,7 @@ single-config mode, and not under ``--prefix``). It
 
 from __future__ import annotations
 
+import gc
 import logging
 from pathlib import Path
 from typing import Any
@@ -54,16 +55,32 @@ def init(app: Any) -> None:
         AdmissionMiddleware,
         BackpressureMiddleware,
         DecisionsMiddleware,
+        InputRailsMiddleware,
         OpsMiddleware,
         ValidationMiddleware,
     )
+    from railstack.mechanism import UnknownRails, runtime_for
+    from railstack.nemo import input_rails_of
 
-    ours = (AdmissionMiddleware, BackpressureMiddleware, DecisionsMiddleware, OpsMiddleware, ValidationMiddleware)
+    ours = (
+        AdmissionMiddleware, BackpressureMiddleware, DecisionsMiddleware, InputRailsMiddleware, OpsMiddleware,
+        ValidationMiddleware,
+    )
 
     configs = validate_configs(Path(app.rails_config_path))
     log.info("railstack settings valid for configs: %s", ", ".join(configs))
-    admissions, stages = {}, {}
-    for config_id, (_, settings) in configs.items():
+    admissions, stages, input_rails = {}, {}, {}
+    for config_id, (config, settings) in configs.items():
+        names = input_rails_of(config)
+        if names:
+            runtime = runtime_for(settings, config_id)
+            try:
+                # Now, not on the config's first request: a rail's model loads (or fails) at start-up.
+                runtime.prepare(names)
+            except UnknownRails:
+                # Rails of the config's own actions.py register when NeMo loads the config.
+                log.info("config '%s' names rails its own actions define; they load with the config", config_id)
+            input_rails[config_id] = (runtime, names)
         if settings.admission.enabled:
             timeout, on_failure = settings.policy("admission")
             admissions[config_id] = (admission_for(settings.admission, config_id), timeout, on_failure)
@@ -74,9 +91,10 @@ def init(app: Any) -> None:
     # Starlette has built its stack by the time the lifespan runs; wrapping it is the way in
     # for a config.py hook (add_middleware is refused after start-up). The app object lives
     # as long as the process, so a second start-up replaces the wrapper rather than nesting.
-    stack = app.middleware_stack
+    stack = app.middleware_stack or app.build_middleware_stack()  # None until the app's first call
     while isinstance(stack, ours):
         stack = stack.app
+    stack = InputRailsMiddleware(stack, input_rails, lambda: app.default_config_id)
     stack = BackpressureMiddleware(stack, stages, lambda: app.default_config_id)
     if admissions:
         stack = AdmissionMiddleware(stack, admissions, lambda: app.default_config_id)
@@ -88,3 +106,7 @@ def init(app: Any) -> None:
         lambda: app.default_config_id,
     )
     app.middleware_stack = OpsMiddleware(DecisionsMiddleware(stack))
+    # Everything loaded so far (NeMo, LangChain, torch, the rails' models) lives as long as the
+    # process. Frozen, the collector stops rescanning it: full collections over that heap
+    # otherwise stall the event loop for hundreds of milliseconds under load, shed answers too.
+    gc.freeze()

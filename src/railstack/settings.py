@@ -173,6 +173,13 @@ class BackpressureSettings(_Strict):
     retry_after_s: float = Field(default=1.0, gt=0, le=3600, description="the Retry-After of a shed request")
 
 
+class LoggingSettings(_Strict):
+    # NeMo's server builds every config with verbose=True: each request's events, prompts and
+    # answers go to the console. That logs user text, and its CPU on the event loop delays every
+    # other request (shed answers too). Railstack's decision log carries no message text.
+    nemo_verbose: bool = Field(default=False, description="keep NeMo's verbose console log")
+
+
 class RailstackSettings(BaseSettings):
     model_config = SettingsConfigDict(
         extra="forbid",
@@ -189,6 +196,7 @@ class RailstackSettings(BaseSettings):
     limits: RequestLimits = Field(default_factory=RequestLimits)
     admission: AdmissionSettings = Field(default_factory=AdmissionSettings)
     backpressure: BackpressureSettings = Field(default_factory=BackpressureSettings)
+    logging: LoggingSettings = Field(default_factory=LoggingSettings)
     heuristics: HeuristicsSettings = Field(default_factory=HeuristicsSettings)
     topic: TopicSettings = Field(default_factory=TopicSettings)
     # Policy of rails that have no section of their own (your own rails), by rail name.

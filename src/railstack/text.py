@@ -89,6 +89,12 @@ def message_text(content: Any) -> str:
     raise Unreadable(type(content).__name__)
 
 
+def conversation_text(messages: list[dict]) -> str:
+    """Everything a chat request sent that the main model will read: system and user turns, the
+    assistant turns of the history, tool results (not NeMo's ``context`` pseudo-messages)."""
+    return "\n\n".join(message_text(m.get("content")) for m in messages if m.get("role") != "context")
+
+
 def phrase_pattern(phrase: str) -> str:
     """A phrase as a regex over normalized text: words in order, any separators between."""
     words = normalize(phrase).text.split()

@@ -1,0 +1,234 @@
+#!/usr/bin/env python3
+"""Backpressure benchmark against real `nemoguardrails server` processes on loopback.
+
+    NEMO_GUARDRAILS_NO_USAGE_STATS=1 python scripts/bench_backpressure.py [--duration 30]
+
+1. Overload: a config whose main stage takes --concurrency requests with --queue waiting at
+   most --max-wait s, in front of a main model with a fixed --service-time. The service time
+   of a request through the server is measured unloaded first; capacity is concurrency /
+   that time. Open-loop arrivals at --factor x capacity for --duration s. Targets: goodput
+   >= 95% of capacity; no 5xx but the 503 of a shed request; shed answers p99 <= 10 ms;
+   admitted p99 <= max wait + unloaded service time (p99).
+2. Added latency of the cheap tiers (admission + backpressure + heuristics) against bare NeMo
+   (no railstack at all) with the same main model answering at once, one request at a time,
+   alternating between the two servers. Target: <= 2 ms p50.
+Run from the repo checkout (it starts the loopback main model in tests/main_model.py).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("NEMO_GUARDRAILS_NO_USAGE_STATS", "1")
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO / "tests"))
+
+import httpx  # noqa: E402
+
+from support import Server, free_port  # noqa: E402
+
+QUESTION = "What is the capital of France? Answer in one short sentence, please."
+MAIN = """models:
+  - type: main
+    engine: openai
+    model: main
+    parameters: {{base_url: "{url}", api_key: EMPTY, max_retries: 0, timeout: 60}}
+passthrough: true
+"""
+
+
+def main_model(latency: float) -> tuple[subprocess.Popen, str]:
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, str(REPO / "tests" / "main_model.py"), str(port), "--latency", str(latency)],
+        stdout=subprocess.DEVNULL,
+    )
+    url = f"http://127.0.0.1:{port}/v1"
+    for _ in range(100):
+        try:
+            httpx.get(f"{url}/models", timeout=1)
+            return proc, url
+        except httpx.TransportError:
+            time.sleep(0.1)
+    raise RuntimeError("the loopback main model did not start")
+
+
+def railstack_root(base: Path, url: str, stage: str) -> Path:
+    """A configs dir served with railstack: one config `cheap` with the cheap tiers."""
+    from railstack.paths import rails_dir
+
+    root = base / "railstack"
+    (root / "cheap").mkdir(parents=True)
+    (root / "config.py").write_text("from railstack.server import init  # noqa: F401\n")
+    (root / "cheap" / "config.py").write_text("from railstack.nemo import init  # noqa: F401\n")
+    (root / "cheap" / "rails").symlink_to(rails_dir())
+    (root / "cheap" / "config.yml").write_text(
+        MAIN.format(url=url)
+        + "rails:\n  input:\n    flows: [railstack admission, railstack heuristics]\n"
+        + "custom_data:\n  railstack:\n"
+        + "    admission: {enabled: true, default_tier: {requests_per_minute: 1000000, tokens_per_minute: 1000000000}}\n"
+        + f"    backpressure: {{main: {stage}}}\n"
+    )
+    return root
+
+
+def bare_root(base: Path, url: str) -> Path:
+    """NeMo alone: the same main model, no railstack."""
+    root = base / "bare"
+    (root / "bare").mkdir(parents=True)
+    (root / "bare" / "config.yml").write_text(MAIN.format(url=url))
+    return root
+
+
+def body(config_id: str) -> dict:
+    return {"model": "main", "messages": [{"role": "user", "content": QUESTION}], "guardrails": {"config_id": config_id}}
+
+
+def pct(values: list[float], p: float) -> float:
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(p / 100 * len(ordered)))]
+
+
+async def overload(url: str, rate: float, duration: float) -> list[tuple[int, float, str]]:
+    limits = httpx.Limits(max_connections=4000, max_keepalive_connections=1000)
+    results: list[tuple[int, float, str]] = []
+    async with httpx.AsyncClient(base_url=url, timeout=60, limits=limits) as client:
+
+        async def one() -> None:
+            start = time.perf_counter()
+            why = ""
+            try:
+                res = await client.post("/v1/chat/completions", json=body("cheap"))
+                status = res.status_code
+                if status == 503:  # "Service overloaded (stage): <why>: ..."
+                    why = res.json()["error"]["message"].split("): ", 1)[1].split(":", 1)[0]
+            except httpx.HTTPError:
+                status = -1
+            results.append((status, time.perf_counter() - start, why))
+
+        tasks = []
+        start = time.perf_counter()
+        n = 0
+        while (now := time.perf_counter() - start) < duration:
+            due = int(now * rate) + 1
+            while n < due:  # open loop: arrivals on schedule whatever the answers do
+                tasks.append(asyncio.ensure_future(one()))
+                n += 1
+            await asyncio.sleep(0.002)
+        await asyncio.gather(*tasks)
+    return results
+
+
+def part_overload(args: argparse.Namespace, base: Path) -> None:
+    proc, url = main_model(args.service_time)
+    stage = f"{{max_concurrency: {args.concurrency}, max_queue: {args.queue}, max_wait_s: {args.max_wait}}}"
+    env = {**os.environ, "MAIN_MODEL_BASE_URL": url}
+    server = Server(railstack_root(base / "overload", url, stage), cwd=base, env=env)
+    try:
+        unloaded = []
+        with httpx.Client(base_url=server.url, timeout=30) as client:
+            for i in range(25):  # the first builds NeMo's rails for the config
+                start = time.perf_counter()
+                assert client.post("/v1/chat/completions", json=body("cheap")).status_code == 200
+                if i >= 5:
+                    unloaded.append(time.perf_counter() - start)
+        service = statistics.median(unloaded)
+        capacity = args.concurrency / service
+        rate = args.factor * capacity
+        start = time.perf_counter()
+        results = asyncio.run(overload(server.url, rate, args.duration))
+        wall = time.perf_counter() - start
+        health = httpx.get(f"{server.url}/railstack/health").json()
+    finally:
+        server.stop()
+        proc.terminate()
+
+    ok = [t for s, t, _ in results if s == 200]
+    shed = [t for s, t, _ in results if s == 503]
+    other = [s for s, _, _ in results if s not in (200, 503)]
+    goodput = len(ok) / args.duration
+    print(f"\n== Overload: {args.factor:g}x capacity for {args.duration:g} s ==")
+    print(f"main stage: {args.concurrency} slots, {args.queue} queued, max wait {args.max_wait:g} s; main model "
+          f"{args.service_time * 1000:.0f} ms; through the server unloaded p50 {service * 1000:.1f} ms, "
+          f"p99 {pct(unloaded, 99) * 1000:.1f} ms -> capacity {capacity:.1f} req/s")
+    print(f"offered {rate:.1f} req/s: {len(results)} requests; 200: {len(ok)}, 503 shed: {len(shed)}, "
+          f"other: {len(other)} {sorted(set(other)) if other else ''}; all answered {wall:.1f} s after the start")
+    print(f"goodput            {goodput:8.1f} req/s = {100 * goodput / capacity:5.1f}% of capacity   (target >= 95%)")
+    print(f"5xx besides shed   {sum(1 for s in other if s >= 500 or s < 0):8d}                            (target 0)")
+    print(f"shed answer        p50 {pct(shed, 50) * 1000:7.2f} ms  p99 {pct(shed, 99) * 1000:7.2f} ms   (target p99 <= 10 ms)")
+    for why in sorted({w for _, _, w in results if w}):
+        these = [t for s, t, w in results if w == why]
+        print(f"  {why:16s} {len(these):5d}  p50 {pct(these, 50) * 1000:7.2f} ms  p99 {pct(these, 99) * 1000:7.2f} ms")
+    limit = (args.max_wait + pct(unloaded, 99)) * 1000
+    print(f"admitted answer    p50 {pct(ok, 50) * 1000:7.1f} ms  p99 {pct(ok, 99) * 1000:7.1f} ms   "
+          f"(target p99 <= {limit:.0f} ms)")
+    print(f"health after       {health['status']}")
+
+
+def part_added_latency(args: argparse.Namespace, base: Path) -> None:
+    proc, url = main_model(0.0)
+    env = {**os.environ, "MAIN_MODEL_BASE_URL": url}
+    stage = "{max_concurrency: 64, max_queue: 64, max_wait_s: 5}"
+    ours = Server(railstack_root(base / "added", url, stage), cwd=base, env=env)
+    bare = Server(bare_root(base / "added", url), cwd=base, env=env)
+    times: dict[str, list[float]] = {"bare": [], "cheap": []}
+    try:
+        with httpx.Client(timeout=30) as client:
+            pairs = [(bare.url, "bare"), (ours.url, "cheap")]
+            for i in range(args.requests + args.warmup):
+                for server_url, config_id in pairs if i % 2 else pairs[::-1]:
+                    start = time.perf_counter()
+                    res = client.post(f"{server_url}/v1/chat/completions", json=body(config_id))
+                    elapsed = time.perf_counter() - start
+                    assert res.status_code == 200, res.text
+                    if i >= args.warmup:
+                        times[config_id].append(elapsed)
+            decisions = res.headers.get("x-railstack-decisions") if config_id == "cheap" else None
+    finally:
+        ours.stop()
+        bare.stop()
+        proc.terminate()
+    b, c = times["bare"], times["cheap"]
+    print(f"\n== Cheap tiers vs bare NeMo: {args.requests} requests each, one at a time, same main model ==")
+    print(f"bare NeMo          p50 {statistics.median(b) * 1000:6.2f} ms  p99 {pct(b, 99) * 1000:6.2f} ms")
+    print(f"railstack cheap    p50 {statistics.median(c) * 1000:6.2f} ms  p99 {pct(c, 99) * 1000:6.2f} ms"
+          f"   ({decisions or 'admission, backpressure, heuristics'})")
+    print(f"added              p50 {(statistics.median(c) - statistics.median(b)) * 1000:6.2f} ms  "
+          f"p99 {(pct(c, 99) - pct(b, 99)) * 1000:6.2f} ms   (target p50 <= 2 ms)")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--duration", type=float, default=30.0)
+    parser.add_argument("--factor", type=float, default=4.0, help="offered load / capacity")
+    parser.add_argument("--concurrency", type=int, default=8)
+    parser.add_argument("--queue", type=int, default=8)
+    parser.add_argument("--max-wait", type=float, default=0.25)
+    # Capacity must stay well under what one NeMo server process can do on its CPU (about
+    # 25 ms per admitted request here), or the benchmark measures a saturated event loop.
+    parser.add_argument("--service-time", type=float, default=0.5)
+    parser.add_argument("--requests", type=int, default=500, help="per server in the added-latency part")
+    parser.add_argument("--warmup", type=int, default=50)
+    parser.add_argument("--part", choices=["all", "overload", "added"], default="all")
+    args = parser.parse_args()
+    print(f"python {sys.version.split()[0]}, {os.cpu_count()} CPUs")
+    with tempfile.TemporaryDirectory() as tmp:
+        if args.part in ("all", "overload"):
+            part_overload(args, Path(tmp))
+        if args.part in ("all", "added"):
+            part_added_latency(args, Path(tmp))
+
+
+if __name__ == "__main__":
+    main()
