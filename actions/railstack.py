@@ -61,6 +61,8 @@ async def railstack_rails(
         elif source == "output":
             # Streaming output rails pass the chunk as a keyword instead of through the context.
             text = message_text(kwargs.get("bot_message", context.get("bot_message")))
+        elif source == "retrieval":
+            text = message_text(context.get("relevant_chunks"))
         else:
             return RailOutcome.failure(reason=f"Blocked: a railstack flow names an unknown source {source!r}.")
     except Unreadable as exc:

@@ -20,7 +20,7 @@ import time
 from dataclasses import dataclass, field, replace
 from typing import Any, Awaitable, Callable, Iterator, Optional
 
-from nemoguardrails.actions.rail_outcome import RailOutcome
+from nemoguardrails.actions.rail_outcome import RailOutcome, TransformTarget
 
 from railstack import metrics
 from railstack.backpressure import Shed, Stage, stage_for
@@ -146,6 +146,10 @@ def collect_decisions() -> Iterator[list[Decision]]:
 def _outcome(decisions: list[Decision], blocker: Optional[Decision]) -> RailOutcome:
     metadata: dict[str, Any] = {"decisions": [d.as_dict() for d in decisions]}
     if blocker is None:
+        # A retrieval rail that filtered the chunks hands the rest back for the flow to use.
+        kept = next((d.metadata["relevant_chunks"] for d in decisions if "relevant_chunks" in d.metadata), None)
+        if kept is not None:
+            return RailOutcome.transform([(TransformTarget.RELEVANT_CHUNKS, kept)], metadata=metadata)
         return RailOutcome.allow(metadata=metadata)
     metadata["rail"] = blocker.rail
     reason = f"Blocked by the {blocker.rail} rail: {blocker.reason}"

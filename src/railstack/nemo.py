@@ -11,15 +11,37 @@ from railstack.settings import parse_settings
 
 
 def rails_named_in_flows(config: Any) -> list[str]:
-    """The railstack rails a config's flows run: the ``rails`` argument of each
-    ``railstack_rails`` action in its parsed flows."""
+    """The railstack rails a config runs: the ``rails`` argument of each ``railstack_rails``
+    action in the flows its rails list (input, output, retrieval, tool), its dialog flows, and
+    the subflows those call. Subflows that nothing calls (the pack's library) do not count."""
+    by_id = {flow.get("id"): flow for flow in config.flows}
+    sections = ("input", "output", "retrieval", "tool_input", "tool_output")
+    todo = [f for section in sections for f in getattr(getattr(config.rails, section, None), "flows", None) or []]
+    todo += [flow_id for flow_id, flow in by_id.items() if not _is_subflow(flow)]
     names: list[str] = []
-    for flow in config.flows:
+    seen: set[str] = set()
+    while todo:
+        flow = by_id.get(todo.pop())
+        if flow is None or flow.get("id") in seen:
+            continue
+        seen.add(flow.get("id"))
         for element in flow.get("elements", []):
-            if isinstance(element, dict) and element.get("action_name") == "railstack_rails":
+            if not isinstance(element, dict):
+                continue
+            if element.get("_type") == "flow":
+                todo.append(element.get("flow_name"))
+            elif element.get("action_name") == "railstack_rails":
                 spec = element.get("action_params", {}).get("rails", "")
-                names += [n.strip() for n in spec.split(",") if n.strip() and not spec.startswith("$")]
+                if isinstance(spec, str) and not spec.startswith("$"):
+                    names += [n.strip() for n in spec.split(",") if n.strip() and n.strip() not in names]
     return names
+
+
+def _is_subflow(flow: dict) -> bool:
+    return any(
+        isinstance(e, dict) and e.get("_type") == "meta" and (e.get("meta") or {}).get("subflow")
+        for e in flow.get("elements", [])
+    )
 
 
 def input_rails_of(config: Any) -> Optional[list[str]]:

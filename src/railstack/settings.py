@@ -85,6 +85,31 @@ class TopicSettings(RailPolicy):
         return _have_words(terms)
 
 
+class ClassifierSettings(RailPolicy):
+    """A local classifier checkpoint and the engine that runs it (shared by the model rails)."""
+
+    model: str = Field(min_length=1, description="Hugging Face hub id or local directory")
+    device: str = Field(default="auto", pattern=r"^(auto|cpu|cuda(:\d+)?)$")
+    precision: Literal["auto", "fp32", "bf16", "fp16", "int8"] = "auto"
+    max_batch: int = Field(default=16, gt=0, le=512, description="inputs per forward pass")
+    max_delay_ms: float = Field(default=2.0, ge=0, le=1000, description="how long a batch waits to fill")
+    cache_size: int = Field(default=10_000, ge=0, description="scores kept per model; 0 turns the cache off")
+
+
+class PromptGuardSettings(ClassifierSettings):
+    """Prompt Guard 1 or 2: jailbreak score on the conversation, injection score on third-party
+    text (tool results, retrieved chunks)."""
+
+    model: str = Field(default="meta-llama/Llama-Prompt-Guard-2-86M", min_length=1)
+    timeout_s: Optional[float] = Field(default=5.0, gt=0, le=600)
+    temperature: float = Field(default=1.0, gt=0)
+    jailbreak_threshold: float = Field(default=0.9, ge=0, le=1)
+    injection_threshold: float = Field(default=0.9, ge=0, le=1)
+    retrieval: Literal["drop", "flag"] = Field(
+        default="drop", description="poisoned retrieved chunks: drop them, or only flag them in the decision"
+    )
+
+
 class RateTier(_Strict):
     """Limits of one class of client. A burst defaults to one minute's worth."""
 
@@ -199,6 +224,7 @@ class RailstackSettings(BaseSettings):
     logging: LoggingSettings = Field(default_factory=LoggingSettings)
     heuristics: HeuristicsSettings = Field(default_factory=HeuristicsSettings)
     topic: TopicSettings = Field(default_factory=TopicSettings)
+    prompt_guard: PromptGuardSettings = Field(default_factory=PromptGuardSettings)
     # Policy of rails that have no section of their own (your own rails), by rail name.
     rails: dict[str, RailPolicy] = Field(default_factory=dict)
 

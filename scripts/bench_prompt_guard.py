@@ -1,0 +1,148 @@
+#!/usr/bin/env python3
+"""Prompt Guard throughput: railstack's engine against NeMo 0.24's `hf_classifier` local backend.
+
+    NEMO_GUARDRAILS_NO_USAGE_STATS=1 python scripts/bench_prompt_guard.py [--sizes 86m 22m] [--rounds 4]
+
+Random-weight checkpoints of the real Prompt Guard 2 sizes (86M: mDeBERTa-v3-base, vocab 251000;
+22M: DeBERTa-v3-xsmall, vocab 128100) are built and saved, then loaded by both sides from the
+same directory. Each round sends --concurrency requests of ~100 words at once; railstack's side
+goes through its micro-batcher with the score cache off (every text is scored). Reported:
+texts/s and per-request p50/p99. Targets: CPU >= 3x NeMo; GPU >= 10x at 64 concurrent, and
+PG2-86M 512-token check p50 <= 10 ms on an H100.
+Run from the repo checkout (it builds the tokenizer with tests/tiny_models.py).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("NEMO_GUARDRAILS_NO_USAGE_STATS", "1")
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO / "tests"))
+
+SIZES = {
+    # Published configs of the backbones (random weights: same compute, meaningless verdicts).
+    "86m": dict(vocab_size=251000, hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072),
+    "22m": dict(vocab_size=128100, hidden_size=384, num_hidden_layers=12, num_attention_heads=6, intermediate_size=1536),
+}
+
+
+def build(size: str, where: Path) -> Path:
+    import torch
+    from transformers import DebertaV2Config, DebertaV2ForSequenceClassification
+
+    from tiny_models import deberta_tokenizer
+
+    tokenizer = deberta_tokenizer(where / "tok", vocab_size=8000)
+    config = DebertaV2Config(
+        **SIZES[size], max_position_embeddings=512, relative_attention=True, position_buckets=256,
+        pos_att_type=["p2c", "c2p"], position_biased_input=False, pad_token_id=tokenizer.pad_token_id,
+        num_labels=2, id2label={0: "LABEL_0", 1: "LABEL_1"}, label2id={"LABEL_0": 0, "LABEL_1": 1},
+    )
+    torch.manual_seed(0)
+    DebertaV2ForSequenceClassification(config).save_pretrained(where)
+    tokenizer.save_pretrained(where)
+    return where
+
+
+def texts(n: int, words: int = 100) -> list[str]:
+    out = []
+    with open(REPO.parent / "shared" / "data" / "injection_eval.jsonl") as f:
+        for line in f:
+            row = json.loads(line)["text"].split()
+            if len(row) >= words:
+                out.append(" ".join(row[:words]))
+            if len(out) == n:
+                return out
+    raise RuntimeError("not enough long texts in injection_eval.jsonl")
+
+
+async def rounds(check, batch: list[str], n: int) -> tuple[float, list[float]]:
+    latencies: list[float] = []
+
+    async def one(text: str) -> None:
+        start = time.perf_counter()
+        await check(text)
+        latencies.append(time.perf_counter() - start)
+
+    await asyncio.gather(*(one(t) for t in batch[:2]))  # warm-up
+    latencies.clear()
+    start = time.perf_counter()
+    for _ in range(n):
+        await asyncio.gather(*(one(t) for t in batch))
+    return n * len(batch) / (time.perf_counter() - start), latencies
+
+
+def pct(values: list[float], p: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(p / 100 * len(ordered)))]
+
+
+def line(name: str, rate: float, lat: list[float]) -> str:
+    return f"  {name:34s} {rate:8.1f} texts/s   p50 {pct(lat, 50) * 1000:8.1f} ms   p99 {pct(lat, 99) * 1000:8.1f} ms"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sizes", nargs="+", default=["86m", "22m"], choices=sorted(SIZES))
+    parser.add_argument("--concurrency", type=int, default=64)
+    parser.add_argument("--rounds", type=int, default=4)
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--precisions", nargs="+", default=["fp32", "auto"])
+    args = parser.parse_args()
+
+    import torch
+    from nemoguardrails.library.hf_classifier.backends import LocalBackend
+    from nemoguardrails.library.hf_classifier.rail_config import LocalHFClassifierConfig
+
+    from railstack.engine import resolve_device, resolve_precision
+    from railstack.prompt_guard import PromptGuard
+    from railstack.settings import PromptGuardSettings
+
+    device = resolve_device(args.device)
+    name = torch.cuda.get_device_name() if device.startswith("cuda") else f"CPU, {torch.get_num_threads()} threads"
+    print(f"torch {torch.__version__} on {device} ({name}); {args.concurrency} concurrent requests of ~100 words")
+    batch = texts(args.concurrency)
+    with tempfile.TemporaryDirectory() as tmp:
+        for size in args.sizes:
+            path = build(size, Path(tmp) / size)
+            print(f"\n== Prompt Guard 2 {size.upper()} (random weights, real size) ==")
+            results = {}
+            for precision in args.precisions:
+                settings = PromptGuardSettings(
+                    model=str(path), device=device, precision=precision, cache_size=0, max_batch=16, max_delay_ms=2
+                )
+                pg = PromptGuard(settings)
+                tokens = statistics.mean(len(pg.token_ids(t)) for t in batch)
+                label = f"railstack ({resolve_precision(precision, device)}, batched)"
+                rate, lat = asyncio.run(rounds(pg.scores, batch, args.rounds))
+                results[label] = rate
+                print(line(label, rate, lat) + f"   ({tokens:.0f} tokens/text, {pg.batcher.batches} forwards)")
+                if precision == args.precisions[0]:
+                    window = tuple(pg.windows(" ".join(batch))[0])
+                    assert len(window) == 512
+                    single = []
+                    for _ in range(10):
+                        start = time.perf_counter()
+                        pg.probabilities([window])
+                        single.append(time.perf_counter() - start)
+                    print(f"  one 512-token check ({label.split(' ')[1][1:-1]}):  p50 {pct(single, 50) * 1000:.1f} ms")
+                del pg
+            options = {"device": 0} if device.startswith("cuda") else {}
+            nemo = LocalBackend(LocalHFClassifierConfig(model=str(path), blocked_labels=["LABEL_1"], parameters=options))
+            rate, lat = asyncio.run(rounds(nemo.classify, batch, max(1, args.rounds // 2)))
+            print(line("NeMo hf_classifier (local pipeline)", rate, lat))
+            for label, ours in results.items():
+                print(f"  speed-up {label:28s} {ours / rate:5.2f}x   (target CPU >= 3x, GPU >= 10x)")
+
+
+if __name__ == "__main__":
+    main()

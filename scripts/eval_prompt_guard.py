@@ -1,0 +1,127 @@
+#!/usr/bin/env python3
+"""Evaluate the configured Prompt Guard checkpoint, and the input stack, on a labelled set.
+
+    NEMO_GUARDRAILS_NO_USAGE_STATS=1 python scripts/eval_prompt_guard.py \
+        [--data ../shared/data/injection_eval.jsonl] [--config configs/default] [--model ID_OR_DIR] \
+        [--score jailbreak|injection]
+
+Rows labelled ``benign`` are negatives, every other label positive. For the checkpoint that the
+config names (``custom_data.railstack.prompt_guard.model``, or --model): ROC-AUC of the score,
+the threshold that flags 1% of the benign rows, and per-source detection and false-positive
+rates at the configured threshold; then the same rates for the whole input stack (heuristics,
+then Prompt Guard), as the rails run it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+from collections import defaultdict
+from pathlib import Path
+
+os.environ.setdefault("NEMO_GUARDRAILS_NO_USAGE_STATS", "1")
+
+REPO = Path(__file__).resolve().parent.parent
+DEFAULT_DATA = REPO.parent / "shared" / "data" / "injection_eval.jsonl"
+
+
+def roc_auc(positives: list[float], negatives: list[float]) -> float:
+    """P(a random positive scores above a random negative), ties counting half (Mann-Whitney U)."""
+    ranked = sorted([(s, 1) for s in positives] + [(s, 0) for s in negatives])
+    rank_sum, i = 0.0, 0
+    while i < len(ranked):
+        j = i
+        while j < len(ranked) and ranked[j][0] == ranked[i][0]:
+            j += 1
+        mean_rank = (i + 1 + j) / 2
+        rank_sum += mean_rank * sum(label for _, label in ranked[i:j])
+        i = j
+    n_pos, n_neg = len(positives), len(negatives)
+    return (rank_sum - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg)
+
+
+def threshold_at_fpr(negatives: list[float], fpr: float) -> float:
+    """The lowest threshold (score >= t flags) that flags at most ``fpr`` of the negatives."""
+    ordered = sorted(negatives, reverse=True)
+    allowed = int(fpr * len(ordered))
+    return ordered[allowed] + 1e-9 if allowed < len(ordered) else 0.0
+
+
+def rates(rows: list[dict], flagged: list[bool]) -> dict[tuple[str, str], tuple[int, int]]:
+    counts: dict[tuple[str, str], list[int]] = defaultdict(lambda: [0, 0])
+    for row, hit in zip(rows, flagged):
+        bucket = counts[(row["source"], "attack" if row["label"] != "benign" else "benign")]
+        bucket[0] += 1
+        bucket[1] += hit
+    return {k: (n, hit) for k, (n, hit) in sorted(counts.items())}
+
+
+def print_rates(title: str, table: dict[tuple[str, str], tuple[int, int]]) -> None:
+    print(f"\n{title}")
+    print(f"  {'source':58s} {'rows':>6s}  {'rate':>7s}")
+    for (source, kind), (n, hit) in table.items():
+        what = "detected" if kind == "attack" else "false positives"
+        print(f"  {source[:58]:58s} {n:6d}  {100 * hit / n:6.2f}%  {what}")
+    for kind, what in (("attack", "detection"), ("benign", "false-positive rate")):
+        n = sum(v[0] for (_, k), v in table.items() if k == kind)
+        hit = sum(v[1] for (_, k), v in table.items() if k == kind)
+        print(f"  {'ALL ' + kind:58s} {n:6d}  {100 * hit / max(n, 1):6.2f}%  {what}")
+
+
+async def score_all(pg, texts: list[str], kind: str) -> list[float]:
+    from tqdm import tqdm
+
+    out: list[float] = []
+    with tqdm(total=len(texts), desc=f"{kind} scores", unit="text") as bar:
+        for start in range(0, len(texts), 64):  # 64 at a time through the micro-batcher
+            chunk = texts[start : start + 64]
+            results = await asyncio.gather(*(pg.scores(t) for t in chunk))
+            out += [getattr(scores, kind) for scores, _ in results]
+            bar.update(len(chunk))
+    return out
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
+    parser.add_argument("--config", type=Path, default=None, help="config dir (default: packaged default)")
+    parser.add_argument("--model", default=None, help="checkpoint to use instead of the config's")
+    parser.add_argument("--score", choices=["jailbreak", "injection"], default="jailbreak",
+                        help="jailbreak: how the input rail scores the conversation; injection: third-party data")
+    args = parser.parse_args()
+
+    from nemoguardrails import RailsConfig
+
+    from railstack.heuristics import Matcher
+    from railstack.paths import config_dir
+    from railstack.prompt_guard import PromptGuard
+    from railstack.settings import parse_settings
+
+    settings = parse_settings(RailsConfig.from_path(str(args.config or config_dir("default"))).custom_data)
+    pg_settings = settings.prompt_guard.model_copy(update={"cache_size": 0, **({"model": args.model} if args.model else {})})
+    threshold = getattr(pg_settings, f"{args.score}_threshold")
+    rows = [json.loads(line) for line in args.data.open(encoding="utf-8")]
+    pg = PromptGuard(pg_settings)
+    print(f"{len(rows)} rows of {args.data.name}; {pg_settings.model} ({pg.scheme}, {pg.device}, {pg.precision}); "
+          f"{args.score} score, threshold {threshold:g}")
+    scores = asyncio.run(score_all(pg, [r["text"] for r in rows], args.score))
+
+    positives = [s for r, s in zip(rows, scores) if r["label"] != "benign"]
+    negatives = [s for r, s in zip(rows, scores) if r["label"] == "benign"]
+    print(f"\nROC-AUC {roc_auc(positives, negatives):.4f}")
+    at_1 = threshold_at_fpr(negatives, 0.01)
+    recall = sum(s >= at_1 for s in positives) / len(positives)
+    print(f"threshold for 1% false positives on the benign rows: {at_1:.6f} (detection there {100 * recall:.2f}%)")
+
+    flagged = [s >= threshold for s in scores]
+    print_rates(f"Prompt Guard alone, {args.score} score >= {threshold:g}", rates(rows, flagged))
+    matcher = Matcher.build(settings.heuristics)
+    stack = [matcher.scan(r["text"]).blocked or hit for r, hit in zip(rows, flagged)]
+    print_rates("Input stack: heuristics, then Prompt Guard", rates(rows, stack))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

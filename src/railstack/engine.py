@@ -1,0 +1,164 @@
+"""Classifier engines: a model loaded once per process, fed by a micro-batcher.
+
+Every model rail (Prompt Guard, Llama Guard, the NLI hallucination check) scores through a
+``Batcher``: the inputs of concurrent requests are collected for at most ``max_delay_ms`` or
+until ``max_batch`` are waiting, sorted by length so that a batch pads little, and run as one
+forward pass on the model's own worker thread (torch releases the GIL, so the event loop keeps
+serving); each request gets its own results back. In front of it sits the engine's bounded
+stage, so a slow model backs up its own queue and sheds its own overload.
+
+An engine is anything with ``async score(items) -> results``: ``Batcher`` over a local model,
+or a client of a remote server (vLLM) with the same signature.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any, Callable, Generic, Optional, Protocol, Sequence, TypeVar
+
+from railstack.backpressure import Stage
+
+Item = TypeVar("Item")
+Result = TypeVar("Result")
+
+
+class Engine(Protocol[Item, Result]):
+    async def score(self, items: Sequence[Item]) -> list[Result]: ...
+
+
+@dataclass
+class _Pending(Generic[Item, Result]):
+    item: Item
+    future: "asyncio.Future[Result]"
+
+
+class Batcher(Generic[Item, Result]):
+    """Cross-request micro-batching in front of ``forward(batch) -> results`` (one per item)."""
+
+    def __init__(
+        self,
+        name: str,
+        forward: Callable[[list[Item]], list[Result]],
+        *,
+        length: Callable[[Item], int],
+        max_batch: int,
+        max_delay_s: float,
+        stage: Optional[Stage] = None,
+    ):
+        self.name = name
+        self.forward = forward
+        self.length = length
+        self.max_batch = max_batch
+        self.max_delay_s = max_delay_s
+        self.stage = stage
+        self.batches = 0  # forward passes run (for tests and benchmarks)
+        self._worker = ThreadPoolExecutor(1, thread_name_prefix=f"railstack-{name}")
+        self._pending: list[_Pending[Item, Result]] = []
+        self._full = asyncio.Event()
+        self._dispatcher: Optional[asyncio.Task] = None
+
+    async def score(self, items: Sequence[Item]) -> list[Result]:
+        if not items:
+            return []
+        slot = self.stage.slot() if self.stage is not None else contextlib.nullcontext()
+        async with slot:
+            loop = asyncio.get_running_loop()
+            pending = [_Pending(item, loop.create_future()) for item in items]
+            self._pending += pending
+            if len(self._pending) >= self.max_batch:
+                self._full.set()
+            if self._dispatcher is None or self._dispatcher.done() or self._dispatcher.get_loop() is not loop:
+                self._full = asyncio.Event()
+                self._dispatcher = loop.create_task(self._dispatch())
+            try:
+                return list(await asyncio.gather(*(p.future for p in pending)))
+            except BaseException:
+                for p in pending:  # a cancelled request's items are not run
+                    p.future.cancel()
+                raise
+
+    async def _dispatch(self) -> None:
+        loop = asyncio.get_running_loop()
+        while self._pending:
+            if len(self._pending) < self.max_batch:
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(self._full.wait(), self.max_delay_s)
+            self._full.clear()
+            taken = [p for p in self._pending if not p.future.done()]
+            self._pending = []
+            taken.sort(key=lambda p: self.length(p.item))
+            for start in range(0, len(taken), self.max_batch):
+                batch = [p for p in taken[start : start + self.max_batch] if not p.future.done()]
+                if not batch:
+                    continue
+                try:
+                    results = await loop.run_in_executor(self._worker, self.forward, [p.item for p in batch])
+                    self.batches += 1
+                except Exception as exc:  # noqa: BLE001 - each waiting check fails under its own policy
+                    for p in batch:
+                        if not p.future.done():
+                            p.future.set_exception(exc)
+                    continue
+                for p, result in zip(batch, results):
+                    if not p.future.done():
+                        p.future.set_result(result)
+
+
+def cpu_has_bf16() -> bool:
+    """Whether this CPU computes bf16 natively (AVX512-BF16 or AMX), where it beats fp32."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = next((line for line in f if line.startswith("flags")), "")
+    except OSError:
+        return False
+    return " avx512_bf16" in flags or " amx_bf16" in flags
+
+
+def resolve_device(device: str) -> str:
+    import torch
+
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise RuntimeError(f"device {device!r} is configured but torch sees no CUDA device")
+    return device
+
+
+def resolve_precision(precision: str, device: str) -> str:
+    """``auto``: bf16 on a GPU that has it (else fp16); on a CPU bf16 where it is native, else fp32."""
+    import torch
+
+    if precision != "auto":
+        if precision == "int8" and device != "cpu":
+            raise RuntimeError("int8 dynamic quantization runs on the CPU only")
+        if precision == "fp16" and device == "cpu":
+            raise RuntimeError("fp16 is for GPUs; on a CPU use fp32, bf16 or int8")
+        return precision
+    if device.startswith("cuda"):
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    return "bf16" if cpu_has_bf16() else "fp32"
+
+
+def torch_dtype(precision: str) -> Any:
+    import torch
+
+    return {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision, torch.float32)
+
+
+def quantize_int8(model: Any) -> Any:
+    import torch
+
+    return torch.ao.quantization.quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)
+
+
+def missing_model_message(model: str, exc: BaseException) -> str:
+    where = "a local directory" if os.path.isabs(model) or model.startswith((".", "~")) else "a Hugging Face hub id"
+    return (
+        f"cannot load model {model!r} ({where}): {type(exc).__name__}: {exc}. Provide it as a local directory "
+        f"with its config, weights and tokenizer, or as a hub id this machine can download (gated models need "
+        f"their license accepted and HF_TOKEN set); override the path with a RAILSTACK__... environment variable."
+    )
