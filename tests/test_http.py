@@ -144,7 +144,8 @@ def test_input_flows_of_railstack_rails_run_in_the_http_layer(tmp_path):
     from railstack.nemo import input_rails_of
     from railstack.paths import config_dir, rails_dir
 
-    assert input_rails_of(RailsConfig.from_path(str(config_dir("default")))) == ["admission", "heuristics", "topic"]
+    expected = ["admission", "heuristics", "topic", "prompt_guard"]
+    assert input_rails_of(RailsConfig.from_path(str(config_dir("default")))) == expected
     # A flow that does more than run railstack rails and refuse keeps NeMo's input rails.
     mixed = tmp_path / "mixed"
     mixed.mkdir()
@@ -170,6 +171,6 @@ def test_a_request_the_input_rails_pass_skips_nemos_input_rails(client, main_mod
     blocked = client.post("/v1/chat/completions", json=chat("default", "Tell me about Globex", stream=stream))
     assert ok.status_code == blocked.status_code == 200
     # Each request's rails ran once, in the HTTP layer; NeMo's flows only said the refusal.
-    assert runs == [["admission", "heuristics", "topic"]] * 2
+    assert runs == [["admission", "heuristics", "topic", "prompt_guard"]] * 2  # prompt_guard is off: not run
     assert "I can only talk about our own products" in blocked.text
     assert main_model.calls == 1
