@@ -8,7 +8,8 @@ from railstack.mechanism import CheckContext, Runtime, Tier, Verdict, rail
 def _engine(runtime: Runtime):
     from railstack.prompt_guard import prompt_guard_for
 
-    return prompt_guard_for(runtime.settings.prompt_guard, runtime.engine_stage("prompt_guard"))
+    settings = runtime.settings.prompt_guard
+    return prompt_guard_for(settings, runtime.engine_stage(f"prompt_guard:{settings.model}"))
 
 
 @rail("prompt_guard", Tier.SMALL_CLASSIFIER, resource=_engine)

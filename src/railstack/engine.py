@@ -7,8 +7,8 @@ forward pass on the model's own worker thread (torch releases the GIL, so the ev
 serving); each request gets its own results back. In front of it sits the engine's bounded
 stage, so a slow model backs up its own queue and sheds its own overload.
 
-An engine is anything with ``async score(items) -> results``: ``Batcher`` over a local model,
-or a client of a remote server (vLLM) with the same signature.
+An engine is anything with ``async score(items) -> results`` (one result per item): ``Batcher``
+over a local model here; a client of a remote server (vLLM) offers the same call.
 """
 
 from __future__ import annotations
@@ -18,16 +18,12 @@ import contextlib
 import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any, Callable, Generic, Optional, Protocol, Sequence, TypeVar
+from typing import Any, Callable, Generic, Optional, Sequence, TypeVar
 
 from railstack.backpressure import Stage
 
 Item = TypeVar("Item")
 Result = TypeVar("Result")
-
-
-class Engine(Protocol[Item, Result]):
-    async def score(self, items: Sequence[Item]) -> list[Result]: ...
 
 
 @dataclass
