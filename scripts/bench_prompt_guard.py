@@ -120,7 +120,7 @@ def main() -> None:
             results = {}
             for precision in args.precisions:
                 settings = PromptGuardSettings(
-                    model=str(path), device=device, precision=precision, cache_size=0, max_batch=16, max_delay_ms=2
+                    model=str(path), device=device, precision=precision, cache_size=0
                 )
                 pg = PromptGuard(settings)
                 tokens = statistics.mean(len(pg.token_ids(t)) for t in batch)

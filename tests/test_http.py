@@ -153,6 +153,10 @@ def test_input_flows_of_railstack_rails_run_in_the_http_layer(tmp_path):
     (mixed / "config.yml").write_text("rails:\n  input:\n    flows: [railstack heuristics, check more]\n")
     (mixed / "more.co").write_text("define subflow check more\n  $ok = execute self_check_input\n")
     assert input_rails_of(RailsConfig.from_path(str(mixed))) is None
+    # So does one that calls another flow.
+    (mixed / "config.yml").write_text("rails:\n  input:\n    flows: [outer]\n")
+    (mixed / "more.co").write_text("define subflow outer\n  do railstack heuristics\n")
+    assert input_rails_of(RailsConfig.from_path(str(mixed))) is None
 
 
 @pytest.mark.parametrize("stream", [False, True])

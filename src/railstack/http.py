@@ -292,11 +292,15 @@ class BackpressureMiddleware:
             if message["type"] == "http.response.body" and not message.get("more_body"):
                 answered.set()  # servers report a disconnect once the answer is complete
 
+        async def until_gone() -> dict:  # what the app hears after the body
+            await gone.wait()
+            return {"type": "http.disconnect"}
+
         try:
             taken_at = await stage.acquire()
             token = backpressure.held_main.set(stage.name)
             try:
-                await self.app(scope, _then_disconnect(body, gone), sending)
+                await self.app(scope, _replaying(body.get("body", b""), until_gone), sending)
             finally:
                 backpressure.held_main.reset(token)
         except Shed as exc:
@@ -325,21 +329,6 @@ async def _watch_disconnect(
     if not answered.is_set():
         gone.set()
         request_task.cancel()
-
-
-def _then_disconnect(body: dict, gone: asyncio.Event) -> Callable:
-    """The app's receive: the body, then a disconnect when the watcher sees one."""
-    given = False
-
-    async def receive() -> dict:
-        nonlocal given
-        if not given:
-            given = True
-            return body
-        await gone.wait()
-        return {"type": "http.disconnect"}
-
-    return receive
 
 
 class InputRailsMiddleware:

@@ -57,8 +57,11 @@ def input_rails_of(config: Any) -> Optional[list[str]]:
             return None
         ran = False
         for element in flow.get("elements", []):
-            if not isinstance(element, dict) or element.get("_type") != "run_action":
+            kind = element.get("_type") if isinstance(element, dict) else None
+            if kind in ("meta", "if", "jump"):
                 continue
+            if kind != "run_action":  # calls another flow, waits for events, sets variables...
+                return None
             action, params = element.get("action_name"), element.get("action_params", {})
             if action == "railstack_rails":
                 spec = params.get("rails", "")

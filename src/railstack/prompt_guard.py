@@ -117,7 +117,7 @@ class PromptGuard:
             f"prompt-guard:{settings.model}",
             self.probabilities,
             length=len,
-            max_batch=settings.max_batch,
+            max_batch=settings.max_batch or (64 if self.device.startswith("cuda") else 8),
             max_delay_s=settings.max_delay_ms / 1000,
             stage=stage,
         )

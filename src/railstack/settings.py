@@ -91,7 +91,8 @@ class ClassifierSettings(RailPolicy):
     model: str = Field(min_length=1, description="Hugging Face hub id or local directory")
     device: str = Field(default="auto", pattern=r"^(auto|cpu|cuda(:\d+)?)$")
     precision: Literal["auto", "fp32", "bf16", "fp16", "int8"] = "auto"
-    max_batch: int = Field(default=16, gt=0, le=512, description="inputs per forward pass")
+    # None: 8 on a CPU, where bigger padded batches lose (scripts/bench_prompt_guard.py), 64 on a GPU.
+    max_batch: Optional[int] = Field(default=None, gt=0, le=512, description="inputs per forward pass")
     max_delay_ms: float = Field(default=2.0, ge=0, le=1000, description="how long a batch waits to fill")
     cache_size: int = Field(default=10_000, ge=0, description="scores kept per model; 0 turns the cache off")
 
