@@ -17,7 +17,7 @@ async def prompt_guard(text: str, ctx: CheckContext) -> Verdict:
     if ctx.source == "retrieval":
         return await _chunks(ctx.nemo_context.get("relevant_chunks_sep") or [text], ctx)
     settings = ctx.settings.prompt_guard
-    own, third_party = _split(text)
+    own, third_party = _split(text) if ctx.source == "input" else ([text], [])
     checks = [(t, "jailbreak", settings.jailbreak_threshold) for t in own if t]
     # Tool results are third-party data: Meta filters them on injection, not jailbreak.
     checks += [(t, "injection", settings.injection_threshold) for t in third_party if t]
