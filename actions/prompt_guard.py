@@ -1,5 +1,6 @@
 """Small-classifier tier: Prompt Guard 1 or 2 on the conversation, tool results and retrieved chunks."""
 
+import asyncio
 from typing import Optional
 
 from railstack.mechanism import CheckContext, Runtime, Tier, Verdict, rail
@@ -23,8 +24,9 @@ async def prompt_guard(text: str, ctx: CheckContext) -> Verdict:
     checks += [(t, "injection", settings.injection_threshold) for t in third_party if t]
     worst: Optional[tuple[float, str, float]] = None
     windows = cached = 0
-    for part, kind, threshold in checks:
-        scores, hit = await ctx.resource.scores(part)
+    # Together, so that their windows share the engine's forward passes.
+    results = await asyncio.gather(*(ctx.resource.scores(part) for part, _, _ in checks))
+    for (_, kind, threshold), (scores, hit) in zip(checks, results):
         windows, cached = windows + scores.windows, cached + hit
         score = getattr(scores, kind)
         if worst is None or score - threshold > worst[0] - worst[2]:
@@ -53,7 +55,8 @@ def _split(text: str) -> tuple[list[str], list[str]]:
 
 async def _chunks(chunks: list, ctx: CheckContext) -> Verdict:
     settings = ctx.settings.prompt_guard
-    scored = [(chunk, (await ctx.resource.scores(str(chunk)))[0].injection) for chunk in chunks]
+    results = await asyncio.gather(*(ctx.resource.scores(str(chunk)) for chunk in chunks))
+    scored = [(chunk, scores.injection) for chunk, (scores, _) in zip(chunks, results)]
     poisoned = [i for i, (_, score) in enumerate(scored) if score >= settings.injection_threshold]
     facts = {"model": settings.model, "scheme": ctx.resource.scheme, "poisoned": poisoned, "chunks": len(chunks)}
     top = max((score for _, score in scored), default=0.0)

@@ -16,8 +16,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import weakref
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable, Generic, Optional, Sequence, TypeVar
 
 from railstack.backpressure import Stage
@@ -30,6 +31,15 @@ Result = TypeVar("Result")
 class _Pending(Generic[Item, Result]):
     item: Item
     future: "asyncio.Future[Result]"
+
+
+@dataclass
+class _Queue:
+    """What one event loop has waiting for the model (sync ``generate()`` calls run their own loops)."""
+
+    pending: list = field(default_factory=list)
+    full: asyncio.Event = field(default_factory=asyncio.Event)
+    dispatcher: Optional[asyncio.Task] = None
 
 
 class Batcher(Generic[Item, Result]):
@@ -52,10 +62,9 @@ class Batcher(Generic[Item, Result]):
         self.max_delay_s = max_delay_s
         self.stage = stage
         self.batches = 0  # forward passes run (for tests and benchmarks)
+        # One worker thread: forward passes of every loop run one at a time, each on all cores.
         self._worker = ThreadPoolExecutor(1, thread_name_prefix=f"railstack-{name}")
-        self._pending: list[_Pending[Item, Result]] = []
-        self._full = asyncio.Event()
-        self._dispatcher: Optional[asyncio.Task] = None
+        self._queues: "weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Queue]" = weakref.WeakKeyDictionary()
 
     async def score(self, items: Sequence[Item]) -> list[Result]:
         if not items:
@@ -63,13 +72,13 @@ class Batcher(Generic[Item, Result]):
         slot = self.stage.slot() if self.stage is not None else contextlib.nullcontext()
         async with slot:
             loop = asyncio.get_running_loop()
+            queue = self._queues.setdefault(loop, _Queue())
+            if queue.dispatcher is None or queue.dispatcher.done():
+                queue.dispatcher = loop.create_task(self._dispatch(queue))
             pending = [_Pending(item, loop.create_future()) for item in items]
-            self._pending += pending
-            if len(self._pending) >= self.max_batch:
-                self._full.set()
-            if self._dispatcher is None or self._dispatcher.done() or self._dispatcher.get_loop() is not loop:
-                self._full = asyncio.Event()
-                self._dispatcher = loop.create_task(self._dispatch())
+            queue.pending += pending
+            if len(queue.pending) >= self.max_batch:
+                queue.full.set()
             try:
                 return list(await asyncio.gather(*(p.future for p in pending)))
             except BaseException:
@@ -77,15 +86,15 @@ class Batcher(Generic[Item, Result]):
                     p.future.cancel()
                 raise
 
-    async def _dispatch(self) -> None:
+    async def _dispatch(self, queue: _Queue) -> None:
         loop = asyncio.get_running_loop()
-        while self._pending:
-            if len(self._pending) < self.max_batch:
+        while queue.pending:
+            if len(queue.pending) < self.max_batch:
                 with contextlib.suppress(asyncio.TimeoutError):
-                    await asyncio.wait_for(self._full.wait(), self.max_delay_s)
-            self._full.clear()
-            taken = [p for p in self._pending if not p.future.done()]
-            self._pending = []
+                    await asyncio.wait_for(queue.full.wait(), self.max_delay_s)
+            queue.full.clear()
+            taken = [p for p in queue.pending if not p.future.done()]
+            queue.pending = []
             taken.sort(key=lambda p: self.length(p.item))
             for start in range(0, len(taken), self.max_batch):
                 batch = [p for p in taken[start : start + self.max_batch] if not p.future.done()]
