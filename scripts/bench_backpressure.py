@@ -34,18 +34,9 @@ sys.path.insert(0, str(REPO / "tests"))
 
 import httpx  # noqa: E402
 
-from support import Server, free_port  # noqa: E402
+from support import Server, free_port, main_model_yaml, railstack_config  # noqa: E402
 
 QUESTION = "What is the capital of France? Answer in one short sentence, please."
-MAIN = """models:
-  - type: main
-    engine: openai
-    model: main
-    parameters: {{base_url: "{url}", api_key: EMPTY, max_retries: 0, timeout: 60}}
-passthrough: true
-"""
-
-
 def main_model(latency: float) -> tuple[subprocess.Popen, str]:
     port = free_port()
     proc = subprocess.Popen(
@@ -64,20 +55,13 @@ def main_model(latency: float) -> tuple[subprocess.Popen, str]:
 
 def railstack_root(base: Path, url: str, stage: str) -> Path:
     """A configs dir served with railstack: one config `cheap` with the cheap tiers."""
-    from railstack.paths import rails_dir
-
     root = base / "railstack"
-    (root / "cheap").mkdir(parents=True)
-    (root / "config.py").write_text("from railstack.server import init  # noqa: F401\n")
-    (root / "cheap" / "config.py").write_text("from railstack.nemo import init  # noqa: F401\n")
-    (root / "cheap" / "rails").symlink_to(rails_dir())
-    (root / "cheap" / "config.yml").write_text(
-        MAIN.format(url=url)
-        + "rails:\n  input:\n    flows: [railstack admission, railstack heuristics]\n"
-        + "custom_data:\n  railstack:\n"
-        + "    admission: {enabled: true, default_tier: {requests_per_minute: 1000000, tokens_per_minute: 1000000000}}\n"
-        + f"    backpressure: {{main: {stage}}}\n"
+    admission = "{enabled: true, default_tier: {requests_per_minute: 1000000, tokens_per_minute: 1000000000}}"
+    railstack_config(
+        root / "cheap", url, ["railstack admission", "railstack heuristics"],
+        f"{{admission: {admission}, backpressure: {{main: {stage}}}}}",
     )
+    (root / "config.py").write_text("from railstack.server import init  # noqa: F401\n")
     return root
 
 
@@ -98,7 +82,7 @@ def bare_root(base: Path, url: str, quiet: bool) -> Path:
     """NeMo alone: the same main model, no railstack; ``quiet``: without its verbose console log."""
     root = base / ("bare-quiet" if quiet else "bare")
     (root / "bare").mkdir(parents=True)
-    (root / "bare" / "config.yml").write_text(MAIN.format(url=url))
+    (root / "bare" / "config.yml").write_text(main_model_yaml(url))
     if quiet:
         (root / "bare" / "config.py").write_text(QUIET)
     return root

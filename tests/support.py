@@ -16,10 +16,33 @@ import httpx
 
 from nemoguardrails import RailsConfig
 
-from railstack.paths import config_dir
+from railstack.paths import config_dir, rails_dir
 
 REPO = Path(__file__).resolve().parent.parent
 SHARED_DATA = REPO.parent / "shared" / "data"
+
+
+def main_model_yaml(base_url: str) -> str:
+    """config.yml's main model: an OpenAI-compatible endpoint (the test double), the conversation passed through."""
+    return (
+        "models:\n  - type: main\n    engine: openai\n    model: main\n"
+        f'    parameters: {{base_url: "{base_url}", api_key: EMPTY, max_retries: 0, timeout: 60}}\n'
+        "passthrough: true\n"
+    )
+
+
+def railstack_config(path: Path, base_url: str, flows: list[str], railstack: str = "{}") -> Path:
+    """A config dir that runs railstack's ``flows`` around that main model, with ``railstack`` (YAML)
+    as its settings: config.yml, config.py and the link to the pack's flows."""
+    path.mkdir(parents=True, exist_ok=True)
+    (path / "config.yml").write_text(
+        main_model_yaml(base_url)
+        + f"rails:\n  input:\n    flows: [{', '.join(flows)}]\ncustom_data:\n  railstack: {railstack}\n"
+    )
+    (path / "config.py").write_text("from railstack.nemo import init  # noqa: F401\n")
+    if not (path / "rails").exists():
+        (path / "rails").symlink_to(rails_dir())
+    return path
 
 
 def packaged_config(name: str, base_url: str) -> RailsConfig:

@@ -5,7 +5,6 @@ process on loopback, with the test main model answering after a fixed service ti
 """
 
 import asyncio
-import textwrap
 import time
 
 import httpx
@@ -13,9 +12,8 @@ import pytest
 from nemoguardrails import LLMRails, RailsConfig
 
 from railstack.backpressure import Shed, Stage, health, stage_for
-from railstack.paths import rails_dir
 from railstack.settings import BackpressureSettings, SettingsError, StageSettings, parse_settings
-from support import Server, chat, server_env
+from support import Server, chat, railstack_config, server_env
 
 SERVICE_S = 1.0  # the main model's fixed service time in these tests
 
@@ -140,26 +138,9 @@ def test_bad_backpressure_settings_name_the_key(bad, named):
 # --- the Python path: generate_async and RunnableRails -------------------------------------
 
 
-def rails_for(path, main_model, concurrency=1, queue=0):
-    path.mkdir(exist_ok=True)
-    (path / "config.yml").write_text(textwrap.dedent(f"""\
-        models:
-          - type: main
-            engine: openai
-            model: main
-            parameters: {{base_url: "{main_model.base_url}", api_key: EMPTY, max_retries: 0}}
-        passthrough: true
-        rails:
-          input:
-            flows: [railstack heuristics]
-        custom_data:
-          railstack:
-            backpressure:
-              main: {{max_concurrency: {concurrency}, max_queue: {queue}, max_wait_s: 5}}
-        """))
-    (path / "config.py").write_text("from railstack.nemo import init  # noqa: F401\n")
-    if not (path / "rails").exists():
-        (path / "rails").symlink_to(rails_dir())
+def rails_for(path, main_model, concurrency=1, queue=0, wait=5, flows=("railstack heuristics",), engines=""):
+    stage = f"{{max_concurrency: {concurrency}, max_queue: {queue}, max_wait_s: {wait}}}"
+    railstack_config(path, main_model.base_url, list(flows), f"{{backpressure: {{main: {stage}{engines}}}}}")
     return RailsConfig.from_path(str(path))
 
 
@@ -230,16 +211,9 @@ def server(tmp_path_factory):
     model = MainModelDouble(latency_s=SERVICE_S).start()
     root = tmp_path_factory.mktemp("bp")
     (root / "config.py").write_text("from railstack.server import init  # noqa: F401\n")
-    rails_for(root / "bp", model, concurrency=2, queue=2)
-    yml = (root / "bp" / "config.yml").read_text()
-    (root / "bp" / "config.yml").write_text(yml.replace("max_wait_s: 5", "max_wait_s: 1.5"))
+    rails_for(root / "bp", model, concurrency=2, queue=2, wait=1.5)
     engine = root / "engine"
-    rails_for(engine, model, concurrency=8, queue=8)
-    (engine / "config.yml").write_text(
-        (engine / "config.yml").read_text()
-        .replace("flows: [railstack heuristics]", "flows: [slow engine]")
-        .replace("max_wait_s: 5}", "max_wait_s: 5}\n      engines: {max_concurrency: 1, max_queue: 0}")
-    )
+    rails_for(engine, model, 8, 8, flows=["slow engine"], engines=", engines: {max_concurrency: 1, max_queue: 0}")
     (engine / "actions.py").write_text(SLOW_RAIL)
     (engine / "flows.co").write_text(
         'define subflow slow engine\n  $railstack_outcome = execute railstack_rails(rails="slow_engine")\n'
@@ -346,12 +320,10 @@ async def test_a_request_that_waited_past_its_maximum_is_shed(server):
             results = await asyncio.gather(*flood)
     finally:
         model.latency_s = SERVICE_S
-    codes = sorted(r.status_code for r, _ in results)
-    assert codes == [200, 200, 503, 503]
-    for res, elapsed in results:
-        if res.status_code == 503:
-            assert "wait_timeout" in res.json()["error"]["message"]
-            assert 1.5 <= elapsed < 3 * SERVICE_S
+    assert sorted(r.status_code for r, _ in results) == [200, 200, 503, 503]
+    for res, elapsed in [(r, t) for r, t in results if r.status_code == 503]:
+        assert "wait_timeout" in res.json()["error"]["message"]
+        assert 1.5 <= elapsed < 3 * SERVICE_S
 
 
 async def test_a_client_that_disconnects_frees_its_slot_and_its_queue_place(server):
@@ -389,12 +361,10 @@ async def test_a_classifier_engine_that_is_full_sheds_its_own_requests_with_503(
         calls = model.calls
         results = await asyncio.gather(*(timed_post(client, chat("engine", "Hello")) for _ in range(3)))
         metrics = (await client.get("/metrics")).text
-    codes = sorted(r.status_code for r, _ in results)
-    assert codes == [200, 503, 503]
-    for res, _ in results:
-        if res.status_code == 503:
-            assert res.headers["retry-after"] == "1"
-            assert res.json()["error"]["message"].startswith("Service overloaded (engine/slow): queue_full")
-            assert res.headers["x-railstack-decisions"] == "slow_engine=block"
+    assert sorted(r.status_code for r, _ in results) == [200, 503, 503]
+    for res in [r for r, _ in results if r.status_code == 503]:
+        assert res.headers["retry-after"] == "1"
+        assert res.json()["error"]["message"].startswith("Service overloaded (engine/slow): queue_full")
+        assert res.headers["x-railstack-decisions"] == "slow_engine=block"
     assert model.calls - calls == 1
     assert metric(metrics, "railstack_shed_total", stage="engine/slow", reason="queue_full") == 2

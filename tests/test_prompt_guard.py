@@ -2,7 +2,6 @@
 
 import asyncio
 import shutil
-import textwrap
 import time
 
 import pytest
@@ -10,10 +9,10 @@ import torch
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 from railstack.mechanism import Runtime
-from railstack.paths import configs_root, rails_dir
+from railstack.paths import configs_root
 from railstack.prompt_guard import NotPromptGuard, PromptGuard
 from railstack.settings import PromptGuardSettings, parse_settings
-from support import chat, serving
+from support import chat, railstack_config, serving
 from tiny_models import prompt_guard, train_texts
 
 LONG = " ".join(train_texts(60))  # several 512-token windows
@@ -189,24 +188,10 @@ def served(checkpoints, main_model, monkeypatch, tmp_path):
     """`nemoguardrails server` over a configs dir whose config `pg` runs heuristics then Prompt Guard."""
     root = tmp_path / "configs"
     shutil.copytree(configs_root(), root, ignore=shutil.ignore_patterns("__pycache__"), symlinks=True)
-    pg = root / "pg"
-    pg.mkdir()
-    (pg / "rails").symlink_to(rails_dir())
-    (pg / "config.py").write_text("from railstack.nemo import init  # noqa: F401\n")
-    (pg / "config.yml").write_text(textwrap.dedent(f"""\
-        models:
-          - type: main
-            engine: openai
-            model: main
-            parameters: {{base_url: "{main_model.base_url}", api_key: EMPTY, max_retries: 0}}
-        passthrough: true
-        rails:
-          input:
-            flows: [railstack heuristics, railstack prompt guard]
-        custom_data:
-          railstack:
-            prompt_guard: {{model: "{checkpoints[2]}", precision: fp32}}
-        """))
+    railstack_config(
+        root / "pg", main_model.base_url, ["railstack heuristics", "railstack prompt guard"],
+        f'{{prompt_guard: {{model: "{checkpoints[2]}", precision: fp32}}}}',
+    )
     monkeypatch.setenv("MAIN_MODEL_BASE_URL", main_model.base_url)
 
     def serve(threshold: float):
