@@ -27,28 +27,6 @@ REPO = Path(__file__).resolve().parent.parent
 DEFAULT_DATA = REPO.parent / "shared" / "data" / "injection_eval.jsonl"
 
 
-def roc_auc(positives: list[float], negatives: list[float]) -> float:
-    """P(a random positive scores above a random negative), ties counting half (Mann-Whitney U)."""
-    ranked = sorted([(s, 1) for s in positives] + [(s, 0) for s in negatives])
-    rank_sum, i = 0.0, 0
-    while i < len(ranked):
-        j = i
-        while j < len(ranked) and ranked[j][0] == ranked[i][0]:
-            j += 1
-        mean_rank = (i + 1 + j) / 2
-        rank_sum += mean_rank * sum(label for _, label in ranked[i:j])
-        i = j
-    n_pos, n_neg = len(positives), len(negatives)
-    return (rank_sum - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg)
-
-
-def threshold_at_fpr(negatives: list[float], fpr: float) -> float:
-    """The lowest threshold (score >= t flags) that flags at most ``fpr`` of the negatives."""
-    ordered = sorted(negatives, reverse=True)
-    allowed = int(fpr * len(ordered))
-    return ordered[allowed] + 1e-9 if allowed < len(ordered) else 0.0
-
-
 def rates(rows: list[dict], flagged: list[bool]) -> dict[tuple[str, str], tuple[int, int]]:
     counts: dict[tuple[str, str], list[int]] = defaultdict(lambda: [0, 0])
     for row, hit in zip(rows, flagged):
@@ -94,6 +72,7 @@ def main() -> int:
 
     from nemoguardrails import RailsConfig
 
+    from railstack.evaluation import roc_auc, threshold_at_fpr
     from railstack.heuristics import Matcher
     from railstack.paths import config_dir
     from railstack.prompt_guard import PromptGuard

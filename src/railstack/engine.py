@@ -15,8 +15,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import os
+import threading
 import weakref
+from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Callable, Generic, Optional, Sequence, TypeVar
@@ -111,6 +114,57 @@ class Batcher(Generic[Item, Result]):
                 for p, result in zip(batch, results):
                     if not p.future.done():
                         p.future.set_result(result)
+
+
+class ScoreCache(Generic[Result]):
+    """A bounded LRU of a model's results, keyed by a digest of the exact text it scored, so a
+    threshold change never reuses a stale verdict."""
+
+    def __init__(self, size: int):
+        self.size = size
+        self._entries: OrderedDict[bytes, Result] = OrderedDict()
+        self._lock = threading.Lock()
+        self.hits = self.misses = 0
+
+    @staticmethod
+    def key(text: str) -> bytes:
+        return hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=16).digest()
+
+    def get(self, text: str) -> Optional[Result]:
+        if not self.size:
+            return None
+        key = self.key(text)
+        with self._lock:
+            found = self._entries.get(key)
+            if found is None:
+                self.misses += 1
+                return None
+            self._entries.move_to_end(key)
+            self.hits += 1
+            return found
+
+    def put(self, text: str, value: Result) -> None:
+        if not self.size:
+            return
+        key = self.key(text)
+        with self._lock:
+            self._entries[key] = value
+            self._entries.move_to_end(key)
+            while len(self._entries) > self.size:
+                self._entries.popitem(last=False)
+
+
+_engines: dict[tuple, Any] = {}
+_building = threading.Lock()
+
+
+def shared(key: tuple, build: Callable[[], Result]) -> Result:
+    """The process's one engine for ``key`` (a checkpoint and how it runs): configs that name
+    the same one share its weights, batcher and cache."""
+    with _building:
+        if key not in _engines:
+            _engines[key] = build()
+        return _engines[key]
 
 
 def cpu_has_bf16() -> bool:

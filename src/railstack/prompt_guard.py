@@ -16,20 +16,19 @@
 
 from __future__ import annotations
 
-import hashlib
 import logging
-import threading
-from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any, Optional
 
 from railstack.backpressure import Stage
 from railstack.engine import (
     Batcher,
+    ScoreCache,
     missing_model_message,
     quantize_int8,
     resolve_device,
     resolve_precision,
+    shared,
     torch_dtype,
 )
 from railstack.settings import PromptGuardSettings
@@ -49,42 +48,6 @@ class Scores:
     jailbreak: float
     injection: float
     windows: int
-
-
-class ScoreCache:
-    """A bounded LRU of scores, keyed by a digest of the text."""
-
-    def __init__(self, size: int):
-        self.size = size
-        self._entries: OrderedDict[bytes, Scores] = OrderedDict()
-        self._lock = threading.Lock()
-        self.hits = self.misses = 0
-
-    @staticmethod
-    def key(text: str) -> bytes:
-        return hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=16).digest()
-
-    def get(self, text: str) -> Optional[Scores]:
-        if not self.size:
-            return None
-        key = self.key(text)
-        with self._lock:
-            found = self._entries.get(key)
-            if found is None:
-                self.misses += 1
-                return None
-            self._entries.move_to_end(key)
-            self.hits += 1
-            return found
-
-    def put(self, text: str, scores: Scores) -> None:
-        if not self.size:
-            return
-        with self._lock:
-            self._entries[self.key(text)] = scores
-            self._entries.move_to_end(self.key(text))
-            while len(self._entries) > self.size:
-                self._entries.popitem(last=False)
 
 
 class PromptGuard:
@@ -210,16 +173,9 @@ def _special_tokens(tokenizer: Any) -> tuple[list[int], list[int]]:
     raise NotPromptGuard("prompt_guard: cannot tell the tokenizer's special tokens apart")
 
 
-_loaded: dict[tuple, PromptGuard] = {}
-_loading = threading.Lock()
-
-
 def prompt_guard_for(settings: PromptGuardSettings, stage: Optional[Stage]) -> PromptGuard:
     """The process's one engine for a checkpoint: configs that name the same model, device,
     precision and batching share it."""
     key = (settings.model, settings.device, settings.precision, settings.max_batch, settings.max_delay_ms,
            settings.cache_size, settings.temperature)
-    with _loading:
-        if key not in _loaded:
-            _loaded[key] = PromptGuard(settings, stage)
-        return _loaded[key]
+    return shared(("prompt_guard", *key), lambda: PromptGuard(settings, stage))
