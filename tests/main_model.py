@@ -23,6 +23,23 @@ from starlette.responses import JSONResponse, StreamingResponse
 from starlette.routing import Route
 
 
+def start_loopback(app: Any, port: int = 0) -> tuple[uvicorn.Server, threading.Thread, int]:
+    """Serve an ASGI app on 127.0.0.1 from a daemon thread; returns once it accepts connections."""
+    sock = socket.socket()
+    # Connections inherit it: without it every answer waits ~40 ms for a delayed ACK.
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    sock.bind(("127.0.0.1", port))
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="off"))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 10
+    while not server.started:
+        if time.monotonic() > deadline:
+            raise RuntimeError("a loopback test server did not start")
+        time.sleep(0.01)
+    return server, thread, sock.getsockname()[1]
+
+
 @dataclass
 class MainModelDouble:
     reply: str = "Paris is the capital of France."
@@ -98,19 +115,7 @@ class MainModelDouble:
         )
 
     def start(self, port: int = 0) -> "MainModelDouble":
-        sock = socket.socket()
-        # Connections inherit it: without it every answer waits ~40 ms for a delayed ACK.
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        sock.bind(("127.0.0.1", port))
-        self.port = sock.getsockname()[1]
-        self._server = uvicorn.Server(uvicorn.Config(self.app(), log_level="warning", lifespan="off"))
-        self._thread = threading.Thread(target=self._server.run, kwargs={"sockets": [sock]}, daemon=True)
-        self._thread.start()
-        deadline = time.monotonic() + 10
-        while not self._server.started:
-            if time.monotonic() > deadline:
-                raise RuntimeError("the test main model did not start")
-            time.sleep(0.01)
+        self._server, self._thread, self.port = start_loopback(self.app(), port)
         return self
 
     def stop(self) -> None:

@@ -31,14 +31,18 @@ def main_model_yaml(base_url: str) -> str:
     )
 
 
-def railstack_config(path: Path, base_url: str, flows: list[str], railstack: str = "{}") -> Path:
-    """A config dir that runs railstack's ``flows`` around that main model, with ``railstack`` (YAML)
-    as its settings: config.yml, config.py and the link to the pack's flows."""
+def railstack_config(
+    path: Path, base_url: str, flows: list[str], railstack: str = "{}", output: list[str] = (), streaming: str = ""
+) -> Path:
+    """A config dir that runs railstack's ``flows`` (and ``output`` flows, with ``streaming`` as
+    rails.output.streaming) around that main model, with ``railstack`` (YAML) as its settings:
+    config.yml, config.py and the link to the pack's flows."""
     path.mkdir(parents=True, exist_ok=True)
-    (path / "config.yml").write_text(
-        main_model_yaml(base_url)
-        + f"rails:\n  input:\n    flows: [{', '.join(flows)}]\ncustom_data:\n  railstack: {railstack}\n"
-    )
+    rails = f"rails:\n  input:\n    flows: [{', '.join(flows)}]\n"
+    if output:
+        rails += f"  output:\n    flows: [{', '.join(output)}]\n"
+        rails += f"    streaming: {streaming}\n" if streaming else ""
+    (path / "config.yml").write_text(main_model_yaml(base_url) + rails + f"custom_data:\n  railstack: {railstack}\n")
     (path / "config.py").write_text("from railstack.nemo import init  # noqa: F401\n")
     if not (path / "rails").exists():
         (path / "rails").symlink_to(rails_dir())

@@ -76,3 +76,134 @@ def prompt_guard(where: Path, version: int = 2, *, labels: list[str] | None = No
     model.save_pretrained(where)
     tokenizer.save_pretrained(where)
     return where
+
+
+# Llama Guard 3's chat template as the hub checkpoints define it (written here from Meta's
+# published prompt format): roles must alternate, the judged role follows from the number of
+# turns, `categories` and `excluded_category_keys` can be passed in, turns are text parts.
+LLAMA_GUARD_3_TEMPLATE = (
+    "{%- if messages|length % 2 == 0 -%}{%- set role = 'Agent' -%}{%- else -%}{%- set role = 'User' -%}{%- endif -%}"
+    "{%- if categories is not defined -%}{%- set categories = {"
+    + ", ".join(f'"S{i}": "{name}."' for i, name in enumerate(
+        ["Violent Crimes", "Non-Violent Crimes", "Sex Crimes", "Child Exploitation", "Defamation",
+         "Specialized Advice", "Privacy", "Intellectual Property", "Indiscriminate Weapons", "Hate", "Self-Harm",
+         "Sexual Content", "Elections"], start=1))
+    + "} -%}{%- endif -%}"
+    "{%- if excluded_category_keys is not defined -%}{%- set excluded_category_keys = [] -%}{%- endif -%}"
+    "{{- '<|begin_of_text|><|start_header_id|>user<|end_header_id|>\\n\\n' -}}"
+    "{{- \"Task: Check if there is unsafe content in '\" + role + \"' messages in conversations according our "
+    "safety policy with the below categories.\\n\\n<BEGIN UNSAFE CONTENT CATEGORIES>\\n\" -}}"
+    "{%- for key in categories -%}{%- if key not in excluded_category_keys -%}"
+    "{{- key + ': ' + categories[key] + '\\n' -}}{%- endif -%}{%- endfor -%}"
+    "{{- '<END UNSAFE CONTENT CATEGORIES>\\n\\n<BEGIN CONVERSATION>\\n\\n' -}}"
+    "{%- for message in messages -%}"
+    "{%- if (message['role'] == 'user') != (loop.index0 % 2 == 0) -%}"
+    "{{- raise_exception('Conversation roles must alternate user/assistant/user/assistant/...') -}}{%- endif -%}"
+    "{%- if message['role'] == 'user' -%}{%- set who = 'User' -%}{%- else -%}{%- set who = 'Agent' -%}{%- endif -%}"
+    "{%- for part in message['content'] | selectattr('type', 'equalto', 'text') -%}"
+    "{{- who + ': ' + part['text'] | trim + '\\n\\n' -}}{%- endfor -%}{%- endfor -%}"
+    "{{- '<END CONVERSATION>\\n\\nProvide your safety assessment for ONLY THE LAST ' + role + "
+    "\" message in the above conversation:\\n - First line must read 'safe' or 'unsafe'.\\n - If unsafe, a second "
+    "line must include a comma-separated list of violated categories.<|eot_id|><|start_header_id|>assistant"
+    "<|end_header_id|>\\n\\n\" -}}"
+)
+
+# How Llama 3's tokenizer splits text before byte-level BPE (its tokenizer.json's pre-tokenizer).
+LLAMA_3_SPLIT = (
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+"
+    r"|\s+(?!\S)|\s+"
+)
+
+# (special tokens, bos, eos, pad, answer words) of each family's tokenizer.
+GUARD_TOKENS = {
+    "llama_guard_3": (["<|begin_of_text|>", "<|end_of_text|>", "<|start_header_id|>", "<|end_header_id|>",
+                       "<|eot_id|>", "<|finetune_right_pad_id|>"], "<|begin_of_text|>", "<|eot_id|>", None,
+                      ("safe", "unsafe")),
+    "llama_guard_4": (["<|begin_of_text|>", "<|end_of_text|>", "<|header_start|>", "<|header_end|>", "<|eot|>"],
+                      "<|begin_of_text|>", "<|eot|>", None, ("safe", "unsafe")),
+    "shieldgemma": (["<pad>", "<eos>", "<bos>", "<start_of_turn>", "<end_of_turn>"], "<bos>", "<eos>", "<pad>",
+                    ("Yes", "No")),
+}
+
+
+def guard_tokenizer(
+    where: Path, family: str = "llama_guard_3", template: str | None = None, vocab_size: int = 3000,
+    texts: list[str] | None = None,
+):
+    """A byte-level BPE tokenizer with the family's special tokens, in which the answer words are
+    single tokens (as in the real ones), trained on ``texts`` (default: text from the repo)."""
+    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    specials, bos, eos, pad, answers = GUARD_TOKENS[family]
+    bpe = Tokenizer(models.BPE())
+    bpe.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Split(Regex(LLAMA_3_SPLIT), behavior="isolated"),
+        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+    ])
+    bpe.decoder = decoders.ByteLevel()
+    # The answer words at the start of a line, many times, so that BPE merges each into one token.
+    texts = (texts or train_texts()) + [f"{word}\nS1,S10" for word in answers for _ in range(300)]
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size, special_tokens=specials, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    bpe.train_from_iterator(texts, trainer)
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=bpe, bos_token=bos, eos_token=eos, pad_token=pad, chat_template=template
+    )
+    for word in answers:
+        assert len(tokenizer(word, add_special_tokens=False)["input_ids"]) == 1, word
+    where.mkdir(parents=True, exist_ok=True)
+    tokenizer.save_pretrained(where)
+    return tokenizer
+
+
+def llama_guard(where: Path, family: str = "llama_guard_3", *, template: bool = False, seed: int = 0, **size) -> Path:
+    """A Llama Guard 3 / 4 checkpoint: a random LlamaForCausalLM with that family's tokenizer (and,
+    with ``template``, Llama Guard 3's chat template); for ShieldGemma a random Gemma 2."""
+    import torch
+    from transformers import Gemma2Config, Gemma2ForCausalLM, LlamaConfig, LlamaForCausalLM
+
+    tokenizer = guard_tokenizer(where, family, LLAMA_GUARD_3_TEMPLATE if template else None)
+    shape = dict(
+        vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, max_position_embeddings=4096, bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id, tie_word_embeddings=False,
+    ) | size
+    torch.manual_seed(seed)
+    if family == "shieldgemma":
+        model = Gemma2ForCausalLM(Gemma2Config(head_dim=8, **shape))
+    else:
+        model = LlamaForCausalLM(LlamaConfig(**shape))
+    with torch.no_grad():
+        _answer_by_content(model, tokenizer, family)
+    model.save_pretrained(where)
+    return where
+
+
+def _answer_by_content(model, tokenizer, family: str) -> None:
+    """Make the random model answer like a trained guard: the two answer words take nearly all
+    the probability at the decision position, and which one wins varies with the text judged
+    (along the main direction in which the texts' last hidden states differ)."""
+    import torch
+
+    safe, unsafe = (tokenizer.convert_tokens_to_ids(w) for w in sorted(GUARD_TOKENS[family][4], key=_is_violation))
+    wrap = {"llama_guard_3": "<|begin_of_text|>{}<|eot_id|><|start_header_id|>assistant<|end_header_id|>\n\n",
+            "llama_guard_4": "<|begin_of_text|>{}<|eot|><|header_start|>assistant<|header_end|>\n\n",
+            "shieldgemma": "<bos>{}<end_of_turn>\n<start_of_turn>model\n"}[family]
+    states = []
+    for text in train_texts(40):
+        ids = tokenizer(wrap.format(text), add_special_tokens=False, return_tensors="pt")["input_ids"]
+        states.append(model.model(input_ids=ids).last_hidden_state[0, -1])
+    h = torch.stack(states)
+    mean = h.mean(0)
+    direction = torch.linalg.svd(h - mean, full_matrices=False).Vh[0]
+    spread = ((h - mean) @ direction).std()
+    weight = model.lm_head.weight
+    weight[safe] = 30 * mean / mean.norm() ** 2  # logit 30 at the typical state: far above the rest
+    weight[unsafe] = weight[safe] + 2.5 * direction / spread  # the logit gap: about N(0, 2.5) over texts
+
+
+def _is_violation(word: str) -> bool:
+    return word in ("unsafe", "Yes")

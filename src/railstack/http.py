@@ -36,7 +36,7 @@ from railstack.admission import Admission, Quota, client_key
 from railstack.backpressure import Shed, Stage, overloaded_message
 from railstack.mechanism import Decision, Runtime, UnknownRails, collect_decisions, current_decisions, request_id
 from railstack.settings import ClientKeySettings, RequestLimits
-from railstack.text import Unreadable, conversation_text
+from railstack.text import Unreadable, conversation_text, dialogue_of
 from railstack.validation import ConfigRules, Rejected, parse_body, validate
 
 log = logging.getLogger("railstack.http")
@@ -360,10 +360,13 @@ class InputRailsMiddleware:
             self.ready.add(config_id)
         try:
             text = conversation_text(request["messages"])
+            dialogue = dialogue_of(request["messages"])
         except Unreadable:  # NeMo's flows refuse it with the reason
             return await self.app(scope, receive, send)
         context = {**(_context(request) or {}), "user_message": text}
-        decisions, blocker = await runtime.decide(names, source="input", text=text, nemo_context=context)
+        decisions, blocker = await runtime.decide(
+            names, source="input", text=text, nemo_context=context, dialogue=dialogue
+        )
         if blocker is not None:
             token = http_input_decisions.set(decisions)
             try:

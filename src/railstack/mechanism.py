@@ -63,6 +63,9 @@ class CheckContext:
     nemo_context: dict[str, Any]
     runtime: "Runtime"
     resource: Any = None  # what the rail's ``resource`` builder made for this config
+    # The user and assistant turns as (role, text), oldest first, before the answer being checked
+    # on the output; for rails that judge a conversation rather than one text. Empty when unknown.
+    dialogue: tuple[tuple[str, str], ...] = ()
 
 
 Check = Callable[[str, CheckContext], Awaitable[Verdict]]
@@ -216,7 +219,13 @@ class Runtime:
         return self.resources.get(r.name)
 
     async def run(
-        self, names: list[str], *, source: str, text: str, nemo_context: Optional[dict] = None
+        self,
+        names: list[str],
+        *,
+        source: str,
+        text: str,
+        nemo_context: Optional[dict] = None,
+        dialogue: tuple[tuple[str, str], ...] = (),
     ) -> RailOutcome:
         unknown = [n for n in names if get_rail(n) is None]
         if unknown:  # a rail named by a flow that prepare() never saw
@@ -224,13 +233,21 @@ class Runtime:
                 reason=f"Blocked: unknown railstack rail(s) {', '.join(unknown)} in this config.",
                 metadata={"rail": unknown[0], "decisions": []},
             )
-        return _outcome(*await self.decide(names, source=source, text=text, nemo_context=nemo_context))
+        return _outcome(
+            *await self.decide(names, source=source, text=text, nemo_context=nemo_context, dialogue=dialogue)
+        )
 
     async def decide(
-        self, names: list[str], *, source: str, text: str, nemo_context: Optional[dict] = None
+        self,
+        names: list[str],
+        *,
+        source: str,
+        text: str,
+        nemo_context: Optional[dict] = None,
+        dialogue: tuple[tuple[str, str], ...] = (),
     ) -> tuple[list[Decision], Optional[Decision]]:
         """Run the (known) rails ``names`` in cost order: every decision, and the blocking one."""
-        ctx = CheckContext(source, self.settings, nemo_context or {}, self)
+        ctx = CheckContext(source, self.settings, nemo_context or {}, self, dialogue=dialogue)
         decisions: list[Decision] = []
         rails = [get_rail(n) for n in names if self.settings.enabled(n)]
         tiers = sorted({r.tier for r in rails})

@@ -10,14 +10,18 @@ from railstack.mechanism import Runtime, runtime_for
 from railstack.settings import parse_settings
 
 
-def rails_named_in_flows(config: Any) -> list[str]:
+ALL_SECTIONS = ("input", "output", "retrieval", "tool_input", "tool_output")
+
+
+def rails_named_in_flows(config: Any, sections: tuple[str, ...] = ALL_SECTIONS) -> list[str]:
     """The railstack rails a config runs: the ``rails`` argument of each ``railstack_rails``
     action in the flows its rails list (input, output, retrieval, tool), its dialog flows, and
-    the subflows those call. Subflows that nothing calls (the pack's library) do not count."""
+    the subflows those call. Subflows that nothing calls (the pack's library) do not count.
+    With ``sections``, only the rails of those sections' flows (and what they call)."""
     by_id = {flow.get("id"): flow for flow in config.flows}
-    sections = ("input", "output", "retrieval", "tool_input", "tool_output")
     todo = [f for section in sections for f in getattr(getattr(config.rails, section, None), "flows", None) or []]
-    todo += [flow_id for flow_id, flow in by_id.items() if not _is_subflow(flow)]
+    if sections == ALL_SECTIONS:
+        todo += [flow_id for flow_id, flow in by_id.items() if not _is_subflow(flow)]
     names: list[str] = []
     seen: set[str] = set()
     while todo:
@@ -99,9 +103,21 @@ def init(app: Any) -> None:
         return await railstack_rails(*args, **kwargs)
 
     app.register_action(bound, name="railstack_rails")
+    _check_before_streaming(app.config, runtime)
     _gate_main_model(app, runtime)
     if not runtime.settings.logging.nemo_verbose:
         _quiet_nemo_verbose_log()
+
+
+def _check_before_streaming(config: Any, runtime: Runtime) -> None:
+    """NeMo streams each chunk before its output rails judge it unless ``stream_first`` is false:
+    with railstack rails on the output, a chunk they would block must not reach the client. A
+    config that sets ``stream_first`` itself keeps its choice."""
+    streaming = config.rails.output.streaming
+    if streaming is None or not streaming.enabled or "stream_first" in streaming.model_fields_set:
+        return
+    if any(runtime.settings.enabled(name) for name in rails_named_in_flows(config, ("output",))):
+        streaming.stream_first = False
 
 
 def _quiet_nemo_verbose_log() -> None:

@@ -111,6 +111,56 @@ class PromptGuardSettings(ClassifierSettings):
     )
 
 
+class CustomCategory(_Strict):
+    """A category of your own policy, or a new name and description for one of the model's."""
+
+    code: str = Field(pattern=r"^S[1-9][0-9]?$", description="S1..S99; an existing code is replaced")
+    name: str = Field(min_length=1)
+    description: str = ""
+
+
+class RemoteEngineSettings(_Strict):
+    """An OpenAI-compatible completions server (vLLM) serving the same checkpoint."""
+
+    base_url: str = Field(default="http://127.0.0.1:8001/v1", min_length=1)
+    served_model: Optional[str] = Field(default=None, description="the server's model name; default: model")
+    api_key: str = "EMPTY"
+    top_logprobs: int = Field(default=20, ge=2, le=20, description="how many first-token log-probabilities to ask for")
+    max_connections: int = Field(default=64, gt=0)
+
+
+class LlamaGuardSettings(ClassifierSettings):
+    """Llama Guard 3 (1B, 8B), Llama Guard 4 (text) or ShieldGemma: P(unsafe) of the last user turn
+    (input) or of the answer (output) from one prefill, compared with ``threshold``."""
+
+    model: str = Field(default="meta-llama/Llama-Guard-3-1B", min_length=1)
+    timeout_s: Optional[float] = Field(default=10.0, gt=0, le=600)
+    engine: Literal["local", "remote"] = "local"
+    remote: RemoteEngineSettings = Field(default_factory=RemoteEngineSettings)
+    family: Literal["auto", "llama_guard_3", "llama_guard_4", "shieldgemma"] = Field(
+        default="auto", description="prompt format and answer tokens; auto: from the tokenizer's special tokens"
+    )
+    prompt: Literal["auto", "template", "builtin"] = Field(
+        default="auto", description="auto: the checkpoint's chat template when it has one, else the built-in format"
+    )
+    threshold: float = Field(default=0.5, ge=0, le=1)
+    categories: Optional[list[str]] = Field(default=None, description="codes to check; default: the model's own set")
+    excluded_categories: list[str] = Field(default_factory=list)
+    custom_categories: list[CustomCategory] = Field(default_factory=list)
+    max_prompt_tokens: int = Field(
+        default=8192, ge=256, description="longer conversations lose their oldest turns; a longer judged turn fails"
+    )
+    category_tokens: int = Field(default=16, ge=1, le=64, description="greedy decode budget of the category line")
+
+    @field_validator("categories", "excluded_categories")
+    @classmethod
+    def _are_codes(cls, codes: Optional[list[str]]) -> Optional[list[str]]:
+        bad = [c for c in codes or [] if not re.fullmatch(r"S[1-9][0-9]?", c)]
+        if bad:
+            raise ValueError(f"category codes look like S1..S14: {bad!r}")
+        return codes
+
+
 class RateTier(_Strict):
     """Limits of one class of client. A burst defaults to one minute's worth."""
 
@@ -226,6 +276,7 @@ class RailstackSettings(BaseSettings):
     heuristics: HeuristicsSettings = Field(default_factory=HeuristicsSettings)
     topic: TopicSettings = Field(default_factory=TopicSettings)
     prompt_guard: PromptGuardSettings = Field(default_factory=PromptGuardSettings)
+    llama_guard: LlamaGuardSettings = Field(default_factory=LlamaGuardSettings)
     # Policy of rails that have no section of their own (your own rails), by rail name.
     rails: dict[str, RailPolicy] = Field(default_factory=dict)
 

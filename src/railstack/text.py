@@ -95,6 +95,11 @@ def conversation_text(messages: list[dict]) -> str:
     return "\n\n".join(message_text(m.get("content")) for m in messages if m.get("role") != "context")
 
 
+def dialogue_of(messages: list[dict]) -> tuple[tuple[str, str], ...]:
+    """The user and assistant turns of a chat request, in order, as (role, text)."""
+    return tuple((m["role"], message_text(m.get("content"))) for m in messages if m.get("role") in ("user", "assistant"))
+
+
 def phrase_pattern(phrase: str) -> str:
     """A phrase as a regex over normalized text: words in order, any separators between."""
     words = normalize(phrase).text.split()
