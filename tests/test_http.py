@@ -144,7 +144,7 @@ def test_input_flows_of_railstack_rails_run_in_the_http_layer(tmp_path):
     from railstack.nemo import input_rails_of
     from railstack.paths import config_dir, rails_dir
 
-    expected = ["admission", "heuristics", "topic", "prompt_guard"]
+    expected = ["admission", "heuristics", "topic", "prompt_guard", "llama_guard"]
     assert input_rails_of(RailsConfig.from_path(str(config_dir("default")))) == expected
     # A flow that does more than run railstack rails and refuse keeps NeMo's input rails.
     mixed = tmp_path / "mixed"
@@ -174,7 +174,9 @@ def test_a_request_the_input_rails_pass_skips_nemos_input_rails(client, main_mod
     ok = client.post("/v1/chat/completions", json=chat("default", "Hello there", stream=stream))
     blocked = client.post("/v1/chat/completions", json=chat("default", "Tell me about Globex", stream=stream))
     assert ok.status_code == blocked.status_code == 200
-    # Each request's rails ran once, in the HTTP layer; NeMo's flows only said the refusal.
-    assert runs == [["admission", "heuristics", "topic", "prompt_guard"]] * 2  # prompt_guard is off: not run
+    # Each request's input rails ran once, in the HTTP layer (the model rails are off: not run),
+    # and the passing one's answer went through the output rail.
+    inputs = ["admission", "heuristics", "topic", "prompt_guard", "llama_guard"]
+    assert runs == [inputs, ["llama_guard"], inputs]
     assert "I can only talk about our own products" in blocked.text
     assert main_model.calls == 1
