@@ -15,8 +15,10 @@ async def llama_guard(text: str, ctx: CheckContext) -> Verdict:
     if ctx.source == "input":
         judged, dialogue = "user", ctx.dialogue or (("user", text),)
     elif ctx.source == "output":
-        # The answer (or a streamed chunk of it with NeMo's look-back) after the turns before it.
-        judged, dialogue = "assistant", (*ctx.dialogue, ("assistant", text))
+        # The answer (or a streamed chunk of it with NeMo's look-back) after the turns before it;
+        # the format judges an Agent turn after a User turn, even an unknown (empty) one.
+        before = ctx.dialogue if any(role == "user" for role, _ in ctx.dialogue) else (("user", ""),)
+        judged, dialogue = "assistant", (*before, ("assistant", text))
     else:
         raise ValueError(f"llama_guard judges conversations and answers, not {ctx.source} text")
     settings = ctx.settings.llama_guard

@@ -252,6 +252,12 @@ async def test_the_decision_names_the_categories_and_unknown_codes(checkpoints, 
     assert record["family"] == "llama_guard_3" and record["prompt_tokens"] > 0
 
 
+async def test_an_answer_without_a_known_question_is_still_judged(checkpoints):
+    runtime = runtime_with(checkpoints["lg3"], threshold=1.0)
+    outcome = await runtime.run(["llama_guard"], source="output", text="Here you go.")
+    assert not outcome.is_blocked and outcome.metadata["decisions"][0]["metadata"]["prompt_tokens"] > 0
+
+
 def test_turns_alternate_from_a_user_turn():
     assert alternating((("assistant", "Welcome"), ("user", "a"), ("user", "b"), ("assistant", "c"))) == [
         ("user", "a\n\nb"), ("assistant", "c")
