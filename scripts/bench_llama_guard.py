@@ -130,6 +130,7 @@ def main() -> None:
             await asyncio.gather(*(guard.assess(d, "user") for d in eight))
             return time.perf_counter() - start
 
+        print(f"their prompt tokens: {sorted(len(guard.prompts(d, 'user')[0][0][1]) for d in eight)}")
         batches = engine.batcher.batches
         together = asyncio.run(concurrent())
         ran = engine.batcher.batches - batches

@@ -463,8 +463,8 @@ class LocalEngine:
             f"llama-guard:{s.model}",
             self.forward,
             length=lambda item: len(item[0]),
-            # On a CPU a padded batch of 1B-decoder prefills took twice as long as the same checks
-            # one by one (scripts/bench_llama_guard.py): batches are for GPUs.
+            # A CPU prefill is compute-bound: a batch costs as much as its rows padded to the longest
+            # one by one, so batching only adds padding there (scripts/bench_llama_guard.py).
             max_batch=s.max_batch or (32 if self.device.startswith("cuda") else 1),
             max_delay_s=s.max_delay_ms / 1000,
             stage=stage,
