@@ -27,18 +27,6 @@ REPO = Path(__file__).resolve().parent.parent
 DEFAULT_DATA = REPO.parent / "shared" / "data" / "safety_eval.jsonl"
 
 
-async def judge_all(guard, texts: list[str]) -> list:
-    from tqdm import tqdm
-
-    out = []
-    with tqdm(total=len(texts), desc="judged", unit="text") as bar:
-        for start in range(0, len(texts), 32):  # 32 at a time through the micro-batcher
-            chunk = texts[start : start + 32]
-            out += await asyncio.gather(*(_judge(guard, t) for t in chunk))
-            bar.update(len(chunk))
-    return out
-
-
 async def _judge(guard, text: str):
     from railstack.llama_guard import TurnTooLong
 
@@ -65,7 +53,7 @@ def main() -> int:
 
     from nemoguardrails import RailsConfig
 
-    from railstack.evaluation import roc_auc
+    from railstack.evaluation import in_batches, roc_auc
     from railstack.llama_guard import SafetyModel
     from railstack.paths import config_dir
     from railstack.settings import parse_settings
@@ -76,7 +64,7 @@ def main() -> int:
     guard = SafetyModel(lg)
     print(f"{len(rows)} rows of {args.data.name}; {lg.model} ({guard.family.name}, {lg.engine} engine), "
           f"categories {','.join(c.code for c in guard.categories)}, threshold {lg.threshold:g}")
-    found = asyncio.run(judge_all(guard, [r["text"] for r in rows]))
+    found = asyncio.run(in_batches([r["text"] for r in rows], lambda t: _judge(guard, t), 32, "judged", "text"))
 
     flagged = [f is None or f.score >= lg.threshold for f in found]
     scores = [1.0 if f is None else f.score for f in found]

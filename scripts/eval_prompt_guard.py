@@ -48,19 +48,6 @@ def print_rates(title: str, table: dict[tuple[str, str], tuple[int, int]]) -> No
         print(f"  {'ALL ' + kind:58s} {n:6d}  {100 * hit / max(n, 1):6.2f}%  {what}")
 
 
-async def score_all(pg, texts: list[str], kind: str) -> list[float]:
-    from tqdm import tqdm
-
-    out: list[float] = []
-    with tqdm(total=len(texts), desc=f"{kind} scores", unit="text") as bar:
-        for start in range(0, len(texts), 64):  # 64 at a time through the micro-batcher
-            chunk = texts[start : start + 64]
-            results = await asyncio.gather(*(pg.scores(t) for t in chunk))
-            out += [getattr(scores, kind) for scores, _ in results]
-            bar.update(len(chunk))
-    return out
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
@@ -72,7 +59,7 @@ def main() -> int:
 
     from nemoguardrails import RailsConfig
 
-    from railstack.evaluation import roc_auc, threshold_at_fpr
+    from railstack.evaluation import in_batches, roc_auc, threshold_at_fpr
     from railstack.heuristics import Matcher
     from railstack.paths import config_dir
     from railstack.prompt_guard import PromptGuard
@@ -85,7 +72,10 @@ def main() -> int:
     pg = PromptGuard(pg_settings)
     print(f"{len(rows)} rows of {args.data.name}; {pg_settings.model} ({pg.scheme}, {pg.device}, {pg.precision}); "
           f"{args.score} score, threshold {threshold:g}")
-    scores = asyncio.run(score_all(pg, [r["text"] for r in rows], args.score))
+    async def score(text: str) -> float:
+        return getattr((await pg.scores(text))[0], args.score)
+
+    scores = asyncio.run(in_batches([r["text"] for r in rows], score, 64, f"{args.score} scores", "text"))
 
     positives = [s for r, s in zip(rows, scores) if r["label"] != "benign"]
     negatives = [s for r, s in zip(rows, scores) if r["label"] == "benign"]

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
+from typing import Any, Awaitable, Callable, Sequence
+
 
 def roc_auc(positives: list[float], negatives: list[float]) -> float:
     """P(a random positive scores above a random negative), ties counting half (Mann-Whitney U)."""
@@ -23,3 +26,17 @@ def threshold_at_fpr(negatives: list[float], fpr: float) -> float:
     ordered = sorted(negatives, reverse=True)
     allowed = int(fpr * len(ordered))
     return ordered[allowed] + 1e-9 if allowed < len(ordered) else 0.0
+
+
+async def in_batches(items: Sequence[Any], run: Callable[[Any], Awaitable[Any]], size: int, desc: str, unit: str) -> list:
+    """``run`` on every item, ``size`` at a time (together, so that they share the engine's
+    forward passes), in order, with a progress bar."""
+    from tqdm import tqdm
+
+    out: list = []
+    with tqdm(total=len(items), desc=desc, unit=unit) as bar:
+        for start in range(0, len(items), size):
+            chunk = items[start : start + size]
+            out += await asyncio.gather(*(run(item) for item in chunk))
+            bar.update(len(chunk))
+    return out

@@ -21,16 +21,7 @@ from dataclasses import dataclass
 from typing import Any, Optional
 
 from railstack.backpressure import Stage
-from railstack.engine import (
-    Batcher,
-    ScoreCache,
-    missing_model_message,
-    quantize_int8,
-    resolve_device,
-    resolve_precision,
-    shared,
-    torch_dtype,
-)
+from railstack.engine import Batcher, ScoreCache, load_checkpoint, shared
 from railstack.settings import PromptGuardSettings
 
 log = logging.getLogger("railstack.prompt_guard")
@@ -54,23 +45,15 @@ class PromptGuard:
     """One loaded Prompt Guard checkpoint with its micro-batcher and score cache."""
 
     def __init__(self, settings: PromptGuardSettings, stage: Optional[Stage] = None):
-        import torch
-        from transformers import AutoModelForSequenceClassification, AutoTokenizer
+        from transformers import AutoModelForSequenceClassification
 
         self.settings = settings
-        self.device = resolve_device(settings.device)
-        self.precision = resolve_precision(settings.precision, self.device)
-        try:
-            self.tokenizer = AutoTokenizer.from_pretrained(settings.model)
-            dtype = torch.float32 if self.precision == "int8" else torch_dtype(self.precision)
-            model = AutoModelForSequenceClassification.from_pretrained(settings.model, dtype=dtype)
-        except (OSError, ValueError) as exc:
-            raise RuntimeError(f"prompt_guard: {missing_model_message(settings.model, exc)}") from exc
-        self.scheme = _scheme(model.config, settings.model)
+        self.tokenizer, self.model, self.device, self.precision = load_checkpoint(
+            settings, "prompt_guard", AutoModelForSequenceClassification
+        )
+        self.scheme = _scheme(self.model.config, settings.model)
         if not self.tokenizer.is_fast:
             raise NotPromptGuard(f"prompt_guard: {settings.model!r} has no fast tokenizer (needed for offsets)")
-        model = quantize_int8(model) if self.precision == "int8" else model.to(self.device)
-        self.model = model.eval()
         self.prefix, self.suffix = _special_tokens(self.tokenizer)
         self.body = MAX_TOKENS - len(self.prefix) - len(self.suffix)
         self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
