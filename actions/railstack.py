@@ -57,6 +57,7 @@ async def railstack_rails(
     context: Optional[dict] = None,
     events: Optional[list] = None,
     config: Any = None,
+    llm: Any = None,
     railstack_runtime: Any = None,
     **kwargs: Any,
 ) -> RailOutcome:
@@ -95,4 +96,6 @@ async def railstack_rails(
             return RailOutcome.failure(reason=f"Blocked: a railstack flow names an unknown source {source!r}.")
     except Unreadable as exc:
         return RailOutcome.failure(reason=f"Blocked: message content railstack cannot read ({exc}).")
-    return await railstack_runtime.run(names, source=source, text=text, nemo_context=context, dialogue=dialogue)
+    return await railstack_runtime.run(
+        names, source=source, text=text, nemo_context=context, dialogue=dialogue, main_model=llm
+    )

@@ -45,6 +45,7 @@ class MainModelDouble:
     reply: str = "Paris is the capital of France."
     latency_s: float = 0.0
     token_delay_s: float = 0.0
+    honours_n: bool = True  # answers a request's `n` with that many choices, as OpenAI's API does
     requests: list[dict[str, Any]] = field(default_factory=list)
     _server: Any = None
     _thread: Any = None
@@ -72,7 +73,8 @@ class MainModelDouble:
                     "created": int(time.time()),
                     "model": model,
                     "choices": [
-                        {"index": 0, "message": {"role": "assistant", "content": self.reply}, "finish_reason": "stop"}
+                        {"index": i, "message": {"role": "assistant", "content": self.reply}, "finish_reason": "stop"}
+                        for i in range(int(body.get("n") or 1) if self.honours_n else 1)
                     ],
                     "usage": {"prompt_tokens": 10, "completion_tokens": 7, "total_tokens": 17},
                 }

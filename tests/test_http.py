@@ -175,8 +175,8 @@ def test_a_request_the_input_rails_pass_skips_nemos_input_rails(client, main_mod
     blocked = client.post("/v1/chat/completions", json=chat("default", "Tell me about Globex", stream=stream))
     assert ok.status_code == blocked.status_code == 200
     # Each request's input rails ran once, in the HTTP layer (the model rails are off: not run),
-    # and the passing one's answer went through the output rail.
+    # and the passing one's answer went through the output rails.
     inputs = ["admission", "heuristics", "topic", "prompt_guard", "llama_guard"]
-    assert runs == [inputs, ["llama_guard"], inputs]
+    assert runs == [inputs, ["llama_guard"], ["hallucination"], inputs]
     assert "I can only talk about our own products" in blocked.text
     assert main_model.calls == 1

@@ -58,18 +58,56 @@ def deberta_tokenizer(where: Path, vocab_size: int = 2000, texts: list[str] | No
 def prompt_guard(where: Path, version: int = 2, *, labels: list[str] | None = None, **size) -> Path:
     """A Prompt Guard checkpoint: DebertaV2ForSequenceClassification with PG1's three labels or
     PG2's two, and its tokenizer. ``size`` overrides the (tiny) DebertaV2Config."""
+    labels = labels or (["BENIGN", "INJECTION", "JAILBREAK"] if version == 1 else ["LABEL_0", "LABEL_1"])
+    return deberta_classifier(where, labels, seed=version, **size)
+
+
+def nli(where: Path, labels: tuple[str, ...] = ("entailment", "neutral", "contradiction"), **size) -> Path:
+    """An NLI checkpoint (as MNLI cross-encoders are): DebertaV2ForSequenceClassification whose
+    entailment and contradiction logits move apart along the main direction in which its pooled
+    representations of (premise, hypothesis) pairs differ, so that, as in a trained one, the
+    verdict depends on the pair rather than sitting near 1/3 for everything."""
+    import torch
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    deberta_classifier(where, list(labels), seed=7, **size)
+    model = AutoModelForSequenceClassification.from_pretrained(where).eval()
+    tokenizer = AutoTokenizer.from_pretrained(where)
+    with torch.no_grad():
+        pairs = [(SENTENCES[i], SENTENCES[(i * 7 + 3) % len(SENTENCES)]) for i in range(len(SENTENCES))]
+        pairs += [(" ".join(SENTENCES[i : i + 4]), SENTENCES[(i * 3 + 1) % len(SENTENCES)]) for i in range(16)]
+        pooled = torch.stack([
+            model.pooler(model.deberta(**tokenizer(a, b, return_tensors="pt")).last_hidden_state)[0] for a, b in pairs
+        ])
+        mean = pooled.mean(0)
+        direction = torch.linalg.svd(pooled - mean, full_matrices=False).Vh[0]
+        spread = ((pooled - mean) @ direction).std()
+        entail, contradict = labels.index("entailment"), labels.index("contradiction")
+        model.classifier.weight.zero_()
+        model.classifier.bias.zero_()
+        for row, sign in ((entail, 2.0), (contradict, -2.0)):
+            model.classifier.weight[row] = sign * direction / spread
+            model.classifier.bias[row] = -sign * (mean @ direction) / spread
+    model.save_pretrained(where)
+    return where
+
+
+def deberta_classifier(
+    where: Path, labels: list[str], seed: int, texts: list[str] | None = None, vocab_size: int = 2000, **size
+) -> Path:
+    """DebertaV2ForSequenceClassification with ``labels`` and its tokenizer (trained on ``texts``),
+    tiny unless ``size`` says otherwise."""
     import torch
     from transformers import DebertaV2Config, DebertaV2ForSequenceClassification
 
-    tokenizer = deberta_tokenizer(where / "tok")
-    labels = labels or (["BENIGN", "INJECTION", "JAILBREAK"] if version == 1 else ["LABEL_0", "LABEL_1"])
-    config = DebertaV2Config(
+    tokenizer = deberta_tokenizer(where / "tok", vocab_size=vocab_size, texts=texts)
+    config = DebertaV2Config(**dict(
         vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
         max_position_embeddings=512, relative_attention=True, position_buckets=256, pos_att_type=["p2c", "c2p"],
         position_biased_input=False, pad_token_id=tokenizer.pad_token_id, num_labels=len(labels),
-        id2label=dict(enumerate(labels)), label2id={label: i for i, label in enumerate(labels)}, **size,
-    )
-    torch.manual_seed(version)
+        id2label=dict(enumerate(labels)), label2id={label: i for i, label in enumerate(labels)},
+    ) | size)
+    torch.manual_seed(seed)
     model = DebertaV2ForSequenceClassification(config)
     with torch.no_grad():  # logits far enough apart that scores are not all ~1/num_labels
         model.classifier.weight.mul_(50)

@@ -29,16 +29,7 @@ from dataclasses import dataclass
 from typing import Any, Optional
 
 from railstack.backpressure import Stage
-from railstack.engine import (
-    Batcher,
-    ScoreCache,
-    missing_model_message,
-    quantize_int8,
-    resolve_device,
-    resolve_precision,
-    shared,
-    torch_dtype,
-)
+from railstack.engine import Batcher, ScoreCache, load_checkpoint, missing_model_message, shared
 from railstack.settings import LlamaGuardSettings
 
 log = logging.getLogger("railstack.llama_guard")
@@ -440,20 +431,11 @@ class LocalEngine:
     """The checkpoint in this process (transformers), behind the shared micro-batcher."""
 
     def __init__(self, safety: SafetyModel, stage: Optional[Stage]):
-        import torch
         from transformers import AutoModelForCausalLM
 
         s = safety.settings
         self.safety = safety
-        self.device = resolve_device(s.device)
-        self.precision = resolve_precision(s.precision, self.device)
-        try:
-            dtype = torch.float32 if self.precision == "int8" else torch_dtype(self.precision)
-            model = AutoModelForCausalLM.from_pretrained(s.model, dtype=dtype)
-        except (OSError, ValueError) as exc:
-            raise RuntimeError(f"llama_guard: {missing_model_message(s.model, exc)}") from exc
-        model = quantize_int8(model) if self.precision == "int8" else model.to(self.device)
-        self.model = model.eval()
+        _, self.model, self.device, self.precision = load_checkpoint(s, "llama_guard", AutoModelForCausalLM)
         tokenizer = safety.tokenizer
         pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
         self.pad_id = pad if pad is not None else 0

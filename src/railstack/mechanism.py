@@ -66,6 +66,7 @@ class CheckContext:
     # The user and assistant turns as (role, text), oldest first, before the answer being checked
     # on the output; for rails that judge a conversation rather than one text. Empty when unknown.
     dialogue: tuple[tuple[str, str], ...] = ()
+    main_model: Any = None  # the config's main LLM, for rails that sample it (self-consistency)
 
 
 Check = Callable[[str, CheckContext], Awaitable[Verdict]]
@@ -149,10 +150,15 @@ def collect_decisions() -> Iterator[list[Decision]]:
 def _outcome(decisions: list[Decision], blocker: Optional[Decision]) -> RailOutcome:
     metadata: dict[str, Any] = {"decisions": [d.as_dict() for d in decisions]}
     if blocker is None:
-        # A retrieval rail that filtered the chunks hands the rest back for the flow to use.
-        kept = next((d.metadata["relevant_chunks"] for d in decisions if "relevant_chunks" in d.metadata), None)
-        if kept is not None:
-            return RailOutcome.transform([(TransformTarget.RELEVANT_CHUNKS, kept)], metadata=metadata)
+        # A rail that rewrote the chunks (a retrieval rail dropped some) or the answer (a warning
+        # appended) hands the new text back for the flow to use.
+        rewrites = []
+        for target in (TransformTarget.RELEVANT_CHUNKS, TransformTarget.BOT_MESSAGE):
+            text = next((d.metadata[target.value] for d in decisions if target.value in d.metadata), None)
+            if text is not None:
+                rewrites.append((target, text))
+        if rewrites:
+            return RailOutcome.transform(rewrites, metadata=metadata)
         return RailOutcome.allow(metadata=metadata)
     metadata["rail"] = blocker.rail
     reason = f"Blocked by the {blocker.rail} rail: {blocker.reason}"
@@ -226,6 +232,7 @@ class Runtime:
         text: str,
         nemo_context: Optional[dict] = None,
         dialogue: tuple[tuple[str, str], ...] = (),
+        main_model: Any = None,
     ) -> RailOutcome:
         unknown = [n for n in names if get_rail(n) is None]
         if unknown:  # a rail named by a flow that prepare() never saw
@@ -234,7 +241,9 @@ class Runtime:
                 metadata={"rail": unknown[0], "decisions": []},
             )
         return _outcome(
-            *await self.decide(names, source=source, text=text, nemo_context=nemo_context, dialogue=dialogue)
+            *await self.decide(
+                names, source=source, text=text, nemo_context=nemo_context, dialogue=dialogue, main_model=main_model
+            )
         )
 
     async def decide(
@@ -245,9 +254,10 @@ class Runtime:
         text: str,
         nemo_context: Optional[dict] = None,
         dialogue: tuple[tuple[str, str], ...] = (),
+        main_model: Any = None,
     ) -> tuple[list[Decision], Optional[Decision]]:
         """Run the (known) rails ``names`` in cost order: every decision, and the blocking one."""
-        ctx = CheckContext(source, self.settings, nemo_context or {}, self, dialogue=dialogue)
+        ctx = CheckContext(source, self.settings, nemo_context or {}, self, dialogue=dialogue, main_model=main_model)
         decisions: list[Decision] = []
         rails = [get_rail(n) for n in names if self.settings.enabled(n)]
         tiers = sorted({r.tier for r in rails})
