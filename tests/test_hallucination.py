@@ -239,3 +239,27 @@ def test_end_to_end_over_http_the_answer_is_checked_against_the_context_without_
     else:
         assert content == main_model.reply
     assert main_model.calls == 1  # the answer only: grounded mode asks the main model nothing more
+
+
+async def test_concurrent_checks_of_one_conversation_draw_one_set_of_samples():
+    import asyncio
+
+    from railstack.hallucination import Samples
+
+    samples, draws = Samples(), []
+
+    async def draw():
+        draws.append(1)
+        await asyncio.sleep(0.05)
+        return ["a", "b"], 1
+
+    first, second = await asyncio.gather(samples.get("k", draw), samples.get("k", draw))
+    assert first == (["a", "b"], 1) and second == (["a", "b"], 0) and len(draws) == 1
+    assert await samples.get("k", draw) == (["a", "b"], 0)
+
+    async def broken():
+        await asyncio.sleep(0.05)
+        raise RuntimeError("main model down")
+
+    results = await asyncio.gather(samples.get("x", broken), samples.get("x", broken), return_exceptions=True)
+    assert [str(r) for r in results] == ["main model down"] * 2

@@ -225,8 +225,10 @@ class Samples:
         try:
             samples, calls = await draw()
         except BaseException as exc:
-            future.set_exception(exc)
-            future.exception()  # retrieved: waiters get it, nobody else needs to
+            # Waiters fail under their own policy; a cancelled draw must not cancel their requests.
+            failure = exc if isinstance(exc, Exception) else RuntimeError("the request drawing the samples went away")
+            future.set_exception(failure)
+            future.exception()  # marked retrieved: the waiters get it, if there are any
             raise
         finally:
             self._pending.pop(key, None)
