@@ -10,7 +10,7 @@ random-weight NLI model of the default checkpoint's size (DeBERTa-v3-base: 12 la
 768, vocab 128100); NeMo 0.24's `self check hallucination` action (two extra answers, then a judge
 call), called after each answer as its flow calls it. Reported per response: extra main-model calls and latency added over the baseline.
 Verdicts of a random model are meaningless; its time is real.
-Run from the repo checkout (it uses tests/main_model.py and tests/tiny_models.py).
+Run from the repo checkout (it reads ../shared/data).
 """
 
 from __future__ import annotations
@@ -20,16 +20,13 @@ import asyncio
 import json
 import os
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 os.environ.setdefault("NEMO_GUARDRAILS_NO_USAGE_STATS", "1")
 REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO / "tests"))
 
-DEBERTA_V3_BASE = dict(hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072)
 NEMO_PROMPT = (
     "prompts:\n  - task: self_check_hallucination\n    content: |-\n"
     "      You are given a task to identify if the hypothesis is in agreement with the context below.\n"
@@ -89,16 +86,16 @@ def main() -> None:
 
     from nemoguardrails import LLMRails, RailsConfig
 
-    from main_model import MainModelDouble
-    from tiny_models import deberta_classifier
+    from railstack.loopback import LoopbackModel
+    from railstack.random_models import DEBERTA_V3_BASE, deberta_classifier
 
     items = rows(args.requests + 1)
-    model = MainModelDouble(reply=items[0]["answer"], latency_s=args.latency).start()
+    model = LoopbackModel(reply=items[0]["answer"], latency_s=args.latency).start()
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         texts = [r["context"] for r in rows(1000)]
         nli = deberta_classifier(tmp / "nli", ["entailment", "neutral", "contradiction"], seed=0, texts=texts,
-                                 vocab_size=8000, **DEBERTA_V3_BASE)
+                                 tokenizer_vocab=8000, **DEBERTA_V3_BASE)
         sides = {
             "no output rail": config(tmp / "base", model.base_url, ""),
             "railstack hallucination (grounded)": config(

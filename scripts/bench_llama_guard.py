@@ -14,7 +14,7 @@ with the real one. Same prompts for every side:
 
 Targets: score >= 1.6x faster than generate on a CPU; on a GPU >= 5x, and 8 concurrent checks
 <= 2.5x the time of one. Verdicts of a random model are meaningless; the time is real.
-Run from the repo checkout (it builds the tokenizer with tests/tiny_models.py).
+Run from the repo checkout (it reads ../shared/data).
 """
 
 from __future__ import annotations
@@ -24,23 +24,12 @@ import asyncio
 import json
 import os
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 os.environ.setdefault("NEMO_GUARDRAILS_NO_USAGE_STATS", "1")
 REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO / "tests"))
-
-# Llama 3.2 1B, which Llama Guard 3 1B is fine-tuned from.
-LLAMA_3_2_1B = dict(
-    vocab_size=128256, hidden_size=2048, intermediate_size=8192, num_hidden_layers=16, num_attention_heads=32,
-    num_key_value_heads=8, head_dim=64, max_position_embeddings=131072, rope_theta=500000.0, tie_word_embeddings=True,
-    rope_scaling={"rope_type": "llama3", "factor": 32.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
-                  "original_max_position_embeddings": 8192},
-)
-
 
 def safety_texts(n: int) -> list[str]:
     with open(REPO.parent / "shared" / "data" / "safety_eval.jsonl") as f:
@@ -50,16 +39,12 @@ def safety_texts(n: int) -> list[str]:
 
 def build(where: Path) -> Path:
     import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
 
-    from tiny_models import guard_tokenizer
+    from railstack.random_models import LLAMA_3_2_1B, guard_lm
 
-    tokenizer = guard_tokenizer(where, vocab_size=16000, texts=safety_texts(2491))
-    config = LlamaConfig(**LLAMA_3_2_1B, bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id)
-    torch.manual_seed(0)
-    with torch.device("cpu"):
-        model = LlamaForCausalLM(config).to(torch.bfloat16)
-    model.save_pretrained(where)
+    # Llama 3.2 1B is what Llama Guard 3 1B is fine-tuned from.
+    model, _ = guard_lm(where, tokenizer_vocab=16000, texts=safety_texts(2491), **LLAMA_3_2_1B)
+    model.to(torch.bfloat16).save_pretrained(where)
     return where
 
 

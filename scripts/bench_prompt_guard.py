@@ -9,7 +9,7 @@ same directory. Each round sends --concurrency requests of ~100 words at once; r
 goes through its micro-batcher with the score cache off (every text is scored). Reported:
 texts/s and per-request p50/p99. Targets: CPU >= 3x NeMo; GPU >= 10x at 64 concurrent, and
 PG2-86M 512-token check p50 <= 10 ms on an H100.
-Run from the repo checkout (it builds the tokenizer with tests/tiny_models.py).
+Run from the repo checkout (it reads ../shared/data).
 """
 
 from __future__ import annotations
@@ -19,39 +19,21 @@ import asyncio
 import json
 import os
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 os.environ.setdefault("NEMO_GUARDRAILS_NO_USAGE_STATS", "1")
 REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO / "tests"))
-
-SIZES = {
-    # Published configs of the backbones (random weights: same compute, meaningless verdicts).
-    "86m": dict(vocab_size=251000, hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072),
-    "22m": dict(vocab_size=128100, hidden_size=384, num_hidden_layers=12, num_attention_heads=6, intermediate_size=1536),
-}
 
 
 def build(size: str, where: Path) -> Path:
-    import torch
-    from transformers import DebertaV2Config, DebertaV2ForSequenceClassification
-
-    from tiny_models import deberta_tokenizer
+    from railstack.random_models import DEBERTA_V3_XSMALL, MDEBERTA_V3_BASE, deberta_classifier
 
     # Trained on the evaluation set, so that ~100 words cost about as many tokens as with the real one.
-    tokenizer = deberta_tokenizer(where / "tok", vocab_size=8000, texts=texts(2000, words=None))
-    config = DebertaV2Config(
-        **SIZES[size], max_position_embeddings=512, relative_attention=True, position_buckets=256,
-        pos_att_type=["p2c", "c2p"], position_biased_input=False, pad_token_id=tokenizer.pad_token_id,
-        num_labels=2, id2label={0: "LABEL_0", 1: "LABEL_1"}, label2id={"LABEL_0": 0, "LABEL_1": 1},
-    )
-    torch.manual_seed(0)
-    DebertaV2ForSequenceClassification(config).save_pretrained(where)
-    tokenizer.save_pretrained(where)
-    return where
+    shape = {"86m": MDEBERTA_V3_BASE, "22m": DEBERTA_V3_XSMALL}[size]
+    return deberta_classifier(where, ["LABEL_0", "LABEL_1"], seed=0, texts=texts(2000, words=None),
+                              tokenizer_vocab=8000, **shape)
 
 
 def texts(n: int, words: int | None = 100) -> list[str]:
@@ -94,7 +76,7 @@ def line(name: str, rate: float, lat: list[float]) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--sizes", nargs="+", default=["86m", "22m"], choices=sorted(SIZES))
+    parser.add_argument("--sizes", nargs="+", default=["86m", "22m"], choices=["22m", "86m"])
     parser.add_argument("--concurrency", type=int, default=64)
     parser.add_argument("--rounds", type=int, default=4)
     parser.add_argument("--device", default="auto")
