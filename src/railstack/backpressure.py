@@ -10,11 +10,13 @@ metrics endpoints all see the same counts.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import contextvars
 import math
 import threading
 import time
+import weakref
 from dataclasses import dataclass
 from typing import Any, AsyncIterator, Literal, Optional
 
@@ -175,6 +177,28 @@ def reset() -> None:
 held_main: contextvars.ContextVar[Optional[str]] = contextvars.ContextVar("railstack_held_main", default=None)
 
 
+class MainCalls:
+    """The tasks running one request's main-model calls, so that a speculative start can stop
+    them: NeMo streams from a task of its own, which cancelling the request does not reach."""
+
+    def __init__(self) -> None:
+        self._tasks: "weakref.WeakSet[asyncio.Task]" = weakref.WeakSet()
+
+    def add(self, task: Optional["asyncio.Task"]) -> None:
+        if task is not None:
+            self._tasks.add(task)
+
+    def cancel(self) -> int:
+        """Cancel the calls still running; how many there were."""
+        running = [t for t in self._tasks if not t.done()]
+        for task in running:
+            task.cancel()
+        return len(running)
+
+
+main_calls: contextvars.ContextVar[Optional[MainCalls]] = contextvars.ContextVar("railstack_main_calls", default=None)
+
+
 def overloaded_message(exc: Shed) -> str:
     return f"Service overloaded ({exc.stage}): {exc.reason}. Retry after {max(1, math.ceil(exc.retry_after_s))} s."
 
@@ -199,6 +223,9 @@ class GatedModel:
 
     @contextlib.asynccontextmanager
     async def _turn(self) -> AsyncIterator[Optional[str]]:
+        tracked = main_calls.get()
+        if tracked is not None:
+            tracked.add(asyncio.current_task())
         stage = self._stage
         if stage is None or held_main.get() == stage.name:  # the HTTP layer holds its slot
             yield None

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import functools
 import json
 import logging
 import math
@@ -31,10 +32,19 @@ import os
 import uuid
 from typing import Any, Awaitable, Callable, Optional
 
-from railstack import backpressure
+from railstack import backpressure, metrics
 from railstack.admission import Admission, Quota, client_key
 from railstack.backpressure import Shed, Stage, overloaded_message
-from railstack.mechanism import Decision, Runtime, UnknownRails, collect_decisions, current_decisions, request_id
+from railstack.mechanism import (
+    Decision,
+    Runtime,
+    Tier,
+    UnknownRails,
+    collect_decisions,
+    current_decisions,
+    one_request,
+    request_id,
+)
 from railstack.settings import ClientKeySettings, RequestLimits
 from railstack.text import Unreadable, conversation_text, dialogue_of
 from railstack.validation import ConfigRules, Rejected, parse_body, validate
@@ -108,7 +118,8 @@ class DecisionsMiddleware:
     """Keeps each chat request's decision records and says them in the response headers:
     ``x-railstack-request-id`` (also in every decision log line) and ``x-railstack-decisions``
     (``rail=verdict`` for each rail that had decided when the headers went out: all input rails,
-    since NeMo answers only after them)."""
+    since NeMo answers only after them, and the output rails of an answer that is not streamed),
+    and ``Server-Timing`` (``input.heuristics;dur=0.42``: each of those rails' milliseconds)."""
 
     def __init__(self, app: Callable[..., Awaitable[None]]):
         self.app = app
@@ -123,8 +134,14 @@ class DecisionsMiddleware:
             with collect_decisions() as decisions:
 
                 def headers() -> list[tuple[str, str]]:
-                    summary = ",".join(f"{d.rail}={d.verdict}" for d in decisions)
-                    return [("x-railstack-request-id", rid)] + ([("x-railstack-decisions", summary)] if summary else [])
+                    out = [("x-railstack-request-id", rid)]
+                    if decisions:
+                        out.append(("x-railstack-decisions", ",".join(f"{d.rail}={d.verdict}" for d in decisions)))
+                    ran = [d for d in decisions if d.verdict in ("allow", "block")]
+                    if ran:
+                        timing = ", ".join(f"{d.source}.{d.rail};dur={d.latency_ms:.2f}" for d in ran)
+                        out.append(("server-timing", timing))
+                    return out
 
                 await self.app(scope, receive, _with_headers(send, headers))
         finally:
@@ -183,7 +200,8 @@ class ValidationMiddleware:
         scope = {**scope, REQUEST_KEY: request}
         token = http_messages.set(request["messages"])
         try:
-            await self.app(scope, receive, send)
+            with one_request():  # the latency budgets count from here
+                await self.app(scope, receive, send)
         finally:
             http_messages.reset(token)
 
@@ -364,23 +382,90 @@ class InputRailsMiddleware:
         except Unreadable:  # NeMo's flows refuse it with the reason
             return await self.app(scope, receive, send)
         context = {**(_context(request) or {}), "user_message": text}
-        decisions, blocker = await runtime.decide(
-            names, source="input", text=text, nemo_context=context, dialogue=dialogue
-        )
+        check = functools.partial(runtime.decide, source="input", text=text, nemo_context=context, dialogue=dialogue)
+        speculate = runtime.settings.latency.speculative_start
+        cheap = [n for n in names if not speculate or runtime.tier_of(n) <= Tier.CHEAP]
+        dear = [n for n in names if n not in cheap]
+        decisions, blocker = await check(cheap)
+        if blocker is None and dear:
+            return await self._speculate(scope, receive, send, request, check(dear), decisions)
         if blocker is not None:
-            token = http_input_decisions.set(decisions)
-            try:
-                return await self.app(scope, receive, send)
-            finally:
-                http_input_decisions.reset(token)
-
-        guardrails = request.get("guardrails") or {}
-        options = {**(guardrails.get("options") or {}), "rails": {"input": False}}
-        body = json.dumps({**request, "guardrails": {**guardrails, "options": options}}).encode()
+            decisions += runtime.skipped(dear, "input")
+            return await self._refuse(scope, receive, send, decisions)
         await receive()  # the original body, replaced by the one that turns NeMo's input rails off
-        headers = [(k, v) for k, v in scope["headers"] if k != b"content-length"]
-        scope = {**scope, "headers": [*headers, (b"content-length", str(len(body)).encode())]}
-        await self.app(scope, _replaying(body, receive), send)
+        await self.app(*_without_input_rails(scope, request, receive), send)
+
+    async def _refuse(self, scope: dict, receive: Callable, send: Callable, decisions: list[Decision]) -> None:
+        """NeMo's flows say the refusal the input rails reached here (no main-model call)."""
+        token = http_input_decisions.set(decisions)
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            http_input_decisions.reset(token)
+
+    async def _speculate(
+        self, scope: dict, receive: Callable, send: Callable, request: dict, dear: Awaitable, decisions: list[Decision]
+    ) -> None:
+        """The cheap tiers passed: NeMo (and the main model) start now, while the classifier tiers
+        decide. Its response is held back until they pass; a block cancels the main-model calls and
+        NeMo, and the client gets the refusal instead, never a byte of the answer."""
+        await receive()
+        held = _Held(send)
+        calls = backpressure.MainCalls()
+        token = backpressure.main_calls.set(calls)
+        try:
+            nemo = asyncio.ensure_future(self.app(*_without_input_rails(scope, request, receive), held.send))
+        finally:
+            backpressure.main_calls.reset(token)
+        try:
+            more, blocker = await dear
+        except BaseException:
+            calls.cancel()
+            nemo.cancel()
+            await asyncio.gather(nemo, return_exceptions=True)
+            raise
+        if blocker is None:
+            await held.release()
+            return await nemo
+        calls.cancel()
+        nemo.cancel()
+        await asyncio.gather(nemo, return_exceptions=True)
+        metrics.SPECULATIVE_CANCELLED.inc()
+        body = json.dumps(request).encode()
+        await self._refuse(_with_body(scope, body), _replaying(body, receive), send, decisions + more)
+
+
+class _Held:
+    """A response's ASGI messages, held until ``release`` sends them, in order; after it, sent
+    straight through."""
+
+    def __init__(self, send: Callable):
+        self._send = send
+        self._held: list[dict] = []
+        self._open = False
+
+    async def send(self, message: dict) -> None:
+        if self._open:
+            return await self._send(message)
+        self._held.append(message)
+
+    async def release(self) -> None:
+        while self._held:
+            await self._send(self._held.pop(0))
+        self._open = True
+
+
+def _with_body(scope: dict, body: bytes) -> dict:
+    headers = [(k, v) for k, v in scope["headers"] if k != b"content-length"]
+    return {**scope, "headers": [*headers, (b"content-length", str(len(body)).encode())]}
+
+
+def _without_input_rails(scope: dict, request: dict, receive: Callable) -> tuple[dict, Callable]:
+    """The scope and receive of the request with NeMo's input rails turned off (they ran here)."""
+    guardrails = request.get("guardrails") or {}
+    options = {**(guardrails.get("options") or {}), "rails": {"input": False}}
+    body = json.dumps({**request, "guardrails": {**guardrails, "options": options}}).encode()
+    return _with_body(scope, body), _replaying(body, receive)
 
 
 def _replaying(body: bytes, receive: Callable) -> Callable:

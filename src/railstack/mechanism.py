@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import contextvars
 import enum
+import hashlib
 import importlib
 import logging
 import time
@@ -67,6 +68,7 @@ class CheckContext:
     # on the output; for rails that judge a conversation rather than one text. Empty when unknown.
     dialogue: tuple[tuple[str, str], ...] = ()
     main_model: Any = None  # the config's main LLM, for rails that sample it (self-consistency)
+    deadline: Optional[tuple[float, float]] = None  # (perf_counter time, budget in s) of the latency budget
 
 
 Check = Callable[[str, CheckContext], Awaitable[Verdict]]
@@ -192,6 +194,31 @@ def _keep(decision: Decision) -> None:
         kept.append(decision)
 
 
+@dataclass
+class Budget:
+    """When one request's input rails began, and the output rails of each of its answers (each
+    streamed chunk is an answer of its own), for the latency budgets."""
+
+    input_started: Optional[float] = None
+    output_started: dict[bytes, float] = field(default_factory=dict)
+
+
+request_budget: contextvars.ContextVar[Optional[Budget]] = contextvars.ContextVar("railstack_budget", default=None)
+
+
+@contextlib.contextmanager
+def one_request() -> Iterator[None]:
+    """Count the latency budgets from here, unless an outer layer already does for this request."""
+    if request_budget.get() is not None:
+        yield
+        return
+    token = request_budget.set(Budget())
+    try:
+        yield
+    finally:
+        request_budget.reset(token)
+
+
 class UnknownRails(ValueError):
     """A config's flows name rails that no module has registered."""
 
@@ -257,7 +284,10 @@ class Runtime:
         main_model: Any = None,
     ) -> tuple[list[Decision], Optional[Decision]]:
         """Run the (known) rails ``names`` in cost order: every decision, and the blocking one."""
-        ctx = CheckContext(source, self.settings, nemo_context or {}, self, dialogue=dialogue, main_model=main_model)
+        ctx = CheckContext(
+            source, self.settings, nemo_context or {}, self, dialogue=dialogue, main_model=main_model,
+            deadline=self._deadline(source, text),
+        )
         decisions: list[Decision] = []
         rails = [get_rail(n) for n in names if self.settings.enabled(n)]
         tiers = sorted({r.tier for r in rails})
@@ -271,6 +301,33 @@ class Runtime:
         for decision in decisions:
             _keep(decision)
         return decisions, blocker
+
+    def _deadline(self, source: str, text: str) -> Optional[tuple[float, float]]:
+        latency = self.settings.latency
+        limit = {"input": latency.input_budget_s, "output": latency.output_budget_s}.get(source)
+        if limit is None:
+            return None
+        budget = request_budget.get() or Budget()  # outside a request: this call's own
+        now = time.perf_counter()
+        if source == "input":
+            budget.input_started = budget.input_started or now
+            return budget.input_started + limit, limit
+        # Every output flow of one answer checks the same text: they share its clock.
+        key = hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=16).digest()
+        return budget.output_started.setdefault(key, now) + limit, limit
+
+    def skipped(self, names: list[str], source: str) -> list[Decision]:
+        """The decisions of rails ``names`` that a cheaper tier's block left unrun."""
+        decisions = [self._not_run(get_rail(n), source, "skipped") for n in names if self.settings.enabled(n)]
+        for decision in decisions:
+            _keep(decision)
+        return decisions
+
+    def tier_of(self, name: str) -> Tier:
+        found = get_rail(name)
+        if found is None:
+            raise UnknownRails(f"unknown railstack rail {name}")
+        return found.tier
 
     def replay(self, names: list[str], decisions: list[Decision]) -> Optional[RailOutcome]:
         """The outcome the rails ``names`` already reached in ``decisions`` (made for this request
@@ -313,6 +370,13 @@ class Runtime:
         timeout, on_failure = self.settings.policy(r.name)
         metadata: dict[str, Any] = {}
         start = time.perf_counter()
+        cut_by_budget = False
+        if ctx.deadline is not None:
+            left = ctx.deadline[0] - start
+            if left <= 0:
+                return self._failed(r, ctx, f"was not run: the {ctx.source} latency budget ({ctx.deadline[1]:g} s) "
+                                    "was spent", on_failure, start, {"budget_s": ctx.deadline[1]})
+            cut_by_budget, timeout = left < timeout, min(left, timeout)
         try:
             ctx = replace(ctx, resource=self._resource(r))
             async with asyncio.timeout(timeout):  # unlike wait_for, no task per check
@@ -324,7 +388,11 @@ class Runtime:
             if not isinstance(verdict, Verdict):
                 raise TypeError(f"rail {r.name} returned {type(verdict).__name__}, not a Verdict")
         except asyncio.TimeoutError:
-            failure = f"did not finish within {timeout:g} s"
+            if cut_by_budget:
+                failure = f"did not finish within the {ctx.source} latency budget ({ctx.deadline[1]:g} s)"
+                metadata = {"budget_s": ctx.deadline[1]}
+            else:
+                failure = f"did not finish within {timeout:g} s"
         except Shed as exc:
             # Its engine's queue is full: over HTTP this becomes a 503 with Retry-After.
             failure = f"was shed ({exc})"
@@ -343,12 +411,15 @@ class Runtime:
                 latency_ms=(time.perf_counter() - start) * 1000,
                 metadata=verdict.metadata,
             )
-        blocked = on_failure == "closed"
+        return self._failed(r, ctx, failure, on_failure, start, metadata)
+
+    @staticmethod
+    def _failed(r: Rail, ctx: CheckContext, failure: str, on_failure: str, start: float, metadata: dict) -> Decision:
         return Decision(
             rail=r.name,
             tier=r.tier.name.lower(),
             source=ctx.source,
-            verdict="block" if blocked else "allow",
+            verdict="block" if on_failure == "closed" else "allow",
             reason=f"the check {failure} (fail-{on_failure})",
             score=None,
             latency_ms=(time.perf_counter() - start) * 1000,

@@ -23,3 +23,6 @@ RAIL_LATENCY = Histogram("railstack_rail_latency_seconds", "Time one rail took."
 MAIN_MODEL_LATENCY = Histogram(
     "railstack_main_model_latency_seconds", "Time of the main model call, to its last token.", ["config"], buckets=_SECONDS
 )
+SPECULATIVE_CANCELLED = Counter(
+    "railstack_speculative_cancelled", "Main-model calls started speculatively and cancelled by a later input rail's block."
+)

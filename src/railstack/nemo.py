@@ -105,6 +105,7 @@ def init(app: Any) -> None:
     app.register_action(bound, name="railstack_rails")
     _check_before_streaming(app.config, runtime)
     _gate_main_model(app, runtime)
+    _count_budgets_per_call(app)
     if not runtime.settings.logging.nemo_verbose:
         _quiet_nemo_verbose_log()
 
@@ -118,6 +119,21 @@ def _check_before_streaming(config: Any, runtime: Runtime) -> None:
         return
     if any(runtime.settings.enabled(name) for name in rails_named_in_flows(config, ("output",))):
         streaming.stream_first = False
+
+
+def _count_budgets_per_call(app: Any) -> None:
+    """The latency budgets of a Python caller's request count from its ``generate_async`` call
+    (``stream_async`` makes one too); behind the HTTP layer they count from the request."""
+    from railstack.mechanism import one_request
+
+    generate = app.generate_async
+
+    @functools.wraps(generate)
+    async def budgeted(*args: Any, **kwargs: Any) -> Any:
+        with one_request():
+            return await generate(*args, **kwargs)
+
+    app.generate_async = budgeted
 
 
 def _quiet_nemo_verbose_log() -> None:

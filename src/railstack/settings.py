@@ -277,6 +277,22 @@ class BackpressureSettings(_Strict):
     retry_after_s: float = Field(default=1.0, gt=0, le=3600, description="the Retry-After of a shed request")
 
 
+class LatencySettings(_Strict):
+    """Time-to-first-token and latency budgets of a request's rails."""
+
+    speculative_start: bool = Field(
+        default=False,
+        description="over HTTP: start the main model once the cheap tiers pass, while the classifier tiers run; "
+        "a block cancels it and nothing of its answer is sent",
+    )
+    input_budget_s: Optional[float] = Field(
+        default=None, gt=0, le=600, description="deadline for all input rails of a request together"
+    )
+    output_budget_s: Optional[float] = Field(
+        default=None, gt=0, le=600, description="deadline for the output rails of an answer (of a streamed chunk)"
+    )
+
+
 class LoggingSettings(_Strict):
     # NeMo's server builds every config with verbose=True: each request's events, prompts and
     # answers go to the console. That logs user text, and its CPU on the event loop delays every
@@ -301,6 +317,7 @@ class RailstackSettings(BaseSettings):
     admission: AdmissionSettings = Field(default_factory=AdmissionSettings)
     backpressure: BackpressureSettings = Field(default_factory=BackpressureSettings)
     logging: LoggingSettings = Field(default_factory=LoggingSettings)
+    latency: LatencySettings = Field(default_factory=LatencySettings)
     heuristics: HeuristicsSettings = Field(default_factory=HeuristicsSettings)
     topic: TopicSettings = Field(default_factory=TopicSettings)
     prompt_guard: PromptGuardSettings = Field(default_factory=PromptGuardSettings)
