@@ -1,0 +1,70 @@
+"""`railstack profile` as users run it: a real server, the loopback main model, JSON and a chart."""
+
+import json
+import os
+import subprocess
+import sys
+
+from railstack.paths import config_dir, rails_dir
+
+
+def run_profile(config, out, *extra, env=None):
+    return subprocess.run(
+        [sys.executable, "-m", "railstack.cli", "profile", str(config), "--requests", "6", "--concurrency", "2",
+         "--ttft", "0.05", "--itl", "0", "--answer-words", "5", "--out", str(out), *extra],
+        capture_output=True, text=True, timeout=600, env={**os.environ, "NEMO_GUARDRAILS_NO_USAGE_STATS": "1", **(env or {})},
+    )
+
+
+def test_profile_of_the_no_models_config_reports_every_rail_and_both_ttfts(tmp_path):
+    done = run_profile(config_dir("no-models"), tmp_path / "out")
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = json.loads((tmp_path / "out" / "profile.json").read_text())
+    assert report["random_weights"] == [] and "warning" not in report
+    summary = report["requests"]
+    assert summary["requests"] == 6 and set(summary["rails_ms"]) == {"input.admission", "input.heuristics"}
+    for p in [*summary["rails_ms"].values(), summary["request_ms"]]:
+        assert p["n"] == 6 and 0 <= p["p50"] <= p["p95"] <= p["p99"]
+    assert 0 <= summary["blocked_share"] <= 1
+    for mode in ("plain", "speculative"):
+        ttft = report["ttft_ms"][mode]
+        assert ttft["passing"]["p50"] >= 50  # the main model's own time to first token
+        assert ttft["main_model_calls"] == ttft["passing"]["n"]  # no speculative tier here: nothing wasted
+    assert (tmp_path / "out" / "profile.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "TTFT speculative (passing)" in done.stdout
+
+
+def with_prompt_guard(tmp_path, settings: str):
+    """The no-models config with Prompt Guard added after the heuristics, set as ``settings``."""
+    config = tmp_path / "pg"
+    config.mkdir()
+    (config / "config.yml").write_text(
+        (config_dir("no-models") / "config.yml").read_text().replace(
+            "      - railstack heuristics\n", "      - railstack heuristics\n      - railstack prompt guard\n"
+        ) + f"    prompt_guard: {settings}\n"
+    )
+    (config / "config.py").write_text("from railstack.nemo import init  # noqa: F401\n")
+    (config / "rails").symlink_to(rails_dir())
+    return config
+
+
+def test_model_rails_without_weights_run_on_labelled_random_weight_stand_ins(tmp_path):
+    config = with_prompt_guard(tmp_path, "{model: meta-llama/Llama-Prompt-Guard-2-22M, precision: fp32}")
+    done = run_profile(config, tmp_path / "out", "--random-weights", "--tiny-stand-ins", "--speculative", "off",
+                       env={"HF_HUB_OFFLINE": "1"})
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = json.loads((tmp_path / "out" / "profile.json").read_text())
+    assert report["random_weights"] == ["prompt_guard"]
+    assert report["warning"] == "random-weight stand-ins: the timings are real, the verdicts meaningless"
+    assert "input.prompt_guard" in report["requests"]["rails_ms"]
+    assert list(report["ttft_ms"]) == ["plain"]
+    assert done.stdout.startswith("NOTE: random-weight stand-ins")
+
+
+def test_a_config_without_weights_is_refused_with_the_way_out(tmp_path):
+    config = with_prompt_guard(tmp_path, "{model: /nowhere/pg}")
+    done = run_profile(config, tmp_path / "out", "--speculative", "off")
+    assert done.returncode == 2
+    assert "the server exited" in done.stderr and "server.log" in done.stderr
+    assert "prompt_guard: cannot load model '/nowhere/pg'" in done.stderr
+    assert "--random-weights times random-weight stand-ins instead" in done.stderr
