@@ -388,7 +388,7 @@ class InputRailsMiddleware:
         dear = [n for n in names if n not in cheap]
         decisions, blocker = await check(cheap)
         if blocker is None and dear:
-            return await self._speculate(scope, receive, send, request, check(dear), decisions)
+            return await self._speculate(scope, receive, send, request, functools.partial(check, dear), decisions)
         if blocker is not None:
             decisions += runtime.skipped(dear, "input")
             return await self._refuse(scope, receive, send, decisions)
@@ -404,7 +404,13 @@ class InputRailsMiddleware:
             http_input_decisions.reset(token)
 
     async def _speculate(
-        self, scope: dict, receive: Callable, send: Callable, request: dict, dear: Awaitable, decisions: list[Decision]
+        self,
+        scope: dict,
+        receive: Callable,
+        send: Callable,
+        request: dict,
+        dear: Callable[[], Awaitable[tuple[list[Decision], Optional[Decision]]]],
+        decisions: list[Decision],
     ) -> None:
         """The cheap tiers passed: NeMo (and the main model) start now, while the classifier tiers
         decide. Its response is held back until they pass; a block cancels the main-model calls and
@@ -418,7 +424,7 @@ class InputRailsMiddleware:
         finally:
             backpressure.main_calls.reset(token)
         try:
-            more, blocker = await dear
+            more, blocker = await dear()
         except BaseException:
             calls.cancel()
             nemo.cancel()

@@ -122,8 +122,8 @@ def _check_before_streaming(config: Any, runtime: Runtime) -> None:
 
 
 def _count_budgets_per_call(app: Any) -> None:
-    """The latency budgets of a Python caller's request count from its ``generate_async`` call
-    (``stream_async`` makes one too); behind the HTTP layer they count from the request."""
+    """For the latency budgets, each ``generate_async`` call of a Python caller (``stream_async``
+    makes one too) is one request; behind the HTTP layer the HTTP request already is."""
     from railstack.mechanism import one_request
 
     generate = app.generate_async

@@ -193,6 +193,7 @@ def profile(
 ) -> dict[str, Any]:
     from railstack.loopback import LoopbackModel
 
+    config_dir = config_dir.resolve()  # its name is the config id, also for "."
     out.mkdir(parents=True, exist_ok=True)
     prompts = load_prompts(prompts_file, requests)
     reply = " ".join(f"word{i}" for i in range(answer_words))
