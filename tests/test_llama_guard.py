@@ -197,6 +197,24 @@ def test_batched_scores_equal_one_at_a_time(checkpoints):
         assert score == pytest.approx(model.engine.forward([(row, 1.0)])[0][0], rel=1e-4)
 
 
+@pytest.mark.parametrize("which", ["lg3", "lg3-template"])
+def test_the_policy_prefix_cache_gives_the_scores_of_whole_prompts(checkpoints, which):
+    reused, whole = guard(checkpoints[which]), guard(checkpoints[which], reuse_policy_prefix=False)
+    assert len(reused.engine.prefixes) == 2 and not whole.engine.prefixes  # one per judged role
+    for prefix in reused.engine.prefixes:  # the task and the policy, up to the first turn's text
+        text = reused.tokenizer.decode(prefix)
+        assert "<END UNSAFE CONTENT CATEGORIES>" in text and text.endswith("<BEGIN CONVERSATION>\n\nUser:")
+    rows = [reused.prompts(d, judged)[0][0][1] for d, judged in [
+        ((("user", "Hi"),), "user"),
+        ((("user", " ".join(SENTENCES[:5])),), "user"),
+        ((("user", "Hi"), ("assistant", SENTENCES[3])), "assistant"),
+        ((("user", "Hi"), ("assistant", "Hello!"), ("user", SENTENCES[9])), "user"),
+    ]]
+    cached = [score for score, _ in reused.engine.forward([(r, 1.0) for r in rows])]
+    plain = [score for score, _ in whole.engine.forward([(r, 1.0) for r in rows])]
+    assert cached == pytest.approx(plain, rel=1e-4)
+
+
 async def test_concurrent_checks_share_forward_passes(checkpoints):
     model = guard(checkpoints["lg3"], max_batch=8, max_delay_ms=50, cache_size=0)
     before = model.engine.batcher.batches

@@ -21,6 +21,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import copy
+import inspect
 import logging
 import math
 import re
@@ -451,35 +453,75 @@ class LocalEngine:
             max_delay_s=s.max_delay_ms / 1000,
             stage=stage,
         )
+        # Newer transformers name the cache argument `cache`; older ones `past_key_values`.
+        self._cache_arg = "cache" if "cache" in inspect.signature(self.model.forward).parameters else "past_key_values"
+        self.prefixes = self._policy_prefixes() if s.reuse_policy_prefix and safety.family.decodes else {}
         self.forward([(safety.encode_prompt(safety.family.wrap.format("warm-up")), 1.0)])
 
     async def score(self, items: list[tuple[tuple[int, ...], float]]) -> list[tuple[float, Optional[str]]]:
         return await self.batcher.score(items)
 
-    def _padded(self, rows: list[tuple[int, ...]]) -> tuple[Any, Any, Any]:
+    def _padded(self, rows: list[tuple[int, ...]], before: int = 0) -> tuple[Any, Any, Any]:
         """Left-padded ids, attention mask and position ids: every row's last token is at the end,
-        and its positions count from its own first token."""
+        and its positions count from its own first token. ``before``: tokens already in a cache in
+        front of every row (the mask covers them, the positions go on from them)."""
         import torch
 
         width = max(len(r) for r in rows)
         ids = torch.full((len(rows), width), self.pad_id, dtype=torch.long)
-        mask = torch.zeros((len(rows), width), dtype=torch.long)
+        mask = torch.zeros((len(rows), before + width), dtype=torch.long)
+        mask[:, :before] = 1
         for i, row in enumerate(rows):
             ids[i, width - len(row) :] = torch.tensor(row)
-            mask[i, width - len(row) :] = 1
-        positions = (mask.cumsum(-1) - 1).clamp(min=0)
+            mask[i, before + width - len(row) :] = 1
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)[:, before:]
         return ids.to(self.device), mask.to(self.device), positions.to(self.device)
 
-    def forward(self, batch: list[tuple[tuple[int, ...], float]]) -> list[tuple[float, Optional[str]]]:
-        """One prefill for the batch (on the worker thread); the category line of unsafe rows."""
+    def _policy_prefixes(self) -> dict[tuple[int, ...], Any]:
+        """The key/value cache of the fixed start of each judged role's prompt (task, policy, up to
+        the first turn): the tokens two prompts with different conversations share."""
         import torch
 
-        ids, mask, positions = self._padded([row for row, _ in batch])
+        safety, prefixes = self.safety, {}
+        for dialogue, judged in (((("user", "Hello there."),), "user"), ((("user", "Hi"), ("assistant", "Hello.")), "assistant")):
+            one = safety.prompts(dialogue, judged)[0][0][1]
+            other = safety.prompts(((("user", "Quite another question?"),) + dialogue[1:]), judged)[0][0][1]
+            shared = next((i for i, (a, b) in enumerate(zip(one, other)) if a != b), 0)
+            if shared >= 16:  # worth a cache
+                with torch.inference_mode():
+                    out = self.model(input_ids=torch.tensor([one[:shared]], device=self.device), use_cache=True)
+                prefixes[tuple(one[:shared])] = getattr(out, self._cache_arg)
+        return prefixes
+
+    def _scores(self, rows: list[tuple[int, ...]], prefix: Optional[tuple[int, ...]]) -> list[float]:
+        """P(unsafe) of each row: one forward pass, over the rows' own tokens after ``prefix`` when
+        its cache is kept."""
+        import torch
+
+        extra: dict[str, Any] = {}
+        if prefix is not None:
+            cache = copy.deepcopy(self.prefixes[prefix])  # the forward pass extends it
+            cache.batch_repeat_interleave(len(rows))
+            extra = {self._cache_arg: cache, "use_cache": True}
+            rows = [row[len(prefix) :] for row in rows]
+        else:
+            extra = {"use_cache": False}
+        ids, mask, positions = self._padded(rows, len(prefix or ()))
         with torch.inference_mode():
-            out = self.model(
-                input_ids=ids, attention_mask=mask, position_ids=positions, logits_to_keep=1, use_cache=False
-            )
-            scores = self.safety.probability(out.logits[:, -1, :]).cpu().tolist()
+            out = self.model(input_ids=ids, attention_mask=mask, position_ids=positions, logits_to_keep=1, **extra)
+            return self.safety.probability(out.logits[:, -1, :]).cpu().tolist()
+
+    def forward(self, batch: list[tuple[tuple[int, ...], float]]) -> list[tuple[float, Optional[str]]]:
+        """One prefill per prompt start in the batch (on the worker thread); the category line of
+        unsafe rows."""
+        groups: dict[Optional[tuple[int, ...]], list[int]] = {}
+        for i, (row, _) in enumerate(batch):
+            start = next((p for p in self.prefixes if len(row) > len(p) and row[: len(p)] == p), None)
+            groups.setdefault(start, []).append(i)
+        scores = [0.0] * len(batch)
+        for prefix, members in groups.items():
+            for i, score in zip(members, self._scores([batch[i][0] for i in members], prefix)):
+                scores[i] = score
         lines: list[Optional[str]] = [None] * len(batch)
         unsafe = [i for i, (score, (_, threshold)) in enumerate(zip(scores, batch)) if score >= threshold]
         if unsafe and self.safety.family.decodes:

@@ -151,6 +151,9 @@ class LlamaGuardSettings(ClassifierSettings):
         default=8192, ge=256, description="longer conversations lose their oldest turns; a longer judged turn fails"
     )
     category_tokens: int = Field(default=16, ge=1, le=64, description="greedy decode budget of the category line")
+    reuse_policy_prefix: bool = Field(
+        default=True, description="compute the fixed start of the prompt (task and policy) once, and reuse its cache"
+    )
 
     @field_validator("categories", "excluded_categories")
     @classmethod
