@@ -111,6 +111,8 @@ def test_default_categories_follow_the_model(checkpoints):
     "settings, message",
     [
         ({"excluded_categories": ["S14"]}, r"excluded_categories: \['S14'\] are not in"),
+        ({"excluded_categories": ["hate_speech"]}, r"excluded_categories: \['hate_speech'\] are not in"),
+        ({"custom_categories": [{"code": "competitors", "name": "Competitors"}]}, "codes are S1, S2, ...: \\['competitors'\\]"),
         ({"categories": ["S99"]}, r"categories: \['S99'\] are not in"),
         ({"categories": ["S1"], "excluded_categories": ["S1"]}, "every category is excluded"),
     ],
@@ -124,7 +126,7 @@ def test_a_wrong_category_key_is_a_settings_error():
     from railstack.settings import SettingsError
 
     with pytest.raises(SettingsError, match="llama_guard.excluded_categories"):
-        parse_settings({"railstack": {"llama_guard": {"excluded_categories": ["Violence"]}}})
+        parse_settings({"railstack": {"llama_guard": {"excluded_categories": ["S1,S2"]}}})
 
 
 def test_the_decision_position_comes_from_the_template(checkpoints, tmp_path):
@@ -183,6 +185,9 @@ async def test_shieldgemma_scores_yes_against_no_for_each_harm_type(checkpoints)
             for _, ids in built]
     found = await model.assess(dialogue, "user")
     assert found.score == pytest.approx(max(each), rel=1e-4)
+    fewer = guard(checkpoints["shieldgemma"], excluded_categories=["harassment"])
+    assert [code for code, _ in fewer.prompts(dialogue, "user")[0]] == ["dangerous_content", "hate_speech",
+                                                                       "sexually_explicit"]
     over = guard(checkpoints["shieldgemma"], threshold=sorted(each)[1] + 1e-6)
     flagged = (await over.assess(dialogue, "user")).categories
     assert [code for code, _ in flagged] == [code for (code, _), p in zip(built, each) if p > sorted(each)[1]]

@@ -114,7 +114,9 @@ class PromptGuardSettings(ClassifierSettings):
 class CustomCategory(_Strict):
     """A category of your own policy, or a new name and description for one of the model's."""
 
-    code: str = Field(pattern=r"^S[1-9][0-9]?$", description="S1..S99; an existing code is replaced")
+    code: str = Field(
+        pattern=r"^[A-Za-z][A-Za-z0-9_]*$", description="S1..S99 for Llama Guard; an existing code is replaced"
+    )
     name: str = Field(min_length=1)
     description: str = ""
 
@@ -158,9 +160,10 @@ class LlamaGuardSettings(ClassifierSettings):
     @field_validator("categories", "excluded_categories")
     @classmethod
     def _are_codes(cls, codes: Optional[list[str]]) -> Optional[list[str]]:
-        bad = [c for c in codes or [] if not re.fullmatch(r"S[1-9][0-9]?", c)]
+        # Llama Guard's S1..S14, or ShieldGemma's harm types (dangerous_content, ...): one code per item.
+        bad = [c for c in codes or [] if not re.fullmatch(r"[A-Za-z][A-Za-z0-9_]*", c)]
         if bad:
-            raise ValueError(f"category codes look like S1..S14: {bad!r}")
+            raise ValueError(f"category codes are single words such as S1 or hate_speech: {bad!r}")
         return codes
 
 
