@@ -38,7 +38,7 @@ def start_loopback(app: Any, port: int = 0) -> tuple[uvicorn.Server, threading.T
     deadline = time.monotonic() + 10
     while not server.started:
         if time.monotonic() > deadline:
-            raise RuntimeError("a loopback test server did not start")
+            raise RuntimeError("a loopback server did not start in 10 s")
         time.sleep(0.01)
     return server, thread, sock.getsockname()[1]
 
