@@ -11,9 +11,7 @@ from railstack.mechanism import CheckContext, Runtime, Tier, Verdict, rail
 def _engine(runtime: Runtime):
     from railstack.hallucination import Samples, nli_for
 
-    settings = runtime.settings.hallucination
-    nli = nli_for(settings, runtime.engine_stage(f"hallucination:{settings.model}"))
-    return nli, Samples()
+    return runtime.model("hallucination", nli_for), Samples()
 
 
 def _context_text(ctx: CheckContext) -> str:

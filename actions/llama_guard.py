@@ -6,8 +6,7 @@ from railstack.mechanism import CheckContext, Runtime, Tier, Verdict, rail
 def _engine(runtime: Runtime):
     from railstack.llama_guard import safety_model_for
 
-    settings = runtime.settings.llama_guard
-    return safety_model_for(settings, runtime.engine_stage(f"llama_guard:{settings.model}"))
+    return runtime.model("llama_guard", safety_model_for)
 
 
 @rail("llama_guard", Tier.LARGE_CLASSIFIER, resource=_engine)

@@ -9,8 +9,7 @@ from railstack.mechanism import CheckContext, Runtime, Tier, Verdict, rail
 def _engine(runtime: Runtime):
     from railstack.prompt_guard import prompt_guard_for
 
-    settings = runtime.settings.prompt_guard
-    return prompt_guard_for(settings, runtime.engine_stage(f"prompt_guard:{settings.model}"))
+    return runtime.model("prompt_guard", prompt_guard_for)
 
 
 @rail("prompt_guard", Tier.SMALL_CLASSIFIER, resource=_engine)

@@ -214,17 +214,20 @@ def quantize_int8(model: Any) -> Any:
     return torch.ao.quantization.quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)
 
 
-def load_checkpoint(settings: Any, rail: str, model_class: Any) -> tuple[Any, Any, str, str]:
-    """The tokenizer and model of ``settings.model`` (a classifier's settings), the model in eval
-    mode on its device and in its precision (int8: dynamically quantized, on the CPU), and the
-    device and precision chosen. A checkpoint that cannot be loaded is an error naming it."""
+def load_checkpoint(
+    settings: Any, rail: str, model_class: Any, tokenizer: Any = None
+) -> tuple[Any, Any, str, str]:
+    """The tokenizer (``tokenizer`` when the caller has loaded it) and model of ``settings.model``
+    (a classifier's settings), the model in eval mode on its device and in its precision (int8:
+    dynamically quantized, on the CPU), and the device and precision chosen. A checkpoint that
+    cannot be loaded is an error naming it."""
     import torch
     from transformers import AutoTokenizer
 
     device = resolve_device(settings.device)
     precision = resolve_precision(settings.precision, device)
     try:
-        tokenizer = AutoTokenizer.from_pretrained(settings.model)
+        tokenizer = tokenizer or AutoTokenizer.from_pretrained(settings.model)
         dtype = torch.float32 if precision == "int8" else torch_dtype(precision)
         model = model_class.from_pretrained(settings.model, dtype=dtype)
     except (OSError, ValueError) as exc:

@@ -362,7 +362,7 @@ class SafetyModel:
         budget = self.settings.max_prompt_tokens
         keep = len(turns)
         shortest = 1 if judged == "user" else 2
-        lengths = [len(self._encode(text)) for _, text in turns]
+        lengths: list[int] = []  # each turn's tokens, counted only when the prompt is too long
         while True:
             kept = turns[len(turns) - keep :]
             built = self._build(kept)
@@ -371,6 +371,7 @@ class SafetyModel:
                 return built, len(turns) - keep
             excess = longest - budget
             if keep > shortest:
+                lengths = lengths or [len(self._encode(text)) for _, text in turns]
                 # Drop the oldest turns (in pairs, so the kept ones still start with a user turn)
                 # until their own tokens cover the excess, then measure again.
                 dropped = 0
@@ -437,7 +438,9 @@ class LocalEngine:
 
         s = safety.settings
         self.safety = safety
-        _, self.model, self.device, self.precision = load_checkpoint(s, "llama_guard", AutoModelForCausalLM)
+        _, self.model, self.device, self.precision = load_checkpoint(
+            s, "llama_guard", AutoModelForCausalLM, safety.tokenizer
+        )
         tokenizer = safety.tokenizer
         pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
         self.pad_id = pad if pad is not None else 0

@@ -240,6 +240,12 @@ class Runtime:
             if self.settings.enabled(name):
                 self._resource(get_rail(name))
 
+    def model(self, section: str, build: Callable[[Any, Optional[Stage]], Any]) -> Any:
+        """The engine of the model the settings ``section`` names (``build(settings, stage)``, shared
+        by every config that names the same checkpoint), behind its own bounded stage."""
+        settings = getattr(self.settings, section)
+        return build(settings, self.engine_stage(f"{section}:{settings.model}"))
+
     def engine_stage(self, engine: str) -> Optional[Stage]:
         """The bounded stage in front of a classifier engine (None when backpressure is off):
         a slow engine backs up its own queue, not the whole process."""
@@ -251,27 +257,15 @@ class Runtime:
             self.resources[r.name] = r.resource(self)
         return self.resources.get(r.name)
 
-    async def run(
-        self,
-        names: list[str],
-        *,
-        source: str,
-        text: str,
-        nemo_context: Optional[dict] = None,
-        dialogue: tuple[tuple[str, str], ...] = (),
-        main_model: Any = None,
-    ) -> RailOutcome:
+    async def run(self, names: list[str], **request: Any) -> RailOutcome:
+        """The outcome of the rails ``names`` for a flow; ``request`` is as for ``decide``."""
         unknown = [n for n in names if get_rail(n) is None]
         if unknown:  # a rail named by a flow that prepare() never saw
             return RailOutcome.failure(
                 reason=f"Blocked: unknown railstack rail(s) {', '.join(unknown)} in this config.",
                 metadata={"rail": unknown[0], "decisions": []},
             )
-        return _outcome(
-            *await self.decide(
-                names, source=source, text=text, nemo_context=nemo_context, dialogue=dialogue, main_model=main_model
-            )
-        )
+        return _outcome(*await self.decide(names, **request))
 
     async def decide(
         self,
