@@ -323,6 +323,7 @@ async def test_a_request_that_waited_past_its_maximum_is_shed(server):
     assert sorted(r.status_code for r, _ in results) == [200, 200, 503, 503]
     for res, elapsed in [(r, t) for r, t in results if r.status_code == 503]:
         assert "wait_timeout" in res.json()["error"]["message"]
+        # Shed for its wait, not at once (queue full) nor once a slot freed (the answer's 3 x service time).
         assert 1.5 <= elapsed < 3 * SERVICE_S
 
 
