@@ -1,10 +1,10 @@
 """The cheap tier: hidden text, instruction-override phrasing, input length."""
 
-from railstack.mechanism import CheckContext, Runtime, Tier, Verdict, rail
+from railstack.core import CheckContext, Runtime, Tier, Verdict, rail
 
 
 def _matcher(runtime: Runtime):
-    from railstack.heuristics import Matcher
+    from railstack.heuristics.matcher import Matcher
 
     return Matcher.build(runtime.settings.heuristics)
 

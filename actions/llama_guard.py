@@ -1,37 +1,7 @@
 """Large-classifier tier: Llama Guard 3/4 or ShieldGemma on the client's last turn and on the answer."""
 
-from railstack.mechanism import CheckContext, Runtime, Tier, Verdict, rail
+from railstack.core import ModelRail, Tier, rail
+from railstack.llama_guard import check, stand_in
 
-
-def _engine(runtime: Runtime):
-    from railstack.llama_guard import safety_model_for
-
-    return runtime.model("llama_guard", safety_model_for)
-
-
-@rail("llama_guard", Tier.LARGE_CLASSIFIER, resource=_engine)
-async def llama_guard(text: str, ctx: CheckContext) -> Verdict:
-    if ctx.source == "input":
-        judged, dialogue = "user", ctx.dialogue or (("user", text),)
-    elif ctx.source == "output":
-        # The answer (or a streamed chunk of it with NeMo's look-back) after the turns before it;
-        # the format judges an Agent turn after a User turn, even an unknown (empty) one.
-        before = ctx.dialogue if any(role == "user" for role, _ in ctx.dialogue) else (("user", ""),)
-        judged, dialogue = "assistant", (*before, ("assistant", text))
-    else:
-        raise ValueError(f"llama_guard judges conversations and answers, not {ctx.source} text")
-    settings = ctx.settings.llama_guard
-    found = await ctx.resource.assess(dialogue, judged)
-    categories = [{"code": code, "name": name} for code, name in found.categories]
-    facts = {
-        "model": settings.model,
-        "family": ctx.resource.family.name,
-        "categories": categories,
-        "prompt_tokens": found.prompt_tokens,
-        "dropped_turns": found.dropped_turns,
-        "cached": found.cached,
-    }
-    if found.score < settings.threshold:
-        return Verdict.allow(score=found.score, **facts)
-    named = ", ".join(f"{c['code']} {c['name'] or '(not in the policy)'}" for c in categories) or "no category given"
-    return Verdict.block(f"unsafe ({named}); score {found.score:.3f} >= {settings.threshold:g}", score=found.score, **facts)
+rail("llama_guard", Tier.LARGE_CLASSIFIER, resource=check.engine,
+     model=ModelRail("llama_guard", stand_in.stand_in))(check.check)

@@ -1,65 +1,7 @@
 """Small-classifier tier: Prompt Guard 1 or 2 on the conversation, tool results and retrieved chunks."""
 
-import asyncio
-from typing import Optional
+from railstack.core import ModelRail, Tier, rail
+from railstack.prompt_guard import check, stand_in
 
-from railstack.mechanism import CheckContext, Runtime, Tier, Verdict, rail
-
-
-def _engine(runtime: Runtime):
-    from railstack.prompt_guard import prompt_guard_for
-
-    return runtime.model("prompt_guard", prompt_guard_for)
-
-
-@rail("prompt_guard", Tier.SMALL_CLASSIFIER, resource=_engine)
-async def prompt_guard(text: str, ctx: CheckContext) -> Verdict:
-    if ctx.source == "retrieval":
-        return await _chunks(ctx.nemo_context.get("relevant_chunks_sep") or [text], ctx)
-    settings = ctx.settings.prompt_guard
-    own, third_party = _split(text) if ctx.source == "input" else ([text], [])
-    checks = [(t, "jailbreak", settings.jailbreak_threshold) for t in own if t]
-    # Tool results are third-party data: Meta filters them on injection, not jailbreak.
-    checks += [(t, "injection", settings.injection_threshold) for t in third_party if t]
-    worst: Optional[tuple[float, str, float]] = None
-    windows = cached = 0
-    # Together, so that their windows share the engine's forward passes.
-    results = await asyncio.gather(*(ctx.resource.scores(part) for part, _, _ in checks))
-    for (_, kind, threshold), (scores, hit) in zip(checks, results):
-        windows, cached = windows + scores.windows, cached + hit
-        score = getattr(scores, kind)
-        if worst is None or score - threshold > worst[0] - worst[2]:
-            worst = (score, kind, threshold)
-    facts = {"model": settings.model, "scheme": ctx.resource.scheme, "windows": windows, "cached": cached}
-    if worst is None:
-        return Verdict.allow(score=0.0, **facts)
-    score, kind, threshold = worst
-    if score >= threshold:
-        return Verdict.block(f"{kind} score {score:.3f} >= {threshold:g}", score=score, kind=kind, **facts)
-    return Verdict.allow(score=score, kind=kind, **facts)
-
-
-def _split(text: str) -> tuple[list[str], list[str]]:
-    """The client's own turns, and tool results, when the request is at hand (behind the HTTP
-    layer); otherwise the joined text is all the client's."""
-    from railstack.http import http_messages
-    from railstack.text import message_text
-
-    sent = http_messages.get()
-    if sent is None:
-        return [text], []
-    own = "\n\n".join(message_text(m.get("content")) for m in sent if m.get("role") not in ("tool", "context"))
-    return [own], [message_text(m.get("content")) for m in sent if m.get("role") == "tool"]
-
-
-async def _chunks(chunks: list, ctx: CheckContext) -> Verdict:
-    settings = ctx.settings.prompt_guard
-    results = await asyncio.gather(*(ctx.resource.scores(str(chunk)) for chunk in chunks))
-    scored = [(chunk, scores.injection) for chunk, (scores, _) in zip(chunks, results)]
-    poisoned = [i for i, (_, score) in enumerate(scored) if score >= settings.injection_threshold]
-    facts = {"model": settings.model, "scheme": ctx.resource.scheme, "poisoned": poisoned, "chunks": len(chunks)}
-    top = max((score for _, score in scored), default=0.0)
-    if poisoned and settings.retrieval == "drop":
-        kept = "\n".join(str(chunk) for i, (chunk, _) in enumerate(scored) if i not in poisoned)
-        return Verdict.allow(score=top, relevant_chunks=kept, **facts)
-    return Verdict.allow(score=top, **facts)
+rail("prompt_guard", Tier.SMALL_CLASSIFIER, resource=check.engine,
+     model=ModelRail("prompt_guard", stand_in.stand_in))(check.check)

@@ -1,19 +1,19 @@
 """Topic rail: refuse turns that mention a denied term (the seed's competitors example)."""
 
-from railstack.mechanism import CheckContext, Runtime, Tier, Verdict, rail
+from railstack.core import CheckContext, Runtime, Tier, Verdict, rail
 
 
 def _patterns(runtime: Runtime):
     import re
 
-    from railstack.text import phrase_pattern
+    from railstack.core.text import phrase_pattern
 
     return [(term, re.compile(phrase_pattern(term))) for term in runtime.settings.topic.deny]
 
 
 @rail("topic", Tier.CHEAP, resource=_patterns)
 async def topic(text: str, ctx: CheckContext) -> Verdict:
-    from railstack.text import normalize
+    from railstack.core.text import normalize
 
     normalized = normalize(text).text
     for term, pattern in ctx.resource:

@@ -1,3 +1,3 @@
 """Server-level hook: `nemoguardrails server --config configs/` calls init(app) at startup."""
 
-from railstack.server import init  # noqa: F401
+from railstack.http.install import init  # noqa: F401

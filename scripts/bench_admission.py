@@ -31,7 +31,7 @@ OFFERED_FACTOR = 10
 
 
 def settings(engine: str, redis_url: str = ""):
-    from railstack.settings import AdmissionSettings, RateTier
+    from railstack.admission.settings import AdmissionSettings, RateTier
 
     tier = RateTier(requests_per_minute=RATE_PER_S * 60, request_burst=BURST, tokens_per_minute=10**9)
     extra = {"engine": "redis", "redis_url": redis_url} if engine == "redis" else {}
@@ -43,7 +43,7 @@ def percentile(values: list[float], q: float) -> float:
 
 
 async def decision_cost(engine: str, redis_url: str, n: int) -> tuple[float, float]:
-    from railstack.admission import Admission
+    from railstack.admission.service import Admission
 
     adm = Admission(settings(engine, redis_url), f"bench-{engine}")
     for i in range(200):  # warm up connections and code paths
@@ -60,7 +60,7 @@ async def decision_cost(engine: str, redis_url: str, n: int) -> tuple[float, flo
 
 async def offer(engine: str, redis_url: str, start_at: float, duration: float, rate: float, scope: str) -> int:
     """Offer requests of one client at ``rate`` per second from ``start_at``; count admissions."""
-    from railstack.admission import Admission
+    from railstack.admission.service import Admission
 
     adm = Admission(settings(engine, redis_url), scope)
     admitted, i = 0, 0
@@ -106,7 +106,7 @@ def rss_mb() -> float:
 async def flood_memory(n: int) -> tuple[float, int]:
     import gc
 
-    from railstack.admission import Admission
+    from railstack.admission.service import Admission
 
     adm = Admission(settings("local"), "flood")
     gc.collect()

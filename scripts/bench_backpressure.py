@@ -61,7 +61,7 @@ def railstack_root(base: Path, url: str, stage: str) -> Path:
         root / "cheap", url, ["railstack admission", "railstack heuristics"],
         f"{{admission: {admission}, backpressure: {{main: {stage}}}}}",
     )
-    (root / "config.py").write_text("from railstack.server import init  # noqa: F401\n")
+    (root / "config.py").write_text("from railstack.http.install import init  # noqa: F401\n")
     return root
 
 

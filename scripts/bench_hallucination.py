@@ -86,8 +86,8 @@ def main() -> None:
 
     from nemoguardrails import LLMRails, RailsConfig
 
-    from railstack.loopback import LoopbackModel
-    from railstack.random_models import DEBERTA_V3_BASE, deberta_classifier
+    from railstack.tools.loopback import LoopbackModel
+    from railstack.tools.random_models import DEBERTA_V3_BASE, deberta_classifier
 
     items = rows(args.requests + 1)
     model = LoopbackModel(reply=items[0]["answer"], latency_s=args.latency).start()

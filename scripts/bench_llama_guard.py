@@ -41,7 +41,7 @@ def safety_texts(n: int) -> list[str]:
 def build(where: Path) -> Path:
     import torch
 
-    from railstack.random_models import LLAMA_3_2_1B, guard_lm
+    from railstack.tools.random_models import LLAMA_3_2_1B, guard_lm
 
     # Llama 3.2 1B is what Llama Guard 3 1B is fine-tuned from.
     model, _ = guard_lm(where, tokenizer_vocab=16000, texts=safety_texts(2491), **LLAMA_3_2_1B)
@@ -63,8 +63,8 @@ def main() -> None:
 
     import torch
 
-    from railstack.llama_guard import SafetyModel
-    from railstack.settings import LlamaGuardSettings
+    from railstack.llama_guard.model import SafetyModel
+    from railstack.llama_guard.settings import LlamaGuardSettings
 
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(args.model) if args.model else build(Path(tmp) / "lg3-1b")

@@ -26,9 +26,9 @@ CASES = {
 
 
 def main() -> None:
-    from railstack.heuristics import Matcher
-    from railstack.settings import HeuristicsSettings
-    from railstack.text import normalize
+    from railstack.heuristics.matcher import Matcher
+    from railstack.heuristics.settings import HeuristicsSettings
+    from railstack.core.text import normalize
 
     # The whole blocklist too, with the length cap lifted so that it really scans 1 MB.
     matcher = Matcher.build(HeuristicsSettings(max_input_chars=2 * MB))

@@ -28,7 +28,7 @@ REPO = Path(__file__).resolve().parent.parent
 
 
 def build(size: str, where: Path) -> Path:
-    from railstack.random_models import DEBERTA_V3_XSMALL, MDEBERTA_V3_BASE, deberta_classifier
+    from railstack.tools.random_models import DEBERTA_V3_XSMALL, MDEBERTA_V3_BASE, deberta_classifier
 
     # Trained on the evaluation set, so that ~100 words cost about as many tokens as with the real one.
     shape = {"86m": MDEBERTA_V3_BASE, "22m": DEBERTA_V3_XSMALL}[size]
@@ -87,9 +87,9 @@ def main() -> None:
     from nemoguardrails.library.hf_classifier.backends import LocalBackend
     from nemoguardrails.library.hf_classifier.rail_config import LocalHFClassifierConfig
 
-    from railstack.engine import resolve_device, resolve_precision
-    from railstack.prompt_guard import PromptGuard
-    from railstack.settings import PromptGuardSettings
+    from railstack.engines.loading import resolve_device, resolve_precision
+    from railstack.prompt_guard.model import PromptGuard
+    from railstack.prompt_guard.settings import PromptGuardSettings
 
     device = resolve_device(args.device)
     name = torch.cuda.get_device_name() if device.startswith("cuda") else f"CPU, {torch.get_num_threads()} threads"

@@ -21,7 +21,7 @@ os.environ.setdefault("NEMO_GUARDRAILS_NO_USAGE_STATS", "1")
 
 SLOW_RAIL = '''import asyncio
 
-from railstack.mechanism import Tier, Verdict, rail
+from railstack.core import Tier, Verdict, rail
 
 
 @rail("bench_classifier", Tier.SMALL_CLASSIFIER)
@@ -57,7 +57,7 @@ def main() -> None:
 def run(args: argparse.Namespace, rail_s: float, speculative: str) -> tuple[float, float]:
     """TTFT p50 (plain, speculative) of the config with a classifier tier of ``rail_s`` seconds."""
     from railstack.paths import rails_dir
-    from railstack.profile import print_report, profile
+    from railstack.tools.profile import print_report, profile
 
     with tempfile.TemporaryDirectory() as tmp:
         config = Path(tmp) / "bench"

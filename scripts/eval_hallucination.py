@@ -28,7 +28,7 @@ DEFAULT_DATA = REPO.parent / "shared" / "data" / "hallucination_eval.jsonl"
 
 
 async def answer_support(nli, settings, row: dict, samples: list[str] | None) -> float:
-    from railstack.hallucination import claims, split_sentences
+    from railstack.hallucination.sentences import claims, split_sentences
 
     judged = claims(split_sentences(row["answer"]) or [row["answer"]], row["question"], settings.short_claim_words)
     if samples is None:
@@ -38,7 +38,7 @@ async def answer_support(nli, settings, row: dict, samples: list[str] | None) ->
 
 
 async def run_mode(nli, settings, rows: list[dict], mode: str, client, main_model: str) -> list[float]:
-    from railstack.evaluation import in_batches
+    from railstack.tools.evaluation import in_batches
 
     async def one(row: dict) -> float:
         samples = None
@@ -67,8 +67,8 @@ def main() -> int:
 
     from nemoguardrails import RailsConfig
 
-    from railstack.evaluation import roc_auc
-    from railstack.hallucination import NLI
+    from railstack.tools.evaluation import roc_auc
+    from railstack.hallucination.nli import NLI
     from railstack.paths import config_dir
     from railstack.settings import parse_settings
 

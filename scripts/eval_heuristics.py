@@ -34,7 +34,7 @@ def main() -> int:
     from nemoguardrails import RailsConfig
 
     from railstack.paths import config_dir
-    from railstack.heuristics import Matcher
+    from railstack.heuristics.matcher import Matcher
     from railstack.settings import parse_settings
 
     config = RailsConfig.from_path(str(args.config or config_dir("no-models")))

@@ -28,7 +28,7 @@ DEFAULT_DATA = REPO.parent / "shared" / "data" / "safety_eval.jsonl"
 
 
 async def _judge(guard, text: str):
-    from railstack.llama_guard import TurnTooLong
+    from railstack.llama_guard.model import TurnTooLong
 
     try:
         return await guard.assess((("user", text),), "user")
@@ -53,8 +53,8 @@ def main() -> int:
 
     from nemoguardrails import RailsConfig
 
-    from railstack.evaluation import in_batches, roc_auc
-    from railstack.llama_guard import SafetyModel
+    from railstack.tools.evaluation import in_batches, roc_auc
+    from railstack.llama_guard.model import SafetyModel
     from railstack.paths import config_dir
     from railstack.settings import parse_settings
 

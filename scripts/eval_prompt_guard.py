@@ -59,10 +59,10 @@ def main() -> int:
 
     from nemoguardrails import RailsConfig
 
-    from railstack.evaluation import in_batches, roc_auc, threshold_at_fpr
-    from railstack.heuristics import Matcher
+    from railstack.tools.evaluation import in_batches, roc_auc, threshold_at_fpr
+    from railstack.heuristics.matcher import Matcher
     from railstack.paths import config_dir
-    from railstack.prompt_guard import PromptGuard
+    from railstack.prompt_guard.model import PromptGuard
     from railstack.settings import parse_settings
 
     settings = parse_settings(RailsConfig.from_path(str(args.config or config_dir("default"))).custom_data)

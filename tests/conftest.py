@@ -11,16 +11,6 @@ from main_model import MainModelDouble  # noqa: E402
 from railstack.paths import rails_dir  # noqa: E402
 
 
-@pytest.fixture(autouse=True)
-def fresh_admission():
-    """Rate-limit buckets live for the whole process; each test starts with full ones."""
-    from railstack import admission
-
-    admission.reset()
-    yield
-    admission.reset()
-
-
 @pytest.fixture
 def main_model() -> Iterator[MainModelDouble]:
     model = MainModelDouble().start()
@@ -46,13 +36,18 @@ def make_config(tmp_path: Path):
 
 
 @pytest.fixture(autouse=True)
-def fresh_stages():
-    """Bounded stages and config runtimes live for the whole process; each test starts anew."""
-    from railstack import backpressure
-    from railstack.mechanism import reset_runtimes
+def fresh_process_state():
+    """Rate-limit buckets, bounded stages, engines and config runtimes live for the whole
+    process; each test starts with none."""
+    from railstack.admission.service import admissions
+    from railstack.core import runtimes
+    from railstack.engines.pool import pool
+    from railstack.overload.stages import stages
 
-    backpressure.reset()
-    reset_runtimes()
+    def reset():
+        for registry in (admissions, stages, runtimes, pool):
+            registry.reset()
+
+    reset()
     yield
-    backpressure.reset()
-    reset_runtimes()
+    reset()

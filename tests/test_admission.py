@@ -12,10 +12,11 @@ import pytest
 from nemoguardrails import LLMRails
 from nemoguardrails.integrations.langchain.runnable_rails import RunnableRails
 
-from railstack import admission
-from railstack.admission import Admission, Limits, LocalEngine, RedisEngine
+from railstack.admission.buckets import LocalBuckets, RedisBuckets
+from railstack.admission.quota import Limits, Quota
+from railstack.admission.service import Admission, admissions
 from railstack.paths import configs_root
-from railstack.settings import AdmissionSettings, RateTier
+from railstack.admission.settings import AdmissionSettings, RateTier
 from support import chat, packaged_config, serving
 
 LIMITS = Limits(request_burst=3, requests_per_s=1.0, token_burst=1000, tokens_per_s=100.0)
@@ -42,7 +43,7 @@ def take(loop, engine, cost=10, key="k", limits=LIMITS):
 
 
 def test_request_bucket_arithmetic_on_a_controlled_clock(clock):
-    engine = LocalEngine(max_clients=10)
+    engine = LocalBuckets(max_clients=10)
     assert [take(clock, engine).allowed for _ in range(3)] == [True, True, True]
     refused = take(clock, engine)
     assert not refused.allowed and refused.status == 429
@@ -58,7 +59,7 @@ def test_request_bucket_arithmetic_on_a_controlled_clock(clock):
 
 
 def test_token_bucket_counts_cost_and_refuses_without_taking(clock):
-    engine = LocalEngine(max_clients=10)
+    engine = LocalBuckets(max_clients=10)
     assert take(clock, engine, cost=900).remaining_tokens == pytest.approx(100)
     refused = take(clock, engine, cost=300)
     assert not refused.allowed and refused.reason == "tokens per minute limit reached"
@@ -69,13 +70,13 @@ def test_token_bucket_counts_cost_and_refuses_without_taking(clock):
 
 
 def test_a_request_larger_than_the_burst_is_refused_without_a_retry_time(clock):
-    refused = take(clock, LocalEngine(max_clients=10), cost=5000)
+    refused = take(clock, LocalBuckets(max_clients=10), cost=5000)
     assert not refused.allowed and refused.retry_after_s is None
     assert "over this client's burst of 1000" in refused.reason
 
 
 def test_clients_are_isolated_and_state_is_bounded(clock):
-    engine = LocalEngine(max_clients=100)
+    engine = LocalBuckets(max_clients=100)
     for _ in range(3):
         take(clock, engine, key="busy")
     assert not take(clock, engine, key="busy").allowed
@@ -86,7 +87,7 @@ def test_clients_are_isolated_and_state_is_bounded(clock):
 
 
 def test_idle_full_buckets_are_dropped(clock):
-    engine = LocalEngine(max_clients=100)
+    engine = LocalBuckets(max_clients=100)
     take(clock, engine, key="a")
     clock.now += 60
     take(clock, engine, key="b")
@@ -94,7 +95,7 @@ def test_idle_full_buckets_are_dropped(clock):
 
 
 def test_quota_headers_follow_openai():
-    quota = admission.Quota(False, LIMITS, remaining_requests=0.4, remaining_tokens=250.0, retry_after_s=0.6, reason="x", status=429)
+    quota = Quota(False, LIMITS, remaining_requests=0.4, remaining_tokens=250.0, retry_after_s=0.6, reason="x", status=429)
     assert dict(quota.headers()) == {
         "x-ratelimit-limit-requests": "3",
         "x-ratelimit-remaining-requests": "0",
@@ -334,8 +335,8 @@ async def test_redis_engine_enforces_one_limit_for_every_replica(redis_server):
     # Two engines with their own connections stand for two server processes.
     a = Admission(redis_settings(redis_server.url), "cfg")
     b = Admission(a.settings, "cfg")
-    b.engine = RedisEngine(redis_server.url, 0.25, "local", "railstack:rl", 100)
-    assert b.engine is not a.engine
+    b.store = RedisBuckets(redis_server.url, 0.25, "local", "railstack:rl", 100)
+    assert b.store is not a.store
     decisions = [await (a if i % 2 else b).decide("id:zoe", 10) for i in range(5)]
     assert [d.allowed for d in decisions] == [True, True, True, False, False]
     assert decisions[2].remaining_requests == pytest.approx(0, abs=0.01)
@@ -348,8 +349,8 @@ async def test_redis_engine_enforces_one_limit_for_every_replica(redis_server):
     assert keys == ["railstack:rl:cfg:id:yan", "railstack:rl:cfg:id:zoe"]
     assert 0 < await r.pttl("railstack:rl:cfg:id:zoe") <= 61_000
     await r.aclose()
-    await a.engine.close()
-    await b.engine.close()
+    await a.store.close()
+    await b.store.close()
 
 
 async def test_redis_refills_over_time_and_refuses_a_request_over_the_burst(redis_server):
@@ -361,15 +362,15 @@ async def test_redis_refills_over_time_and_refuses_a_request_over_the_burst(redi
     assert (await adm.decide("id:ray", 10)).allowed
     too_big = await adm.decide("id:sam", 601)
     assert not too_big.allowed and too_big.retry_after_s is None
-    await adm.engine.close()
+    await adm.store.close()
 
 
 async def test_redis_many_concurrent_decisions_wait_for_connections_and_keep_the_limit(redis_server):
     adm = Admission(redis_settings(redis_server.url), "cfg")  # burst 3, then one per 20 s
     results = await asyncio.gather(*(adm.decide("id:crowd", 1) for _ in range(150)))
     assert sum(q.allowed for q in results) == 3
-    assert adm.engine.outages == 0  # more decisions than pooled connections is no outage
-    await adm.engine.close()
+    assert adm.store.outages == 0  # more decisions than pooled connections is no outage
+    await adm.store.close()
 
 
 # Under "local" the fallback buckets start full (burst 3), so the fourth decision is refused.
@@ -386,14 +387,14 @@ async def test_redis_outage_follows_the_policy_and_recovers(redis_server, policy
     assert time.perf_counter() - start < 2
     assert [d.allowed for d in during] == allowed
     assert during[0].status == status
-    assert adm.engine.outages == 1 and adm.engine.decisions_during_outage == 4
+    assert adm.store.outages == 1 and adm.store.decisions_during_outage == 4
     assert sum("unreachable" in r.getMessage() for r in caplog.records) == 1
     redis_server.start()
-    adm.engine._down_until = 0  # the next retry is due now rather than in a second
+    adm.store._down_until = 0  # the next retry is due now rather than in a second
     back = await adm.decide("id:kim", 10)
     assert back.allowed and back.limits is not None
-    assert adm.engine.outages == 1
-    await adm.engine.close()
+    assert adm.store.outages == 1
+    await adm.store.close()
 
 
 def test_http_redis_killed_mid_test_never_500(tmp_path, main_model, monkeypatch, redis_server):
@@ -459,6 +460,6 @@ async def test_redis_error_replies_follow_the_outage_policy(redis_server):
     adm = Admission(redis_settings(redis_server.url, redis_outage="closed"), "cfg")
     refused = await adm.decide("id:oom", 10)
     assert not refused.allowed and refused.status == 503
-    assert adm.engine.outages == 1
+    assert adm.store.outages == 1
     await r.aclose()
-    await adm.engine.close()
+    await adm.store.close()

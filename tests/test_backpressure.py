@@ -11,8 +11,10 @@ import httpx
 import pytest
 from nemoguardrails import LLMRails, RailsConfig
 
-from railstack.backpressure import Shed, Stage, health, stage_for
-from railstack.settings import BackpressureSettings, SettingsError, StageSettings, parse_settings
+from railstack.core.types import Shed
+from railstack.overload.stages import Stage, stages
+from railstack.settings import SettingsError, parse_settings
+from railstack.overload.settings import BackpressureSettings, StageSettings
 from support import Server, chat, railstack_config, server_env
 
 SERVICE_S = 1.0  # the main model's fixed service time in these tests
@@ -110,13 +112,13 @@ async def test_health_follows_slot_and_queue_use():
 
 
 def test_health_is_the_worst_stage_of_the_process():
-    stage_for("a/main", StageSettings(), BackpressureSettings())
-    busy = stage_for("b/main", StageSettings(max_concurrency=1, max_queue=0), BackpressureSettings())
+    stages.get("a/main", StageSettings(), BackpressureSettings())
+    busy = stages.get("b/main", StageSettings(max_concurrency=1, max_queue=0), BackpressureSettings())
     busy.in_flight = 1
-    status, stages = health()
+    status, states = stages.health()
     assert status == "overloaded"
-    assert stages["a/main"]["status"] == "healthy"
-    assert stages["b/main"] == {
+    assert states["a/main"]["status"] == "healthy"
+    assert states["b/main"] == {
         "in_flight": 1, "queued": 0, "max_concurrency": 1, "max_queue": 0, "admitted": 0, "shed": 0,
         "utilization": 1.0, "queue_fill": 1.0, "status": "overloaded",
     }
@@ -190,13 +192,14 @@ async def test_runnable_rails_around_a_chat_model_is_gated_too(main_model, tmp_p
 SLOW_RAIL = '''
 import asyncio
 
-from railstack.mechanism import Tier, Verdict, rail
+from railstack.core import Tier, Verdict, rail
+from railstack.engines.pool import pool
 
 
-@rail("slow_engine", Tier.SMALL_CLASSIFIER)
+@rail("slow_engine", Tier.SMALL_CLASSIFIER, resource=lambda runtime: pool.stage(runtime, "slow"))
 async def slow_engine(text, ctx):
     # Stands for a classifier: its own stage in front of a slow engine.
-    async with ctx.runtime.engine_stage("slow").slot():
+    async with ctx.resource.slot():
         await asyncio.sleep(1.0)
     return Verdict.allow()
 '''
@@ -210,7 +213,7 @@ def server(tmp_path_factory):
 
     model = MainModelDouble(latency_s=SERVICE_S).start()
     root = tmp_path_factory.mktemp("bp")
-    (root / "config.py").write_text("from railstack.server import init  # noqa: F401\n")
+    (root / "config.py").write_text("from railstack.http.install import init  # noqa: F401\n")
     rails_for(root / "bp", model, concurrency=2, queue=2, wait=1.5)
     engine = root / "engine"
     rails_for(engine, model, 8, 8, flows=["slow engine"], engines=", engines: {max_concurrency: 1, max_queue: 0}")

@@ -12,7 +12,7 @@ def run_check(*args, cwd):
     env = {**os.environ, "NEMO_GUARDRAILS_NO_USAGE_STATS": "1"}
     # The config's main model URL points at nothing: a call to it would fail the check.
     return subprocess.run(
-        [sys.executable, "-m", "railstack.cli", "check", *args], capture_output=True, text=True, cwd=cwd, env=env, timeout=120
+        [sys.executable, "-m", "railstack.tools.cli", "check", *args], capture_output=True, text=True, cwd=cwd, env=env, timeout=120
     )
 
 

@@ -8,10 +8,13 @@ import pytest
 import torch
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-from railstack.hallucination import NLI, NotAnNLIModel, claims, split_sentences
-from railstack.mechanism import Runtime
+from railstack.nemo.outcome import run
+from railstack.hallucination.nli import NLI, NotAnNLIModel
+from railstack.hallucination.sentences import claims, split_sentences
+from railstack.core import Runtime
 from railstack.paths import configs_root
-from railstack.settings import HallucinationSettings, parse_settings
+from railstack.settings import parse_settings
+from railstack.hallucination.settings import HallucinationSettings
 from support import main_model_yaml, railstack_config, serving
 from tiny_models import SENTENCES, nli
 
@@ -106,7 +109,7 @@ async def test_the_answer_scores_as_its_weakest_sentence_and_names_the_unsupport
     assert len(set(round(e, 4) for e in each)) == 3
     threshold = sorted(each)[1] - 1e-6  # the weakest sentence alone falls under it
     runtime = runtime_with(checkpoint, threshold=threshold)
-    outcome = await runtime.run(["hallucination"], source="output", text=answer,
+    outcome = await run(runtime, ["hallucination"], source="output", text=answer,
                                 nemo_context={"relevant_chunks": CONTEXT})
     record = outcome.metadata["decisions"][0]
     assert record["score"] == pytest.approx(min(each), rel=1e-5)
@@ -120,7 +123,7 @@ async def test_the_answer_scores_as_its_weakest_sentence_and_names_the_unsupport
 
 async def test_warn_appends_the_notice_and_marks_the_decision(checkpoint):
     runtime = runtime_with(checkpoint, threshold=1.0, on_low_score="warn", warning=" [unverified]")
-    outcome = await runtime.run(["hallucination"], source="output", text="Paris is in France.",
+    outcome = await run(runtime, ["hallucination"], source="output", text="Paris is in France.",
                                 nemo_context={"relevant_chunks": CONTEXT})
     assert outcome.is_transform and not outcome.is_blocked
     assert outcome.transform_text["bot_message"] == "Paris is in France. [unverified]"
@@ -129,7 +132,7 @@ async def test_warn_appends_the_notice_and_marks_the_decision(checkpoint):
 
 async def test_grounded_mode_without_context_fails_closed_and_so_does_a_broken_model(checkpoint, monkeypatch):
     runtime = runtime_with(checkpoint, mode="grounded", cache_size=0)
-    outcome = await runtime.run(["hallucination"], source="output", text="Paris is in France.")
+    outcome = await run(runtime, ["hallucination"], source="output", text="Paris is in France.")
     assert outcome.is_blocked and outcome.reason.endswith("the check raised ValueError (fail-closed)")
     nli_model, _ = runtime.resources["hallucination"]
 
@@ -137,7 +140,7 @@ async def test_grounded_mode_without_context_fails_closed_and_so_does_a_broken_m
         raise RuntimeError("CUDA error: out of memory")
 
     monkeypatch.setattr(nli_model.batcher, "forward", broken)
-    outcome = await runtime.run(["hallucination"], source="output", text="Paris is in France.",
+    outcome = await run(runtime, ["hallucination"], source="output", text="Paris is in France.",
                                 nemo_context={"relevant_chunks": CONTEXT})
     assert outcome.is_blocked and outcome.reason.endswith("the check raised RuntimeError (fail-closed)")
 
@@ -244,7 +247,7 @@ def test_end_to_end_over_http_the_answer_is_checked_against_the_context_without_
 async def test_concurrent_checks_of_one_conversation_draw_one_set_of_samples():
     import asyncio
 
-    from railstack.hallucination import Samples
+    from railstack.hallucination.samples import Samples
 
     samples, draws = Samples(), []
 

@@ -6,9 +6,9 @@ import time
 
 import pytest
 
-from railstack.heuristics import Matcher
-from railstack.settings import HeuristicsSettings
-from railstack.text import normalize
+from railstack.heuristics.matcher import Matcher
+from railstack.heuristics.settings import HeuristicsSettings
+from railstack.core.text import normalize
 from support import SHARED_DATA
 
 
@@ -180,7 +180,7 @@ def test_every_long_nfkc_expansion_is_dropped_before_nfkc():
     # normalization stays within a small factor of the input's length.
     import unicodedata
 
-    from railstack.text import _LONG_EXPANSIONS
+    from railstack.core.text import _LONG_EXPANSIONS
 
     long_ones = [
         chr(cp)

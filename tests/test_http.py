@@ -76,7 +76,7 @@ def test_streaming_blocked_request_streams_only_the_refusal(client, main_model):
 
 
 def test_a_failing_rail_blocks_over_http_with_a_clear_reason(client, main_model, monkeypatch):
-    from railstack.heuristics import Matcher
+    from railstack.heuristics.matcher import Matcher
 
     def broken(self, text):
         raise ValueError("model exploded")
@@ -93,7 +93,7 @@ def test_a_failing_rail_blocks_over_http_with_a_clear_reason(client, main_model,
 def test_a_rail_that_times_out_blocks_over_http(main_model, monkeypatch):
     import time
 
-    from railstack.heuristics import Matcher
+    from railstack.heuristics.matcher import Matcher
 
     def slow(self, text):
         time.sleep(0.3)
@@ -141,7 +141,7 @@ def test_a_config_with_a_bad_key_stops_the_server_at_startup_naming_it(tmp_path)
 def test_input_flows_of_railstack_rails_run_in_the_http_layer(tmp_path):
     from nemoguardrails import RailsConfig
 
-    from railstack.nemo import input_rails_of
+    from railstack.nemo.flows import input_rails_of
     from railstack.paths import config_dir, rails_dir
 
     expected = ["admission", "heuristics", "topic", "prompt_guard", "llama_guard"]
@@ -161,7 +161,7 @@ def test_input_flows_of_railstack_rails_run_in_the_http_layer(tmp_path):
 
 @pytest.mark.parametrize("stream", [False, True])
 def test_a_request_the_input_rails_pass_skips_nemos_input_rails(client, main_model, stream, monkeypatch):
-    from railstack.mechanism import Runtime
+    from railstack.core import Runtime
 
     runs = []
     decide = Runtime.decide

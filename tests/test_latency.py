@@ -7,7 +7,8 @@ import time
 
 import pytest
 
-from railstack.mechanism import Runtime, Tier, Verdict, rail
+from railstack.nemo.outcome import run
+from railstack.core import Runtime, Tier, Verdict, rail
 from railstack.paths import configs_root
 from railstack.settings import parse_settings
 from support import chat, railstack_config, serving
@@ -114,7 +115,7 @@ def runtime_with(**settings) -> Runtime:
 
 
 async def test_a_rail_cut_by_the_input_budget_takes_its_failure_policy_and_later_tiers_are_not_run():
-    from railstack.mechanism import one_request
+    from railstack.core.request import one_request
 
     runtime = runtime_with(latency={"input_budget_s": 0.2}, rails={"slow_check": {"timeout_s": 5}})
     with one_request():
@@ -138,7 +139,7 @@ async def test_a_rail_cut_by_the_input_budget_takes_its_failure_policy_and_later
 
 
 async def test_the_input_budget_spans_every_input_flow_of_a_request():
-    from railstack.mechanism import one_request
+    from railstack.core.request import one_request
 
     runtime = runtime_with(latency={"input_budget_s": 0.5}, rails={"slow_check": {"timeout_s": 5}})
     with one_request():
@@ -150,7 +151,7 @@ async def test_the_input_budget_spans_every_input_flow_of_a_request():
 
 async def test_the_output_budget_is_per_answer():
     runtime = runtime_with(latency={"output_budget_s": 0.2})
-    outcome = await runtime.run(["slow_check"], source="output", text="An answer.")
+    outcome = await run(runtime, ["slow_check"], source="output", text="An answer.")
     assert outcome.is_blocked and "output latency budget (0.2 s)" in outcome.reason
     roomy = runtime_with(latency={"output_budget_s": 1.0})
-    assert not (await roomy.run(["slow_check"], source="output", text="An answer.")).is_blocked
+    assert not (await run(roomy, ["slow_check"], source="output", text="An answer.")).is_blocked

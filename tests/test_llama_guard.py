@@ -11,10 +11,12 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from completions_server import CompletionsServer
-from railstack.llama_guard import NotASafetyModel, SafetyModel, TurnTooLong, alternating, parse_categories
-from railstack.mechanism import Runtime
+from railstack.nemo.outcome import run
+from railstack.llama_guard.model import NotASafetyModel, SafetyModel, TurnTooLong, alternating, parse_categories
+from railstack.core import Runtime
 from railstack.paths import configs_root
-from railstack.settings import LlamaGuardSettings, parse_settings
+from railstack.settings import parse_settings
+from railstack.llama_guard.settings import LlamaGuardSettings
 from support import chat, railstack_config, serving
 from tiny_models import LLAMA_GUARD_3_TEMPLATE, SENTENCES, llama_guard, prompt_guard
 
@@ -263,7 +265,7 @@ async def test_the_decision_names_the_categories_and_unknown_codes(checkpoints, 
     runtime = runtime_with(checkpoints["lg3"], threshold=0.0)
     engine = runtime.resources["llama_guard"].engine
     monkeypatch.setattr(engine, "category_lines", lambda rows: ["\nS1, s10,S99"] * len(rows))
-    outcome = await runtime.run(["llama_guard"], source="input", text="How do I pick a lock?")
+    outcome = await run(runtime, ["llama_guard"], source="input", text="How do I pick a lock?")
     assert outcome.is_blocked
     assert outcome.reason.startswith(
         "Blocked by the llama_guard rail: unsafe (S1 Violent Crimes, S10 Hate, S99 (not in the policy)); score 0."
@@ -277,7 +279,7 @@ async def test_the_decision_names_the_categories_and_unknown_codes(checkpoints, 
 
 async def test_an_answer_without_a_known_question_is_still_judged(checkpoints):
     runtime = runtime_with(checkpoints["lg3"], threshold=1.0)
-    outcome = await runtime.run(["llama_guard"], source="output", text="Here you go.")
+    outcome = await run(runtime, ["llama_guard"], source="output", text="Here you go.")
     assert not outcome.is_blocked and outcome.metadata["decisions"][0]["metadata"]["prompt_tokens"] > 0
 
 
@@ -307,7 +309,7 @@ def test_long_conversations_lose_their_oldest_turns_never_the_judged_one(checkpo
 
 async def test_a_judged_turn_too_long_for_the_model_fails_closed_with_the_reason(checkpoints):
     runtime = runtime_with(checkpoints["lg3"], max_prompt_tokens=600)
-    outcome = await runtime.run(["llama_guard"], source="input", text=" ".join(SENTENCES * 4))
+    outcome = await run(runtime, ["llama_guard"], source="input", text=" ".join(SENTENCES * 4))
     assert outcome.is_blocked and outcome.reason == "Blocked by the llama_guard rail: the check raised TurnTooLong (fail-closed)"
 
 
@@ -319,7 +321,7 @@ async def test_the_rail_fails_closed_when_the_model_raises_or_is_too_slow(checkp
         raise RuntimeError("CUDA error: out of memory")
 
     monkeypatch.setattr(engine.batcher, "forward", broken)
-    outcome = await runtime.run(["llama_guard"], source="input", text="Hello")
+    outcome = await run(runtime, ["llama_guard"], source="input", text="Hello")
     assert outcome.is_blocked and outcome.reason.endswith("the check raised RuntimeError (fail-closed)")
 
     def slow(batch):
@@ -327,7 +329,7 @@ async def test_the_rail_fails_closed_when_the_model_raises_or_is_too_slow(checkp
         return [(0.0, None)] * len(batch)
 
     monkeypatch.setattr(engine.batcher, "forward", slow)
-    outcome = await runtime.run(["llama_guard"], source="input", text="Hello again")
+    outcome = await run(runtime, ["llama_guard"], source="input", text="Hello again")
     assert outcome.is_blocked and outcome.reason.endswith("did not finish within 0.3 s (fail-closed)")
 
 
@@ -370,10 +372,10 @@ async def test_the_remote_engine_fails_closed_when_the_server_is_gone_or_wrong(c
     from support import free_port
 
     gone = runtime_with(checkpoints["lg3"], engine="remote", remote={"base_url": f"http://127.0.0.1:{free_port()}/v1"})
-    outcome = await gone.run(["llama_guard"], source="input", text="Hello")
+    outcome = await run(gone, ["llama_guard"], source="input", text="Hello")
     assert outcome.is_blocked and outcome.reason.endswith("(fail-closed)")
     wrong = runtime_with(checkpoints["lg3"], engine="remote", remote={"base_url": completions.base_url, "served_model": "x"})
-    outcome = await wrong.run(["llama_guard"], source="input", text="Hello")
+    outcome = await run(wrong, ["llama_guard"], source="input", text="Hello")
     assert outcome.is_blocked and outcome.reason.endswith("raised NotFoundError (fail-closed)")
 
 
@@ -446,7 +448,7 @@ async def test_answers_are_judged_and_a_streamed_one_never_leaks_or_is_judged_tw
 ):
     from nemoguardrails import LLMRails, RailsConfig
 
-    from railstack.mechanism import collect_decisions
+    from railstack.core import collect_decisions
     from support import main_model_yaml
 
     yml = main_model_yaml(main_model.base_url) + (

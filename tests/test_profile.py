@@ -10,7 +10,7 @@ from railstack.paths import config_dir, rails_dir
 
 def run_profile(config, out, *extra, env=None):
     return subprocess.run(
-        [sys.executable, "-m", "railstack.cli", "profile", str(config), "--requests", "6", "--concurrency", "2",
+        [sys.executable, "-m", "railstack.tools.cli", "profile", str(config), "--requests", "6", "--concurrency", "2",
          "--ttft", "0.05", "--itl", "0", "--answer-words", "5", "--out", str(out), *extra],
         capture_output=True, text=True, timeout=600, env={**os.environ, "NEMO_GUARDRAILS_NO_USAGE_STATS": "1", **(env or {})},
     )

@@ -9,7 +9,7 @@ import pytest
 from nemoguardrails import LLMRails, RailsConfig
 from nemoguardrails.testing import FakeLLMModel
 
-from railstack.mechanism import Tier, Verdict, collect_decisions, rail
+from railstack.core import Tier, Verdict, collect_decisions, rail
 from railstack.paths import config_dir
 from support import REPO
 
@@ -160,7 +160,7 @@ async def test_fail_open_is_allowed_when_configured(make_config):
 
 
 async def test_failure_policy_per_rail_overrides_the_default(make_config, monkeypatch):
-    from railstack.heuristics import Matcher
+    from railstack.heuristics.matcher import Matcher
 
     def broken(self, text):
         raise ValueError("broken")
@@ -179,7 +179,7 @@ def test_an_unknown_rail_in_a_flow_stops_the_config_from_loading(make_config):
 
 
 def test_only_the_rails_a_config_runs_are_prepared(make_config):
-    from railstack.nemo import rails_named_in_flows
+    from railstack.nemo.flows import rails_named_in_flows
 
     nested = flow("t_block_small") + "\ndefine subflow outer\n  do check\n\ndefine subflow unused\n  $r = execute railstack_rails(rails=\"t_hang\")\n"
     config = RailsConfig.from_path(str(make_config("rails:\n  input:\n    flows: [outer]\n", nested)))
@@ -234,7 +234,7 @@ async def test_running_from_the_repo_root_keeps_one_copy_of_state(monkeypatch):
     monkeypatch.chdir(REPO)
     app = LLMRails(RailsConfig.from_path(str(config_dir("no-models"))), llm=FakeLLMModel(responses=["a", "b"]))
     action = app.runtime.action_dispatcher.registered_actions["railstack_rails"]
-    assert action.__module__ == "railstack.actions.railstack"
+    assert action.__module__ == "railstack.nemo.action"
     runtime = app.runtime.registered_action_params["railstack_runtime"]
     assert set(runtime.resources) == {"admission", "heuristics"}
     runtime = app.runtime.registered_action_params["railstack_runtime"]

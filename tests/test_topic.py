@@ -3,7 +3,7 @@
 import pytest
 from nemoguardrails import LLMRails
 
-from railstack.mechanism import collect_decisions
+from railstack.core import collect_decisions
 from support import packaged_config
 
 
@@ -34,7 +34,7 @@ async def test_a_word_that_merely_contains_a_denied_term_passes(app, main_model)
 
 
 def test_an_empty_denied_term_is_a_settings_error():
-    from railstack.settings import TopicSettings
+    from railstack.topic.settings import TopicSettings
 
     with pytest.raises(ValueError, match="must contain a letter or digit"):
         TopicSettings(deny=["Globex", " "])

@@ -247,9 +247,9 @@ def test_the_rails_only_endpoint_is_validated_too(client, model, payload, status
 async def test_a_body_that_never_finishes_arriving_gets_408():
     import asyncio
 
-    from railstack.http import ValidationMiddleware
-    from railstack.settings import RequestLimits
-    from railstack.validation import ConfigRules
+    from railstack.http.validation import ValidationMiddleware
+    from railstack.http.settings import RequestLimits
+    from railstack.http.rules import ConfigRules
 
     async def app(scope, receive, send):
         raise AssertionError("the app must not be reached")

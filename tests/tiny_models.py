@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from railstack.random_models import GUARD_TOKENS, SENTENCES, deberta_classifier, guard_lm, train_texts
+from railstack.tools.random_models import GUARD_TOKENS, SENTENCES, deberta_classifier, guard_lm, train_texts
 
 __all__ = ["SENTENCES", "train_texts"]  # the built-in text the tests judge, from the package
 

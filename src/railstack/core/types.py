@@ -1,0 +1,115 @@
+"""What a rail is and what it leaves behind: tiers, verdicts, decision records, the check's context."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Awaitable, Callable, Literal, NamedTuple, Optional
+
+Source = Literal["input", "output", "retrieval"]
+Outcome = Literal["allow", "block", "skipped", "cancelled"]
+Role = Literal["user", "assistant"]
+Turn = tuple[Role, str]
+
+
+class Tier(enum.IntEnum):
+    """Cost order: a cheaper tier always runs, and can block, before a dearer one."""
+
+    ADMISSION = 0
+    CHEAP = 1
+    SMALL_CLASSIFIER = 2
+    LARGE_CLASSIFIER = 3
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """What a check decides. ``reason`` names the rule that fired, never the user's text."""
+
+    blocked: bool
+    reason: Optional[str] = None
+    score: Optional[float] = None
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def allow(cls, *, score: Optional[float] = None, **metadata: Any) -> "Verdict":
+        return cls(False, None, score, metadata)
+
+    @classmethod
+    def block(cls, reason: str, *, score: Optional[float] = None, **metadata: Any) -> "Verdict":
+        return cls(True, reason, score, metadata)
+
+
+class Deadline(NamedTuple):
+    """A latency budget's end (``time.perf_counter`` time) and its length in seconds."""
+
+    at: float
+    budget_s: float
+
+
+@dataclass(frozen=True)
+class CheckContext:
+    source: Source  # the user's side of the conversation, the bot's answer, or retrieved chunks
+    settings: Any  # the config's RailstackSettings
+    nemo_context: dict[str, Any]
+    resource: Any = None  # what the rail's ``resource`` builder made for this config
+    # The user and assistant turns, oldest first, before the answer being checked on the output;
+    # for rails that judge a conversation rather than one text. Empty when unknown.
+    dialogue: tuple[Turn, ...] = ()
+    main_model: Any = None  # the config's main LLM, for rails that sample it (self-consistency)
+    deadline: Optional[Deadline] = None
+    # The messages exactly as the client sent them, when railstack's HTTP layer serves the request.
+    messages: Optional[list[dict]] = None
+
+
+Check = Callable[[str, CheckContext], Awaitable[Verdict]]
+Builder = Callable[[Any], Any]  # Runtime -> the rail's per-config resource
+
+
+@dataclass(frozen=True)
+class ModelRail:
+    """What a model rail declares so that tools find it without a list of their own: its settings
+    section (whose ``model`` names the checkpoint) and how to build a random-weight checkpoint
+    of the configured architecture (``stand_in(settings, where, tiny) -> the saved dir``)."""
+
+    section: str
+    stand_in: Callable[[Any, Path, bool], Path]
+
+
+@dataclass(frozen=True)
+class Rail:
+    name: str
+    tier: Tier
+    check: Check
+    resource: Optional[Builder] = None
+    model: Optional[ModelRail] = None
+
+
+@dataclass(frozen=True)
+class Decision:
+    rail: str
+    tier: str
+    source: Source
+    verdict: Outcome
+    reason: Optional[str]
+    score: Optional[float]
+    latency_ms: float
+    failed: bool = False
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {**self.__dict__, "metadata": dict(self.metadata)}
+
+
+class Shed(Exception):
+    """A bounded stage cannot take this request now; come back after ``retry_after_s``."""
+
+    def __init__(self, stage: str, reason: str, retry_after_s: float):
+        super().__init__(f"{stage} is overloaded: {reason}")
+        self.stage = stage
+        self.reason = reason
+        self.retry_after_s = retry_after_s
+
+
+class UnknownRails(ValueError):
+    """A config's flows name rails that no module has registered."""

@@ -1,0 +1,1 @@
+"""Model engines: checkpoint loading, the micro-batcher, the score cache and the engine pool."""

@@ -1,0 +1,84 @@
+"""Loading a checkpoint onto its device in its precision."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+
+def cpu_has_bf16() -> bool:
+    """Whether this CPU computes bf16 natively (AVX512-BF16 or AMX), where it beats fp32."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = next((line for line in f if line.startswith("flags")), "")
+    except OSError:
+        return False
+    return " avx512_bf16" in flags or " amx_bf16" in flags
+
+
+def resolve_device(device: str) -> str:
+    import torch
+
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise RuntimeError(f"device {device!r} is configured but torch sees no CUDA device")
+    return device
+
+
+def resolve_precision(precision: str, device: str) -> str:
+    """``auto``: bf16 on a GPU that has it (else fp16); on a CPU bf16 where it is native, else fp32."""
+    import torch
+
+    if precision != "auto":
+        if precision == "int8" and device != "cpu":
+            raise RuntimeError("int8 dynamic quantization runs on the CPU only")
+        if precision == "fp16" and device == "cpu":
+            raise RuntimeError("fp16 is for GPUs; on a CPU use fp32, bf16 or int8")
+        return precision
+    if device.startswith("cuda"):
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    return "bf16" if cpu_has_bf16() else "fp32"
+
+
+def torch_dtype(precision: str) -> Any:
+    import torch
+
+    return {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision, torch.float32)
+
+
+def quantize_int8(model: Any) -> Any:
+    import torch
+
+    return torch.ao.quantization.quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)
+
+
+def load_checkpoint(
+    settings: Any, rail: str, model_class: Any, tokenizer: Any = None
+) -> tuple[Any, Any, str, str]:
+    """The tokenizer (``tokenizer`` when the caller has loaded it) and model of ``settings.model``
+    (a classifier's settings), the model in eval mode on its device and in its precision (int8:
+    dynamically quantized, on the CPU), and the device and precision chosen. A checkpoint that
+    cannot be loaded is an error naming it."""
+    import torch
+    from transformers import AutoTokenizer
+
+    device = resolve_device(settings.device)
+    precision = resolve_precision(settings.precision, device)
+    try:
+        tokenizer = tokenizer or AutoTokenizer.from_pretrained(settings.model)
+        dtype = torch.float32 if precision == "int8" else torch_dtype(precision)
+        model = model_class.from_pretrained(settings.model, dtype=dtype)
+    except (OSError, ValueError) as exc:
+        raise RuntimeError(f"{rail}: {missing_model_message(settings.model, exc)}") from exc
+    model = quantize_int8(model) if precision == "int8" else model.to(device)
+    return tokenizer, model.eval(), device, precision
+
+
+def missing_model_message(model: str, exc: BaseException) -> str:
+    where = "a local directory" if os.path.isabs(model) or model.startswith((".", "~")) else "a Hugging Face hub id"
+    return (
+        f"cannot load model {model!r} ({where}): {type(exc).__name__}: {exc}. Provide it as a local directory "
+        f"with its config, weights and tokenizer, or as a hub id this machine can download (gated models need "
+        f"their license accepted and HF_TOKEN set); override the path with a RAILSTACK__... environment variable."
+    )

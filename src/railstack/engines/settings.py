@@ -1,0 +1,21 @@
+"""What every model rail's settings say about its checkpoint and engine."""
+
+from __future__ import annotations
+
+from typing import Literal, Optional
+
+from pydantic import Field
+
+from railstack.core.settings import RailPolicy
+
+
+class ClassifierSettings(RailPolicy):
+    """A local classifier checkpoint and the engine that runs it (shared by the model rails)."""
+
+    model: str = Field(min_length=1, description="Hugging Face hub id or local directory")
+    device: str = Field(default="auto", pattern=r"^(auto|cpu|cuda(:\d+)?)$")
+    precision: Literal["auto", "fp32", "bf16", "fp16", "int8"] = "auto"
+    # None: 8 on a CPU, where bigger padded batches lose (scripts/bench_prompt_guard.py), 64 on a GPU.
+    max_batch: Optional[int] = Field(default=None, gt=0, le=512, description="inputs per forward pass")
+    max_delay_ms: float = Field(default=2.0, ge=0, le=1000, description="how long a batch waits to fill")
+    cache_size: int = Field(default=10_000, ge=0, description="scores kept per model; 0 turns the cache off")

@@ -1,0 +1,110 @@
+"""Server-level wiring for `nemoguardrails server --config <dir of configs>`.
+
+NeMo calls ``init(app)`` from the configs dir's ``config.py`` when the server starts (not in
+single-config mode, and not under ``--prefix``). It
+
+- validates every config's railstack settings, so a bad key stops the server with a message
+  that names it instead of failing that config's first request;
+- wraps the ASGI stack: malformed and hostile chat requests are refused before NeMo reads
+  them (``railstack.http.rules``), every chat response says its request id and decisions in
+  headers, configs that enable admission get a real 429 with its headers, overload is shed
+  at the door with 503 and Retry-After (``railstack.overload.stages``), and the server answers
+  ``GET /railstack/health`` and ``GET /metrics``.
+"""
+
+from __future__ import annotations
+
+import gc
+import logging
+from pathlib import Path
+from typing import Any
+
+from railstack.settings import RailstackSettings, SettingsError, parse_settings
+
+log = logging.getLogger("railstack.server")
+
+
+def validate_configs(root: Path) -> dict[str, tuple[Any, RailstackSettings]]:
+    """Load every config dir under ``root`` and validate its railstack settings."""
+    from nemoguardrails import RailsConfig
+
+    configs, problems = {}, []
+    for config_path in sorted(p for p in root.iterdir() if (p / "config.yml").is_file()):
+        try:
+            config = RailsConfig.from_path(str(config_path))
+            configs[config_path.name] = (config, parse_settings(config.custom_data))
+        except SettingsError as exc:
+            problems.append(f"config '{config_path.name}': {exc}")
+    if problems:
+        raise SettingsError("\n".join(problems))
+    return configs
+
+
+def rules_of(config: Any, settings: RailstackSettings) -> Any:
+    from railstack.http.rules import ConfigRules
+
+    main = [m.model for m in config.models if m.type == "main" and m.model]
+    return ConfigRules(
+        settings.limits, frozenset(main + settings.limits.models), bool(config.passthrough), bool(config.rails.tool_input.flows)
+    )
+
+
+def init(app: Any) -> None:
+    from railstack.admission.service import admissions as admission_registry
+    from railstack.core import Runtime, UnknownRails, runtimes
+    from railstack.http.admission import AdmissionMiddleware
+    from railstack.http.backpressure import BackpressureMiddleware
+    from railstack.http.decisions import DecisionsMiddleware
+    from railstack.http.input_rails import InputRailsMiddleware
+    from railstack.http.ops import OpsMiddleware
+    from railstack.http.validation import ValidationMiddleware
+    from railstack.nemo import compat
+    from railstack.nemo.flows import input_rails_of
+    from railstack.overload.gate import main_stage
+
+    ours = (
+        AdmissionMiddleware, BackpressureMiddleware, DecisionsMiddleware, InputRailsMiddleware, OpsMiddleware,
+        ValidationMiddleware,
+    )
+
+    configs = validate_configs(Path(app.rails_config_path))
+    log.info("railstack settings valid for configs: %s", ", ".join(configs))
+    admissions, stages, input_rails = {}, {}, {}
+    for config_id, (config, settings) in configs.items():
+        runtime: Runtime = runtimes.get(settings, config_id)
+        names = input_rails_of(config)
+        if names:
+            try:
+                # Now, not on the config's first request: a rail's model loads (or fails) at start-up.
+                runtime.prepare(names)
+            except UnknownRails:
+                # Rails of the config's own actions.py register when NeMo loads the config.
+                log.info("config '%s' names rails its own actions define; they load with the config", config_id)
+            input_rails[config_id] = (runtime, names)
+        if settings.admission.enabled:
+            timeout, on_failure = settings.policy("admission")
+            admissions[config_id] = (admission_registry.get(settings.admission, config_id), timeout, on_failure)
+        stage = main_stage(runtime)  # the same stage object the config's main-model gate uses
+        if stage is not None:
+            stages[config_id] = stage
+    default = lambda: app.default_config_id  # noqa: E731 - read per request: the server sets it after start-up
+
+    def layers(stack: Any) -> Any:
+        stack = InputRailsMiddleware(stack, input_rails, default)
+        stack = BackpressureMiddleware(stack, stages, default)
+        if admissions:
+            stack = AdmissionMiddleware(stack, admissions, default)
+            log.info("railstack admission answers HTTP for configs: %s", ", ".join(admissions))
+        stack = ValidationMiddleware(
+            stack,
+            {config_id: rules_of(config, settings) for config_id, (config, settings) in configs.items()},
+            {config_id: settings.admission.client_key for config_id, (_, settings) in configs.items()},
+            default,
+        )
+        return OpsMiddleware(DecisionsMiddleware(stack))
+
+    compat.wrap_asgi_stack(app, layers, ours)
+    # Everything loaded so far (NeMo, LangChain, torch, the rails' models) lives as long as the
+    # process. Frozen, the collector stops rescanning it: full collections over that heap
+    # otherwise stall the event loop for hundreds of milliseconds under load, shed answers too.
+    gc.freeze()

@@ -1,0 +1,251 @@
+"""Validation in front of NeMo: a malformed or hostile chat request is answered 400/404/413 with
+an OpenAI-style error body, in milliseconds, and never reaches NeMo, a rail or the main model.
+
+It runs as the first ASGI layer for ``/v1/chat/completions`` (see ``railstack.http.install``), so it
+works the same for streaming and non-streaming requests, and NeMo never sees input that it
+handles badly (a lone surrogate, for one, used to turn every later request into a 500).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from dataclasses import dataclass
+from typing import Any, Callable, Optional
+
+from railstack.http.settings import RequestLimits
+from railstack.core.text import message_text
+
+ROLES = {"system", "developer", "user", "assistant", "tool", "context"}
+CONFIG_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+# name -> (lowest, highest, whether the lowest itself is allowed), as OpenAI documents them.
+SAMPLING = {
+    "temperature": (0.0, 2.0, True),
+    "top_p": (0.0, 1.0, False),
+    "presence_penalty": (-2.0, 2.0, True),
+    "frequency_penalty": (-2.0, 2.0, True),
+}
+
+
+@dataclass(frozen=True)
+class Rejection:
+    status: int
+    message: str
+    param: Optional[str]
+    code: str
+
+
+class Rejected(Exception):
+    def __init__(self, status: int, message: str, param: Optional[str] = None, code: str = "invalid_request"):
+        super().__init__(message)
+        self.rejection = Rejection(status, message, param, code)
+
+
+def parse_body(body: bytes) -> dict:
+    try:
+        request = json.loads(body)
+    except RecursionError:
+        raise Rejected(400, "The request body is nested too deeply.", code="invalid_json") from None
+    except (ValueError, UnicodeDecodeError):
+        raise Rejected(400, "The request body is not valid JSON.", code="invalid_json") from None
+    if not isinstance(request, dict):
+        raise Rejected(400, "The request body must be a JSON object.", code="invalid_json")
+    return request
+
+
+MAX_CONFIG_IDS = 8
+# What a client may set in guardrails.options: sampling only, checked like the top-level
+# fields. Anything else there could switch rails off (``rails``) or reveal prompts (``log``).
+LLM_PARAMS = {"max_tokens", "temperature", "top_p", "presence_penalty", "frequency_penalty", "stop"}
+
+
+@dataclass(frozen=True)
+class ConfigRules:
+    """What the validation layer knows of one config."""
+
+    limits: RequestLimits
+    models: frozenset[str]  # the model names a request may ask for
+    passthrough: bool  # NeMo's passthrough mode cannot carry a context
+    # NeMo runs no input rails on a conversation that ends with a tool result; only its tool
+    # input rails look at one. Without them such a request would go to the model unchecked.
+    tool_results: bool = False
+
+
+def config_ids(request: dict) -> list[str]:
+    """The config ids a request names (validated as plain names, never paths)."""
+    guardrails = request.get("guardrails", {})
+    if guardrails is None:
+        return []
+    if not isinstance(guardrails, dict):
+        raise Rejected(400, "'guardrails' must be an object.", "guardrails")
+    named = []
+    if guardrails.get("config_id") is not None:
+        named.append(("guardrails.config_id", guardrails["config_id"]))
+    ids = guardrails.get("config_ids")
+    if ids is not None:
+        if not isinstance(ids, list) or len(ids) > MAX_CONFIG_IDS:
+            raise Rejected(400, f"'guardrails.config_ids' must be a list of at most {MAX_CONFIG_IDS} config ids.", "guardrails.config_ids")
+        named += [(f"guardrails.config_ids[{i}]", v) for i, v in enumerate(ids)]
+    for param, value in named:
+        if not isinstance(value, str) or not CONFIG_ID.fullmatch(value) or ".." in value:
+            raise Rejected(400, "A config id is a plain name of letters, digits, '.', '_' and '-'.", param)
+    values = [value for _, value in named]
+    if len(set(values)) != len(values):
+        raise Rejected(400, "A config id is named twice.", "guardrails.config_ids")
+    return values
+
+
+def check_strings(value: Any, path: str = "") -> None:
+    """Every string in the body, keys included: valid Unicode (no lone surrogates), no NUL."""
+    stack = [(value, path)]
+    while stack:
+        item, where = stack.pop()
+        if isinstance(item, str):
+            _check_text(item, where or None)
+        elif isinstance(item, dict):
+            for key, child in item.items():
+                child_path = f"{where}.{key}" if where else str(key)
+                _check_text(key, child_path)
+                stack.append((child, child_path))
+        elif isinstance(item, list):
+            stack.extend((child, f"{where}[{i}]") for i, child in enumerate(item))
+
+
+def _text_of(content: Any, param: str) -> str:
+    """``message_text``, with an error that names the part that is wrong."""
+    if isinstance(content, list):
+        for j, part in enumerate(content):
+            if not isinstance(part, dict) or not isinstance(part.get("type"), str):
+                raise Rejected(400, "A content part must be an object with a 'type'.", f"{param}[{j}]")
+            if part["type"] == "text" and not isinstance(part.get("text"), str):
+                raise Rejected(400, "A text content part needs a string 'text'.", f"{param}[{j}].text")
+    elif not isinstance(content, str):
+        raise Rejected(400, "Message content must be a string or a list of content parts.", param)
+    return message_text(content)
+
+
+def _check_text(text: str, param: Optional[str]) -> None:
+    if "\x00" in text:
+        raise Rejected(400, "The request must not contain NUL characters.", param, "invalid_unicode")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise Rejected(400, "The request holds invalid Unicode (a lone surrogate).", param, "invalid_unicode") from None
+
+
+def check_messages(messages: Any, limits: RequestLimits, *, user_last: bool, tool_last: bool) -> None:
+    if not isinstance(messages, list) or not messages:
+        raise Rejected(400, "'messages' must be a non-empty list.", "messages")
+    if len(messages) > limits.max_messages:
+        raise Rejected(413, f"Too many messages: {len(messages)}, the limit is {limits.max_messages}.", "messages", "too_large")
+    total = 0
+    for i, message in enumerate(messages):
+        param = f"messages[{i}]"
+        if not isinstance(message, dict):
+            raise Rejected(400, "Each message must be an object.", param)
+        role = message.get("role")
+        if not isinstance(role, str) or role not in ROLES:
+            raise Rejected(400, f"A message role must be one of {', '.join(sorted(ROLES))}.", f"{param}.role")
+        content = message.get("content")
+        if role == "context":
+            if not isinstance(content, dict):
+                raise Rejected(400, "A context message's content must be an object.", f"{param}.content")
+            continue
+        if content is None and role in ("assistant", "tool"):
+            continue  # a tool call or an empty tool result
+        if isinstance(content, list) and role != "user":
+            # NeMo 0.24 fails (HTTP 500) on content parts in any other role.
+            raise Rejected(400, "Content parts are accepted in user messages only.", f"{param}.content")
+        text = _text_of(content, f"{param}.content")
+        if len(text) > limits.max_message_chars:
+            raise Rejected(
+                413, f"A message has {len(text)} characters, the limit is {limits.max_message_chars}.",
+                f"{param}.content", "too_large",
+            )
+        total += len(text)
+    if total > limits.max_total_chars:
+        raise Rejected(413, f"The messages hold {total} characters, the limit is {limits.max_total_chars}.", "messages", "too_large")
+    if not user_last:
+        return
+    last = messages[-1]
+    if last["role"] not in (("user", "tool") if tool_last else ("user",)):
+        who = "the user (or a tool)" if tool_last else "the user (this config has no tool input rails)"
+        raise Rejected(400, f"The last message must come from {who}.", f"messages[{len(messages) - 1}].role")
+    if last["role"] == "user" and not _text_of(last.get("content"), "").strip():
+        raise Rejected(400, "The user's message is empty.", f"messages[{len(messages) - 1}].content")
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def check_sampling(params: dict, limits: RequestLimits, prefix: str = "") -> None:
+    for name in ("max_tokens", "max_completion_tokens"):
+        value = params.get(name)
+        if value is not None and (not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= limits.max_tokens):
+            raise Rejected(400, f"'{name}' must be an integer from 1 to {limits.max_tokens}.", prefix + name)
+    for name, (low, high, low_ok) in SAMPLING.items():
+        value = params.get(name)
+        if value is not None and (not _number(value) or value > high or value < low or (value == low and not low_ok)):
+            bounds = f"{'from' if low_ok else 'above'} {low:g} to {high:g}"
+            raise Rejected(400, f"'{name}' must be a number {bounds}.", prefix + name)
+    stop = params.get("stop")
+    if stop is not None and not (
+        isinstance(stop, str) or (isinstance(stop, list) and len(stop) <= 4 and all(isinstance(s, str) for s in stop))
+    ):
+        raise Rejected(400, "'stop' must be a string or a list of up to 4 strings.", prefix + "stop")
+
+
+def check_parameters(request: dict, rules: ConfigRules) -> None:
+    check_sampling(request, rules.limits)
+    if request.get("stream") is not None and not isinstance(request["stream"], bool):
+        raise Rejected(400, "'stream' must be true or false.", "stream")
+    n = request.get("n")
+    if n is not None and n != 1:
+        raise Rejected(400, "'n' must be 1: a guarded answer is one answer.", "n")
+    model = request.get("model")
+    if model is not None and (not isinstance(model, str) or model not in rules.models):
+        # NeMo builds and keeps a new rails instance for every model name it is sent.
+        raise Rejected(400, f"Unknown model; this config serves: {', '.join(sorted(rules.models))}.", "model", "model_not_found")
+    guardrails = request.get("guardrails") or {}
+    if guardrails.get("state") is not None:
+        raise Rejected(400, "A client cannot set the guardrails state.", "guardrails.state")
+    options = guardrails.get("options")
+    if options is not None:
+        if not isinstance(options, dict) or set(options) - {"llm_params"}:
+            raise Rejected(400, "'guardrails.options' may only hold 'llm_params'.", "guardrails.options")
+        params = options.get("llm_params") or {}
+        if not isinstance(params, dict) or set(params) - LLM_PARAMS:
+            raise Rejected(
+                400, f"'guardrails.options.llm_params' may only hold {', '.join(sorted(LLM_PARAMS))}.",
+                "guardrails.options.llm_params",
+            )
+        check_sampling(params, rules.limits, "guardrails.options.llm_params.")
+    has_context = guardrails.get("context") is not None or any(
+        isinstance(m, dict) and m.get("role") == "context" for m in request.get("messages") or []
+    )
+    if has_context and rules.passthrough:
+        raise Rejected(400, "This config passes the conversation through; it takes no context.", "guardrails.context")
+
+
+def validate(request: dict, rules_for: Callable[[str], Optional[ConfigRules]], default_id: Optional[str], *, user_last: bool = True) -> None:
+    """Validate a parsed request against the rules of the configs it names. ``user_last``:
+    a chat request must end with the user; a rails-only check (/v1/checks) need not."""
+    check_strings(request)
+    ids = config_ids(request) or ([default_id] if default_id else [])
+    if not ids:
+        raise Rejected(400, "No guardrails config id given and the server has no default.", "guardrails.config_id")
+    for config_id in ids:
+        if rules_for(config_id) is None:
+            raise Rejected(404, f"No guardrails config named '{config_id}'.", "guardrails.config_id", "config_not_found")
+    # Several configs: the strictest of their limits, the models all of them serve.
+    each = [rules_for(i) for i in ids]
+    rules = ConfigRules(
+        limits=RequestLimits(**{name: min(getattr(r.limits, name) for r in each) for name in RequestLimits.model_fields}),
+        models=frozenset.intersection(*(r.models for r in each)),
+        passthrough=any(r.passthrough for r in each),
+        tool_results=all(r.tool_results for r in each),
+    )
+    check_messages(request.get("messages"), rules.limits, user_last=user_last, tool_last=rules.tool_results)
+    check_parameters(request, rules)

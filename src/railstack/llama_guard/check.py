@@ -1,0 +1,41 @@
+"""The llama_guard rail: Llama Guard 3/4 or ShieldGemma on the client's last turn and on the answer."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from railstack.core import CheckContext, Runtime, Verdict
+
+
+def engine(runtime: Runtime) -> Any:
+    from railstack.engines.pool import pool
+    from railstack.llama_guard.model import SafetyModel, engine_key
+
+    return pool.get(runtime, "llama_guard", engine_key(runtime.settings.llama_guard), SafetyModel)
+
+
+async def check(text: str, ctx: CheckContext) -> Verdict:
+    if ctx.source == "input":
+        judged, dialogue = "user", ctx.dialogue or (("user", text),)
+    elif ctx.source == "output":
+        # The answer (or a streamed chunk of it with NeMo's look-back) after the turns before it;
+        # the format judges an Agent turn after a User turn, even an unknown (empty) one.
+        before = ctx.dialogue if any(role == "user" for role, _ in ctx.dialogue) else (("user", ""),)
+        judged, dialogue = "assistant", (*before, ("assistant", text))
+    else:
+        raise ValueError(f"llama_guard judges conversations and answers, not {ctx.source} text")
+    settings = ctx.settings.llama_guard
+    found = await ctx.resource.assess(dialogue, judged)
+    categories = [{"code": code, "name": name} for code, name in found.categories]
+    facts = {
+        "model": settings.model,
+        "family": ctx.resource.family.name,
+        "categories": categories,
+        "prompt_tokens": found.prompt_tokens,
+        "dropped_turns": found.dropped_turns,
+        "cached": found.cached,
+    }
+    if found.score < settings.threshold:
+        return Verdict.allow(score=found.score, **facts)
+    named = ", ".join(f"{c['code']} {c['name'] or '(not in the policy)'}" for c in categories) or "no category given"
+    return Verdict.block(f"unsafe ({named}); score {found.score:.3f} >= {settings.threshold:g}", score=found.score, **facts)

@@ -1,0 +1,193 @@
+"""Every NeMo Guardrails internal railstack relies on, in one place (written against 0.24.1).
+
+Public API is used where NeMo has one (``register_action``, ``register_action_param``,
+``update_llm``, ``RailOutcome``); the rest are internals that a NeMo release may change. Each is
+named here, and ``railstack.nemo.selfcheck`` proves at start-up that they still behave as
+railstack assumes, refusing to start otherwise.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib.metadata
+import logging
+import sys
+from typing import Any, Callable, Iterator, Optional
+
+from nemoguardrails.actions import action  # noqa: F401 - the decorator of the one railstack action
+from nemoguardrails.actions.rail_outcome import RailOutcome, TransformTarget  # noqa: F401
+
+NEMO_VERSION = importlib.metadata.version("nemoguardrails")
+
+
+class IncompatibleNeMo(RuntimeError):
+    """A NeMo internal railstack hooks into does not behave as railstack needs."""
+
+    def __init__(self, hook: str, problem: str):
+        super().__init__(
+            f"railstack cannot run on nemoguardrails {NEMO_VERSION}: {hook}: {problem}. railstack supports "
+            "nemoguardrails 0.24.x; install that version (pip install 'nemoguardrails[server]>=0.24,<0.25')."
+        )
+        self.hook = hook
+
+
+# -- parsed Colang 1.0 flows ---------------------------------------------------------------------
+# RailsConfig.flows is a list of dicts: {"id", "elements": [{"_type": ..., ...}]}; an action
+# element has "action_name" and "action_params", a call of a flow "_type": "flow" and "flow_name",
+# a subflow a "meta" element with {"subflow": True}.
+
+
+def flows_by_id(config: Any) -> dict[str, dict]:
+    return {flow.get("id"): flow for flow in config.flows}
+
+
+def elements(flow: dict) -> Iterator[dict]:
+    for element in flow.get("elements", []):
+        if isinstance(element, dict):
+            yield element
+
+
+def is_subflow(flow: dict) -> bool:
+    return any(e.get("_type") == "meta" and (e.get("meta") or {}).get("subflow") for e in elements(flow))
+
+
+# -- streaming -----------------------------------------------------------------------------------
+
+
+def streaming_handler_active() -> bool:
+    """Whether a streaming handler serves the current generation (NeMo's ``streaming_handler_var``)."""
+    from nemoguardrails.context import streaming_handler_var
+
+    return streaming_handler_var.get() is not None
+
+
+def streamed_answer_in_full(events: Optional[list], config: Any) -> bool:
+    """Whether an output-rail call is the one NeMo's flows run on the whole answer after streaming
+    it (its verdict is discarded; each chunk was checked already). NeMo calls the chunk checks
+    directly, without events; the whole-answer check runs through the flows, with them."""
+    streaming = getattr(getattr(getattr(config, "rails", None), "output", None), "streaming", None)
+    return events is not None and streaming_handler_active() and bool(getattr(streaming, "enabled", False))
+
+
+def check_chunks_before_sending(config: Any) -> None:
+    """A chunk NeMo streams before its output rails judge it reaches the client even when they block it."""
+    config.rails.output.streaming.stream_first = False
+
+
+def stream_first_set_by_config(config: Any) -> bool:
+    return "stream_first" in config.rails.output.streaming.model_fields_set
+
+
+# -- an LLMRails instance ------------------------------------------------------------------------
+
+
+def after_model_setup(app: Any, then: Callable[[], None]) -> None:
+    """Call ``then`` whenever ``app`` (an LLMRails) has set its main model: NeMo calls a config's
+    ``init`` before it builds the models and offers no hook after (its ``_init_llms``), and
+    ``RunnableRails(config) | model`` swaps the model in later through ``update_llm``."""
+
+    def wrapped(step: Callable[..., None]) -> Callable[..., None]:
+        @functools.wraps(step)
+        def run(*args: Any, **kwargs: Any) -> None:
+            step(*args, **kwargs)
+            then()
+
+        return run
+
+    if not callable(getattr(app, "_init_llms", None)):
+        raise IncompatibleNeMo("LLMRails._init_llms", "missing: the main model cannot be gated")
+    app._init_llms = wrapped(app._init_llms)
+    app.update_llm = wrapped(app.update_llm)
+
+
+def replace_main_model(app: Any, model: Any) -> None:
+    """Make ``model`` the main model everywhere NeMo keeps it: the instance, the ``llm`` action
+    parameter and the generation actions (made after the models)."""
+    app.llm = model
+    app.runtime.register_action_param("llm", model)
+    generation = getattr(app, "_llm_generation_actions", None)
+    if generation is not None:
+        generation.llm = model
+
+
+def wrap_generate(app: Any, around: Callable[[], Any]) -> None:
+    """Run each ``generate_async`` call of ``app`` (``stream_async`` makes one too) inside the
+    context manager ``around()``."""
+    generate = app.generate_async
+
+    @functools.wraps(generate)
+    async def wrapped(*args: Any, **kwargs: Any) -> Any:
+        with around():
+            return await generate(*args, **kwargs)
+
+    app.generate_async = wrapped
+
+
+def config_path(app: Any) -> str:
+    return (app.config.config_path or "").split(",")[0].strip()
+
+
+# -- models --------------------------------------------------------------------------------------
+
+
+def llm_response(content: str) -> Any:
+    from nemoguardrails.types import LLMResponse
+
+    return LLMResponse(content=content, finish_reason="stop")
+
+
+def llm_response_chunk(content: str) -> Any:
+    from nemoguardrails.types import LLMResponseChunk
+
+    return LLMResponseChunk(delta_content=content, finish_reason="stop")
+
+
+def chat_messages(messages: list[dict]) -> list[Any]:
+    from nemoguardrails.types import ChatMessage, Role
+
+    return [ChatMessage(role=Role(m["role"]), content=m["content"]) for m in messages]
+
+
+def chat_endpoint(llm: Any) -> Optional[tuple[Any, str]]:
+    """NeMo's OpenAI-compatible chat client under the main model's wrappers (railstack's gate,
+    NeMo's instrumentation: ``_inner``/``_model``), and the model name; None for another model."""
+    seen = llm
+    for _ in range(4):
+        client = getattr(seen, "__dict__", {}).get("_client")
+        if client is not None and hasattr(client, "chat_completion"):
+            return client, seen.model_name
+        inner = getattr(seen, "__dict__", {}).get("_inner") or getattr(seen, "__dict__", {}).get("_model")
+        if inner is None or isinstance(inner, str):
+            return None
+        seen = inner
+    return None
+
+
+# -- the server ----------------------------------------------------------------------------------
+
+
+def request_headers() -> dict[str, str]:
+    """The current request's headers as NeMo's server keeps them (its ``api_request_headers``);
+    none outside the server."""
+    api = sys.modules.get("nemoguardrails.server.api")
+    headers = api.api_request_headers.get(None) if api is not None else None
+    return {k.lower(): v for k, v in headers.items()} if headers is not None else {}
+
+
+def wrap_asgi_stack(app: Any, wrap: Callable[[Any], Any], ours: tuple[type, ...]) -> None:
+    """Put ``wrap(stack)`` in front of the server app's middleware stack. Starlette has built its
+    stack by the time the lifespan runs (``add_middleware`` is refused then); the app lives as
+    long as the process, so a second start-up replaces railstack's layers rather than nesting."""
+    stack = app.middleware_stack or app.build_middleware_stack()  # None until the app's first call
+    while isinstance(stack, ours):
+        stack = stack.app
+    app.middleware_stack = wrap(stack)
+
+
+def quiet_verbose_log() -> None:
+    """Remove the console handler NeMo's verbose mode adds to the root logger."""
+    from nemoguardrails.logging.verbose import VerboseHandler
+
+    root = logging.getLogger()
+    for handler in [h for h in root.handlers if isinstance(h, VerboseHandler)]:
+        root.removeHandler(handler)

@@ -1,0 +1,68 @@
+"""The per-config hook: a config's config.py does ``from railstack.nemo import init``."""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+from typing import Any
+
+from railstack.core import Runtime, runtimes
+from railstack.core.request import one_request
+from railstack.nemo import compat
+from railstack.nemo.flows import rails_named_in_flows
+from railstack.settings import parse_settings
+
+
+def init(app: Any) -> None:
+    """Called by NeMo with the ``LLMRails`` of a config that imports it.
+
+    Validates the config's railstack settings and the rails its flows name (a bad key or an
+    unknown rail stops the config from loading), builds each rail's resources, and gives
+    every railstack action the config's runtime.
+    """
+    from railstack.nemo.action import railstack_rails
+
+    # The config's id (its dir's name) scopes per-client state such as rate-limit buckets.
+    runtime = runtimes.get(parse_settings(app.config.custom_data), Path(compat.config_path(app)).name or "config")
+    runtime.prepare(rails_named_in_flows(app.config))
+    app.register_action_param("railstack_runtime", runtime)
+
+    # Bound as well as injected: NeMo's streaming output rails call the action directly,
+    # without injecting registered parameters. (wraps keeps the signature NeMo inspects.)
+    @functools.wraps(railstack_rails)
+    async def bound(*args: Any, **kwargs: Any) -> Any:
+        kwargs["railstack_runtime"] = runtime
+        return await railstack_rails(*args, **kwargs)
+
+    app.register_action(bound, name="railstack_rails")
+    _check_before_streaming(app.config, runtime)
+    _gate_main_model(app, runtime)
+    # For the latency budgets each generate_async call of a Python caller is one request;
+    # behind the HTTP layer the HTTP request already is.
+    compat.wrap_generate(app, one_request)
+    if not runtime.settings.logging.nemo_verbose:
+        compat.quiet_verbose_log()
+
+
+def _check_before_streaming(config: Any, runtime: Runtime) -> None:
+    """With railstack rails on the output, a chunk they would block must not reach the client.
+    A config that sets ``stream_first`` itself keeps its choice."""
+    streaming = config.rails.output.streaming
+    if streaming is None or not streaming.enabled or compat.stream_first_set_by_config(config):
+        return
+    if any(runtime.settings.enabled(name) for name in rails_named_in_flows(config, ("output",))):
+        compat.check_chunks_before_sending(config)
+
+
+def _gate_main_model(app: Any, runtime: Runtime) -> None:
+    """Put the main model behind this config's main stage (``railstack.overload``), whatever
+    model NeMo's set-up or ``RunnableRails`` gives the instance."""
+    from railstack.overload.gate import GatedModel, main_stage
+
+    stage = main_stage(runtime)
+
+    def gate() -> None:
+        if app.llm is not None and not isinstance(app.llm, GatedModel):
+            compat.replace_main_model(app, GatedModel(app.llm, stage, runtime.scope))
+
+    compat.after_model_setup(app, gate)

@@ -1,0 +1,165 @@
+"""Prompt Guard 1 and 2, run locally with transformers.
+
+- The checkpoint says which it is: three labels BENIGN/INJECTION/JAILBREAK is Prompt Guard 1
+  (``meta-llama/Prompt-Guard-86M``), two labels is Prompt Guard 2 (``Llama-Prompt-Guard-2-86M``
+  and ``-22M``). Scores follow Meta's definitions over softmax(logits / temperature): PG1
+  jailbreak = p[JAILBREAK], injection = p[INJECTION] + p[JAILBREAK]; PG2 both = p[malicious].
+- Long inputs are cut into windows of at most 512 tokens from the token ids (never by decoding
+  and re-encoding, which PG2's tokenizer does not round-trip); an input's score is the maximum
+  over its windows, and every window goes through the model's micro-batcher.
+- PG1 was evaded by spacing letters out ("I g n o r e"). As Meta's fix does, the text is
+  tokenized with its whitespace removed and a space token is put back between two tokens
+  wherever the original had whitespace between them. PG2's tokenizer handles it itself.
+- Scores (not verdicts) are cached per model by a digest of the exact text, so a threshold
+  change never reuses a stale verdict and two models never share an entry.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any, Optional
+
+from railstack.overload.stages import Stage
+from railstack.engines.batcher import Batcher
+from railstack.engines.cache import ScoreCache
+from railstack.engines.loading import load_checkpoint
+from railstack.prompt_guard.settings import PromptGuardSettings
+
+log = logging.getLogger("railstack.prompt_guard")
+
+MAX_TOKENS = 512
+PG1_LABELS = ("BENIGN", "INJECTION", "JAILBREAK")
+
+
+class NotPromptGuard(ValueError):
+    """The checkpoint is not a Prompt Guard classifier."""
+
+
+@dataclass(frozen=True)
+class Scores:
+    jailbreak: float
+    injection: float
+    windows: int
+
+
+class PromptGuard:
+    """One loaded Prompt Guard checkpoint with its micro-batcher and score cache."""
+
+    def __init__(self, settings: PromptGuardSettings, stage: Optional[Stage] = None):
+        from transformers import AutoModelForSequenceClassification
+
+        self.settings = settings
+        self.tokenizer, self.model, self.device, self.precision = load_checkpoint(
+            settings, "prompt_guard", AutoModelForSequenceClassification
+        )
+        self.scheme = _scheme(self.model.config, settings.model)
+        if not self.tokenizer.is_fast:
+            raise NotPromptGuard(f"prompt_guard: {settings.model!r} has no fast tokenizer (needed for offsets)")
+        self.prefix, self.suffix = _special_tokens(self.tokenizer)
+        self.body = MAX_TOKENS - len(self.prefix) - len(self.suffix)
+        self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
+        self.space_id = self._space_token() if self.scheme == "pg1" else None
+        self.cache = ScoreCache(settings.cache_size)
+        self.batcher: Batcher[tuple[int, ...], list[float]] = Batcher(
+            f"prompt-guard:{settings.model}",
+            self.probabilities,
+            length=len,
+            max_batch=settings.max_batch or (64 if self.device.startswith("cuda") else 8),
+            max_delay_s=settings.max_delay_ms / 1000,
+            stage=stage,
+        )
+        self.probabilities([self._with_specials(self.token_ids("warm-up"))])  # first forward off the request path
+        log.info("prompt_guard: loaded %s (%s) on %s in %s", settings.model, self.scheme, self.device, self.precision)
+
+    def _space_token(self) -> int:
+        space = self.tokenizer.convert_tokens_to_ids("\u2581")
+        if space is None or space == self.tokenizer.unk_token_id:
+            raise NotPromptGuard(f"prompt_guard: {self.settings.model!r}: PG1's tokenizer has no space token")
+        return space
+
+    def token_ids(self, text: str) -> list[int]:
+        """The text's token ids, without special tokens; for PG1 with the whitespace defence."""
+        if self.scheme != "pg1":
+            return self.tokenizer(text, add_special_tokens=False)["input_ids"]
+        kept = [i for i, ch in enumerate(text) if not ch.isspace()]
+        squeezed = "".join(text[i] for i in kept)
+        encoded = self.tokenizer(squeezed, add_special_tokens=False, return_offsets_mapping=True)
+        ids: list[int] = []
+        previous_end: Optional[int] = None  # in the original text
+        for token, (start, end) in zip(encoded["input_ids"], encoded["offset_mapping"]):
+            if end > start:
+                first, last = kept[start], kept[end - 1]
+                if previous_end is not None and any(ch.isspace() for ch in text[previous_end:first]):
+                    ids.append(self.space_id)
+                previous_end = last + 1
+            ids.append(token)
+        return ids
+
+    def windows(self, text: str) -> list[tuple[int, ...]]:
+        """Model inputs of at most 512 tokens that cover the text's tokens, each once, in order."""
+        ids = self.token_ids(text)
+        return [self._with_specials(ids[i : i + self.body]) for i in range(0, len(ids), self.body)]
+
+    def _with_specials(self, ids: list[int]) -> tuple[int, ...]:
+        return (*self.prefix, *ids, *self.suffix)
+
+    def probabilities(self, batch: list[tuple[int, ...]]) -> list[list[float]]:
+        """softmax(logits / T) of each window: one padded forward pass (on the worker thread)."""
+        import torch
+
+        width = max(len(w) for w in batch)
+        ids = torch.full((len(batch), width), self.pad_id, dtype=torch.long)
+        mask = torch.zeros((len(batch), width), dtype=torch.long)
+        for row, window in enumerate(batch):
+            ids[row, : len(window)] = torch.tensor(window)
+            mask[row, : len(window)] = 1
+        with torch.inference_mode():
+            logits = self.model(input_ids=ids.to(self.device), attention_mask=mask.to(self.device)).logits
+        return torch.softmax(logits.float() / self.settings.temperature, dim=-1).cpu().tolist()
+
+    def scores_of(self, probabilities: list[list[float]]) -> Scores:
+        if self.scheme == "pg1":
+            jailbreak = max((p[2] for p in probabilities), default=0.0)
+            injection = max((p[1] + p[2] for p in probabilities), default=0.0)
+        else:
+            jailbreak = injection = max((p[1] for p in probabilities), default=0.0)
+        return Scores(jailbreak, injection, len(probabilities))
+
+    async def scores(self, text: str) -> tuple[Scores, bool]:
+        """The text's scores, and whether they came from the cache."""
+        cached = self.cache.get(text)
+        if cached is not None:
+            return cached, True
+        found = self.scores_of(await self.batcher.score(self.windows(text)))
+        self.cache.put(text, found)
+        return found, False
+
+
+def _scheme(config: Any, model: str) -> str:
+    labels = tuple(str(config.id2label[i]).upper() for i in range(config.num_labels))
+    if labels == PG1_LABELS:
+        return "pg1"
+    if config.num_labels == 2:
+        return "pg2"
+    raise NotPromptGuard(
+        f"prompt_guard: {model!r} is not a Prompt Guard checkpoint: labels {list(labels)}, expected "
+        f"{list(PG1_LABELS)} (Prompt Guard 1) or two labels (Prompt Guard 2)"
+    )
+
+
+def _special_tokens(tokenizer: Any) -> tuple[list[int], list[int]]:
+    """What the tokenizer puts before and after a text's own ids ([CLS] and [SEP] for DeBERTa)."""
+    plain = tokenizer("a", add_special_tokens=False)["input_ids"]
+    full = tokenizer("a")["input_ids"]
+    for start in range(len(full) - len(plain) + 1):
+        if full[start : start + len(plain)] == plain:
+            return full[:start], full[start + len(plain) :]
+    raise NotPromptGuard("prompt_guard: cannot tell the tokenizer's special tokens apart")
+
+
+def engine_key(settings: PromptGuardSettings) -> tuple:
+    """What makes two configs' Prompt Guard one engine: the same model, device, precision,
+    batching, cache and temperature (thresholds apply per config, after the scores)."""
+    return (settings.model, settings.device, settings.precision, settings.max_batch, settings.max_delay_ms,
+            settings.cache_size, settings.temperature)

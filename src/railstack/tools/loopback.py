@@ -1,0 +1,166 @@
+"""A loopback OpenAI-compatible main model, for the tests, the benchmarks and ``railstack profile``.
+
+It answers ``/v1/chat/completions`` (streaming and not, ``n`` choices), counts its calls, keeps
+the request bodies and arrival times, waits ``latency_s`` before the first token (watching for
+the client leaving) and ``token_delay_s`` between streamed tokens, and counts the answers their
+client abandoned, so callers can tell whether, when and how the guarded model was reached.
+
+    python -m railstack.tools.loopback [PORT] [--latency S] [--token-delay S]
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+import uvicorn
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.routing import Route
+
+
+def start_loopback(app: Any, port: int = 0) -> tuple[uvicorn.Server, threading.Thread, int]:
+    """Serve an ASGI app on 127.0.0.1 from a daemon thread; returns once it accepts connections."""
+    sock = socket.socket()
+    # Connections inherit it: without it every answer waits ~40 ms for a delayed ACK.
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    sock.bind(("127.0.0.1", port))
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="off"))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 10
+    while not server.started:
+        if time.monotonic() > deadline:
+            raise RuntimeError("a loopback server did not start in 10 s")
+        time.sleep(0.01)
+    return server, thread, sock.getsockname()[1]
+
+
+@dataclass
+class LoopbackModel:
+    reply: str = "Paris is the capital of France."
+    latency_s: float = 0.0
+    token_delay_s: float = 0.0
+    honours_n: bool = True  # answers a request's `n` with that many choices, as OpenAI's API does
+    requests: list[dict[str, Any]] = field(default_factory=list)
+    arrived: list[float] = field(default_factory=list)  # time.monotonic() of each request
+    abandoned: int = 0  # requests whose client went away before the whole answer was sent
+    abandoned_tokens: int = 0  # tokens those answers had streamed by then: generated for nothing
+    _server: Any = None
+    _thread: Any = None
+    port: int = 0
+
+    @property
+    def calls(self) -> int:
+        return len(self.requests)
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/v1"
+
+    async def _chat(self, request: Request):
+        body = await request.json()
+        self.requests.append(body)
+        self.arrived.append(time.monotonic())
+        deadline = time.monotonic() + self.latency_s
+        while time.monotonic() < deadline:  # the time to the first token, watching for the client leaving
+            if await request.is_disconnected():
+                self.abandoned += 1
+                return Response(status_code=499)
+            await asyncio.sleep(min(0.005, max(deadline - time.monotonic(), 0)))
+        cid = f"chatcmpl-{uuid.uuid4().hex}"
+        model = body.get("model", "main")
+        if not body.get("stream"):
+            return JSONResponse(
+                {
+                    "id": cid,
+                    "object": "chat.completion",
+                    "created": int(time.time()),
+                    "model": model,
+                    "choices": [
+                        {"index": i, "message": {"role": "assistant", "content": self.reply}, "finish_reason": "stop"}
+                        for i in range(int(body.get("n") or 1) if self.honours_n else 1)
+                    ],
+                    "usage": {"prompt_tokens": 10, "completion_tokens": 7, "total_tokens": 17},
+                }
+            )
+
+        async def events():
+            sent, tokens = False, 0
+            try:
+                async for frame in frames():
+                    yield frame
+                    tokens += 1
+                sent = True
+            finally:
+                if not sent:  # Starlette stops the generator when the client goes away
+                    self.abandoned += 1
+                    self.abandoned_tokens += tokens
+
+        async def frames():
+            words = self.reply.split(" ")
+            for i, word in enumerate(words):
+                piece = word if i == 0 else " " + word
+                chunk = {
+                    "id": cid,
+                    "object": "chat.completion.chunk",
+                    "created": int(time.time()),
+                    "model": model,
+                    "choices": [{"index": 0, "delta": {"role": "assistant", "content": piece}, "finish_reason": None}],
+                }
+                yield f"data: {json.dumps(chunk)}\n\n"
+                await asyncio.sleep(self.token_delay_s)
+            done = {
+                "id": cid,
+                "object": "chat.completion.chunk",
+                "created": int(time.time()),
+                "model": model,
+                "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}],
+            }
+            yield f"data: {json.dumps(done)}\n\n"
+            yield "data: [DONE]\n\n"
+
+        return StreamingResponse(events(), media_type="text/event-stream")
+
+    async def _models(self, request: Request):
+        return JSONResponse({"object": "list", "data": [{"id": "main", "object": "model", "owned_by": "tests"}]})
+
+    def app(self) -> Starlette:
+        return Starlette(
+            routes=[
+                Route("/v1/chat/completions", self._chat, methods=["POST"]),
+                Route("/v1/models", self._models, methods=["GET"]),
+            ]
+        )
+
+    def start(self, port: int = 0) -> "LoopbackModel":
+        self._server, self._thread, self.port = start_loopback(self.app(), port)
+        return self
+
+    def stop(self) -> None:
+        self._server.should_exit = True
+        self._thread.join(timeout=5)
+
+
+def main() -> None:
+    import argparse
+
+    parser = argparse.ArgumentParser(description="a loopback OpenAI-compatible main model")
+    parser.add_argument("port", nargs="?", type=int, default=8000)
+    parser.add_argument("--latency", type=float, default=0.0, help="seconds before the first token")
+    parser.add_argument("--token-delay", type=float, default=0.0, help="seconds between streamed tokens")
+    args = parser.parse_args()
+    model = LoopbackModel(latency_s=args.latency, token_delay_s=args.token_delay).start(args.port)
+    print(f"loopback main model on {model.base_url}; Ctrl-C stops it", flush=True)
+    model._thread.join()
+
+
+if __name__ == "__main__":
+    main()
