@@ -54,7 +54,7 @@ async def decision_cost(engine: str, redis_url: str, n: int) -> tuple[float, flo
         await adm.decide(f"id:c{i % 1000}", 10)
         samples.append((time.perf_counter_ns() - start) / 1000)
     if engine == "redis":
-        await adm.engine.close()
+        await adm.store.close()
     return percentile(samples, 50), percentile(samples, 99)
 
 
@@ -73,7 +73,7 @@ async def offer(engine: str, redis_url: str, start_at: float, duration: float, r
         admitted += (await adm.decide("id:flood", 1)).allowed
         i += 1
     if engine == "redis":
-        await adm.engine.close()
+        await adm.store.close()
     return admitted
 
 
@@ -114,7 +114,7 @@ async def flood_memory(n: int) -> tuple[float, int]:
     for i in range(n):
         await adm.decide(f"id:{i}", 1)
     gc.collect()
-    return rss_mb() - before, len(adm.engine)
+    return rss_mb() - before, adm.store.clients
 
 
 def start_redis() -> tuple[subprocess.Popen, str]:

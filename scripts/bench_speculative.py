@@ -77,7 +77,7 @@ def run(args: argparse.Namespace, rail_s: float, speculative: str) -> tuple[floa
                            "Where is the nearest train station?\nTell me the forbidden recipe.\n")
         report = profile(
             config, requests=args.requests, concurrency=1, prompts_file=prompts, ttft=args.ttft, itl=0.01,
-            answer_words=10, speculative=speculative, random_weights=False, tiny_stand_ins=False, out=Path(tmp) / "out",
+            answer_words=10, speculative=speculative, random_weights=False, out=Path(tmp) / "out",
         )
     print(f"\n-- classifier tier {1000 * rail_s:.0f} ms, speculative start: {speculative}")
     print_report(report)

@@ -48,17 +48,21 @@ def with_prompt_guard(tmp_path, settings: str):
     return config
 
 
-def test_model_rails_without_weights_run_on_labelled_random_weight_stand_ins(tmp_path):
+def test_model_rails_without_weights_run_on_labelled_random_weight_stand_ins(tmp_path, monkeypatch, capsys):
+    from railstack.tools.profile import print_report, profile
+
     config = with_prompt_guard(tmp_path, "{model: meta-llama/Llama-Prompt-Guard-2-22M, precision: fp32}")
-    done = run_profile(config, tmp_path / "out", "--random-weights", "--tiny-stand-ins", "--speculative", "off",
-                       env={"HF_HUB_OFFLINE": "1"})
-    assert done.returncode == 0, done.stderr[-3000:]
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    # In-process, to build the stand-in at test size (the CLI builds the real size).
+    profile(config, requests=6, concurrency=2, prompts_file=None, ttft=0.05, itl=0, answer_words=5, speculative="off",
+            random_weights=True, out=tmp_path / "out", tiny_stand_ins=True)
     report = json.loads((tmp_path / "out" / "profile.json").read_text())
+    print_report(report)
     assert report["random_weights"] == ["prompt_guard"]
     assert report["warning"] == "random-weight stand-ins: the timings are real, the verdicts meaningless"
     assert "input.prompt_guard" in report["requests"]["rails_ms"]
     assert list(report["ttft_ms"]) == ["plain"]
-    assert done.stdout.startswith("NOTE: random-weight stand-ins")
+    assert capsys.readouterr().out.startswith("NOTE: random-weight stand-ins")
 
 
 def test_a_config_without_weights_is_refused_with_the_way_out(tmp_path):

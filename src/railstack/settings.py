@@ -118,12 +118,17 @@ class _Tree(BaseSettings):
         return self._own(rail).enabled
 
 
-RailstackSettings = create_model(
-    "RailstackSettings",
-    __base__=_Tree,
-    __doc__="The one settings tree of the pack: ``custom_data.railstack``.",
-    **{name: (section, Field(default_factory=section)) for name, section in RAIL_SECTIONS.items()},
-)
+def tree(sections: Mapping[str, type[RailPolicy]]) -> type[_Tree]:
+    """The settings tree with a section for each rail in ``sections``."""
+    return create_model(
+        "RailstackSettings",
+        __base__=_Tree,
+        __doc__="The one settings tree of the pack: ``custom_data.railstack``.",
+        **{name: (section, Field(default_factory=section)) for name, section in sections.items()},
+    )
+
+
+RailstackSettings = tree(RAIL_SECTIONS)
 
 
 def _env_name(loc: tuple) -> str:

@@ -39,7 +39,9 @@ class LocalBuckets:
         self.max_clients = max_clients
         self._buckets: OrderedDict[str, tuple[AsyncLimiter, AsyncLimiter, Limits, float]] = OrderedDict()
 
-    def __len__(self) -> int:
+    @property
+    def clients(self) -> int:
+        """How many clients' buckets are held: what the memory bound counts."""
         return len(self._buckets)
 
     async def acquire(self, key: str, limits: Limits, cost: int) -> Quota:

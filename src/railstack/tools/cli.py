@@ -91,7 +91,6 @@ def main(argv: Optional[list[str]] = None) -> int:
                            help="time to first token with speculative start off, on, or both")
     p_profile.add_argument("--random-weights", action="store_true",
                            help="model rails without weights run on random-weight stand-ins (timing only)")
-    p_profile.add_argument("--tiny-stand-ins", action="store_true", help=argparse.SUPPRESS)  # for the tests
     p_profile.add_argument("--out", type=Path, default=Path("railstack-profile"), help="where profile.json/png go")
     args = parser.parse_args(argv)
 
@@ -120,7 +119,7 @@ def _profile(args: argparse.Namespace) -> int:
         report = profile(
             args.config_dir, requests=args.requests, concurrency=args.concurrency, prompts_file=args.prompts,
             ttft=args.ttft, itl=args.itl, answer_words=args.answer_words, speculative=args.speculative,
-            random_weights=args.random_weights, tiny_stand_ins=args.tiny_stand_ins, out=args.out,
+            random_weights=args.random_weights, out=args.out,
         )
     except (RuntimeError, ValueError, FileNotFoundError) as exc:
         print(f"railstack: {exc}", file=sys.stderr)

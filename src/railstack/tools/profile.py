@@ -190,8 +190,10 @@ def _summary(results: list[dict]) -> dict[str, Any]:
 
 def profile(
     config_dir: Path, *, requests: int, concurrency: int, prompts_file: Optional[Path], ttft: float, itl: float,
-    answer_words: int, speculative: str, random_weights: bool, tiny_stand_ins: bool, out: Path,
+    answer_words: int, speculative: str, random_weights: bool, out: Path, tiny_stand_ins: bool = False,
 ) -> dict[str, Any]:
+    """Serve ``config_dir`` and measure it (see the module docstring); ``tiny_stand_ins`` shrinks the
+    random-weight stand-ins to test size, keeping their architecture."""
     from railstack.tools.loopback import LoopbackModel
 
     config_dir = config_dir.resolve()  # its name is the config id, also for "."
