@@ -9,14 +9,14 @@ which is how deployments swap model paths and service URLs without editing a con
 from __future__ import annotations
 
 import os
-from typing import Any, Literal, Mapping, Optional
+from typing import Any, Mapping, Optional
 
 from pydantic import Field, ValidationError, create_model, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 from pydantic_settings import SettingsError as EnvParseError
 
 from railstack.admission.settings import AdmissionSettings
-from railstack.core.settings import Defaults, RailPolicy, SettingsError, Strict
+from railstack.core.settings import Defaults, Policy, RailPolicy, SettingsError, Strict
 from railstack.hallucination.settings import HallucinationSettings
 from railstack.heuristics.settings import HeuristicsSettings
 from railstack.http.settings import RequestLimits
@@ -106,10 +106,9 @@ class _Tree(BaseSettings):
         section = getattr(self, rail, None)
         return section if isinstance(section, RailPolicy) else self.rails.get(rail, RailPolicy())
 
-    def policy(self, rail: str) -> tuple[float, Literal["closed", "open"]]:
-        """The effective (timeout, failure policy) of a rail."""
+    def policy(self, rail: str) -> Policy:
         own = self._own(rail)
-        return (
+        return Policy(
             own.timeout_s if own.timeout_s is not None else self.defaults.timeout_s,
             own.on_failure or self.defaults.on_failure,
         )

@@ -6,14 +6,12 @@ import asyncio
 import logging
 import time
 from dataclasses import replace
-from typing import Any, Callable, Literal
+from typing import Any, Callable
 
+from railstack.core.settings import OnFailure
 from railstack.core.types import CheckContext, Decision, Outcome, Rail, Shed, Verdict
 
 log = logging.getLogger("railstack.decisions")
-
-OnFailure = Literal["closed", "open"]
-
 
 def not_run(rail: Rail, ctx_source: str, verdict: Outcome) -> Decision:
     return Decision(rail.name, rail.tier.name.lower(), ctx_source, verdict, None, None, 0.0)  # type: ignore[arg-type]

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Literal, Optional
+from typing import Literal, NamedTuple, Optional
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -21,6 +21,16 @@ class RailPolicy(Strict):
     enabled: bool = True
     timeout_s: Optional[float] = Field(default=None, gt=0, le=600)
     on_failure: Optional[Literal["closed", "open"]] = None
+
+
+OnFailure = Literal["closed", "open"]
+
+
+class Policy(NamedTuple):
+    """How a rail runs, resolved: its own setting, else the defaults."""
+
+    timeout_s: float
+    on_failure: OnFailure
 
 
 class Defaults(Strict):

@@ -4,7 +4,7 @@ names it, each together with the bounded stage in front of it."""
 from __future__ import annotations
 
 import threading
-from typing import Any, Callable, Optional, Protocol, Sequence, TypeVar
+from typing import Any, Callable, NamedTuple, Optional, Protocol, Sequence, TypeVar
 
 from railstack.overload.stages import Stage, stages
 
@@ -25,10 +25,16 @@ class ConflictingStages(ValueError):
 Built = TypeVar("Built")
 
 
+class _StageOwner(NamedTuple):
+    stage: Optional[Stage]  # None: backpressure is off for it
+    settings: Any  # the backpressure settings it was made with
+    owner: str  # the config that made it
+
+
 class EnginePool:
     def __init__(self) -> None:
         self._entries: dict[tuple, Any] = {}
-        self._stages: dict[str, tuple[Optional[Stage], Any, str]] = {}  # name -> (stage, its settings, owner)
+        self._stages: dict[str, _StageOwner] = {}
         self._lock = threading.RLock()
 
     def stage(self, runtime: Any, engine: str) -> Optional[Stage]:
@@ -40,7 +46,7 @@ class EnginePool:
         with self._lock:
             if name not in self._stages:
                 made = stages.get(name, bp.engines, bp) if bp.enabled else None
-                self._stages[name] = (made, wanted, runtime.scope)
+                self._stages[name] = _StageOwner(made, wanted, runtime.scope)
             stage, settings, owner = self._stages[name]
             if settings != wanted:
                 raise ConflictingStages(

@@ -9,6 +9,7 @@ from typing import Awaitable, Callable, Optional
 from railstack.admission.quota import Quota
 from railstack.admission.service import Admission
 from railstack.core.request import derive
+from railstack.core.settings import Policy
 from railstack.http.asgi import REQUEST_KEY, config_id_of, context, headers, is_chat, max_tokens, with_headers
 from railstack.http.errors import quota_refusal, send_json
 
@@ -24,12 +25,11 @@ class AdmissionMiddleware:
     def __init__(
         self,
         app: Callable[..., Awaitable[None]],
-        admissions: dict[str, tuple[Admission, float, str]],
+        admissions: dict[str, tuple[Admission, Policy]],
         default_config_id: Callable[[], Optional[str]],
     ):
         self.app = app
-        # config id -> (its Admission, decision timeout in s, failure policy)
-        self.admissions = admissions
+        self.admissions = admissions  # config id -> its Admission, and the admission rail's policy
         self.default_config_id = default_config_id
 
     async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
@@ -39,7 +39,7 @@ class AdmissionMiddleware:
         entry = self.admissions.get(config_id_of(body, self.default_config_id))
         if entry is None:
             return await self.app(scope, receive, send)
-        admission, timeout, on_failure = entry
+        admission, (timeout, on_failure) = entry
 
         key = admission.client_key(headers(scope), context(body))
         try:

@@ -82,8 +82,7 @@ def init(app: Any) -> None:
                 log.info("config '%s' names rails its own actions define; they load with the config", config_id)
             input_rails[config_id] = (runtime, names)
         if settings.admission.enabled:
-            timeout, on_failure = settings.policy("admission")
-            admissions[config_id] = (admission_registry.get(settings.admission, config_id), timeout, on_failure)
+            admissions[config_id] = (admission_registry.get(settings.admission, config_id), settings.policy("admission"))
         stage = main_stage(runtime)  # the same stage object the config's main-model gate uses
         if stage is not None:
             stages[config_id] = stage
