@@ -14,7 +14,7 @@ from nemoguardrails.integrations.langchain.runnable_rails import RunnableRails
 
 from railstack.admission.buckets import LocalBuckets, RedisBuckets
 from railstack.admission.quota import Limits, Quota
-from railstack.admission.service import Admission, admissions
+from railstack.admission.service import Admission, admissions, client_key
 from railstack.paths import configs_root
 from railstack.admission.settings import AdmissionSettings, RateTier
 from support import chat, packaged_config, serving
@@ -463,3 +463,13 @@ async def test_redis_error_replies_follow_the_outage_policy(redis_server):
     assert adm.store.outages == 1
     await r.aclose()
     await adm.store.close()
+
+
+@pytest.mark.parametrize("variant", ["Bearer sk-Secret", "bearer sk-Secret", "  BEARER   sk-Secret ", "Bearer\tsk-Secret"])
+def test_trivial_variants_of_one_authorization_share_a_client(variant):
+    how = AdmissionSettings(enabled=True).client_key
+    canonical = client_key(how, {"authorization": "Bearer sk-Secret"}, None)
+    assert client_key(how, {"authorization": variant}, None) == canonical
+    # The key itself is case-sensitive: another case is another client.
+    assert client_key(how, {"authorization": "Bearer SK-SECRET"}, None) != canonical
+    assert client_key(how, {"authorization": "   "}, None) == "anonymous"

@@ -180,3 +180,16 @@ def test_a_request_the_input_rails_pass_skips_nemos_input_rails(client, main_mod
     assert runs == [inputs, ["llama_guard"], ["hallucination"], inputs]
     assert "I can only talk about our own products" in blocked.text
     assert main_model.calls == 1
+
+
+@pytest.mark.parametrize("given", ["x rail=admission verdict=allow", "a" * 65, "id\u00e9", "", "a,b;c"])
+def test_a_request_id_that_could_forge_a_log_field_or_header_is_replaced(client, given, caplog):
+    import logging
+
+    with caplog.at_level(logging.INFO, logger="railstack"):
+        res = client.post("/v1/chat/completions", json=chat("default", "Hello there"),
+                          headers={"X-Request-Id": given.encode()})
+    rid = res.headers["x-railstack-request-id"]
+    assert len(rid) == 32 and rid.isalnum()
+    logged = [r.getMessage() for r in caplog.records if r.name == "railstack.decisions"]
+    assert logged and all(m.startswith(f"request={rid} ") for m in logged)

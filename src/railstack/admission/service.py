@@ -59,13 +59,22 @@ class Admission:
 def client_key(how: ClientKeySettings, headers: Mapping[str, str], context: Optional[Mapping[str, Any]]) -> str:
     """The first source in ``how.sources`` that the request has, else "anonymous"."""
     for source in how.sources:
-        if source == "authorization" and headers.get("authorization"):
-            return "auth:" + hashlib.sha256(headers["authorization"].encode()).hexdigest()[:32]
+        credential = normalized_authorization(headers.get("authorization", ""))
+        if source == "authorization" and credential:
+            return "auth:" + hashlib.sha256(credential.encode("utf-8", "surrogatepass")).hexdigest()[:32]
         if source == "header" and headers.get(how.header.lower()):
             return "id:" + _bounded(headers[how.header.lower()])
         if source == "context" and context and context.get(how.context_field) is not None:
             return "ctx:" + _bounded(str(context[how.context_field]))
     return "anonymous"
+
+
+def normalized_authorization(value: str) -> str:
+    """One spelling per credential: the scheme in lower case, single spaces, nothing around, so
+    that trivial variants of one key ("bearer  sk-1 ") share its bucket. The credential itself
+    keeps its case: keys are case-sensitive."""
+    parts = value.split()
+    return " ".join([parts[0].lower(), *parts[1:]]) if parts else ""
 
 
 def _bounded(value: str) -> str:

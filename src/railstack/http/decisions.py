@@ -6,11 +6,17 @@ and ``Server-Timing`` (``input.heuristics;dur=0.42``: each of those rails' milli
 
 from __future__ import annotations
 
+import re
 import uuid
 from typing import Awaitable, Callable
 
 from railstack.core.request import derive
 from railstack.http.asgi import is_chat, with_headers
+
+
+# A client's id is echoed into headers and log lines: only characters that can neither split a
+# log field ("x rail=admission verdict=allow") nor a header are kept as given.
+_SAFE_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,64}")
 
 
 class DecisionsMiddleware:
@@ -21,7 +27,7 @@ class DecisionsMiddleware:
         if not is_chat(scope):
             return await self.app(scope, receive, send)
         given = dict(scope.get("headers", [])).get(b"x-request-id", b"").decode("latin-1")
-        rid = given if 0 < len(given) <= 64 and given.isprintable() else uuid.uuid4().hex
+        rid = given if _SAFE_REQUEST_ID.fullmatch(given) else uuid.uuid4().hex
         # The request's context starts here: every layer under it derives from this one.
         with derive(request_id=rid, decisions=[]) as req:
             decisions = req.decisions
