@@ -184,6 +184,28 @@ def wrap_asgi_stack(app: Any, wrap: Callable[[Any], Any], ours: tuple[type, ...]
     app.middleware_stack = wrap(stack)
 
 
+class _WarningsAndRailstack(logging.Filter):
+    """What a console handler NeMo quieted still shows: warnings, and railstack's audit records."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno >= logging.WARNING or record.name == "railstack" or record.name.startswith("railstack.")
+
+
+def keep_railstack_log() -> None:
+    """NeMo's verbose mode (the server builds every config with it) raises each root console
+    handler to WARNING: railstack's INFO decision records, rejections and sheds would stop there.
+    Such a handler shows them again, and still nothing else below WARNING."""
+    from nemoguardrails.logging import verbose
+
+    if not verbose.verbose_mode_enabled:
+        return
+    for handler in logging.getLogger().handlers:
+        quieted = type(handler) is logging.StreamHandler and handler.level == logging.WARNING
+        if quieted and not any(isinstance(f, _WarningsAndRailstack) for f in handler.filters):
+            handler.setLevel(logging.NOTSET)
+            handler.addFilter(_WarningsAndRailstack())
+
+
 def quiet_verbose_log() -> None:
     """Remove the console handler NeMo's verbose mode adds to the root logger."""
     from nemoguardrails.logging.verbose import VerboseHandler

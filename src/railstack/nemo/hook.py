@@ -40,6 +40,7 @@ def init(app: Any) -> None:
     # For the latency budgets each generate_async call of a Python caller is one request;
     # behind the HTTP layer the HTTP request already is.
     compat.wrap_generate(app, one_request)
+    compat.keep_railstack_log()
     if not runtime.settings.logging.nemo_verbose:
         compat.quiet_verbose_log()
 
