@@ -10,4 +10,5 @@ export NEMO_GUARDRAILS_NO_USAGE_STATS=1
 .venv/bin/python -m pip install -q torch==2.13.0
 .venv/bin/python -m pip install -q .
 configs=$(.venv/bin/python -c 'import railstack.paths as p; print(p.configs_root())')
-exec .venv/bin/nemoguardrails server --config "$configs" --default-config-id "${1:-default}" --port "${PORT:-8080}" --disable-chat-ui
+# `railstack serve` always puts railstack's HTTP layer in front of NeMo's server.
+exec .venv/bin/railstack serve "$configs" --default-config-id "${1:-default}" --port "${PORT:-8080}"

@@ -62,6 +62,7 @@ def test_check_rejects_a_dir_that_is_not_a_config(tmp_path):
 def test_check_runs_output_rails_on_the_answer(make_config, tmp_path):
     cfg = make_config(
         "rails:\n  input:\n    flows: [railstack heuristics]\n  output:\n    flows: [railstack heuristics output]\n"
+        "custom_data: {railstack: {}}\n"
     )
     hidden = "".join(chr(0xE0000 + ord(c)) for c in "leak")
     proc = run_check(str(cfg), "--text", "Tell me a joke", "--answer", "Why did the chicken" + hidden, cwd=tmp_path)

@@ -141,22 +141,26 @@ def test_a_config_with_a_bad_key_stops_the_server_at_startup_naming_it(tmp_path)
 def test_input_flows_of_railstack_rails_run_in_the_http_layer(tmp_path):
     from nemoguardrails import RailsConfig
 
-    from railstack.nemo.flows import input_rails_of
-    from railstack.paths import config_dir, rails_dir
+    from railstack.nemo.flows import add_pack_flows, input_rails_of
+    from railstack.paths import config_dir
+
+    def loaded(path):
+        config = RailsConfig.from_path(str(path))
+        add_pack_flows(config)
+        return config
 
     expected = ["admission", "heuristics", "topic", "prompt_guard", "llama_guard"]
-    assert input_rails_of(RailsConfig.from_path(str(config_dir("default")))) == expected
+    assert input_rails_of(loaded(config_dir("default"))) == expected
     # A flow that does more than run railstack rails and refuse keeps NeMo's input rails.
     mixed = tmp_path / "mixed"
     mixed.mkdir()
-    (mixed / "rails").symlink_to(rails_dir())
     (mixed / "config.yml").write_text("rails:\n  input:\n    flows: [railstack heuristics, check more]\n")
     (mixed / "more.co").write_text("define subflow check more\n  $ok = execute self_check_input\n")
-    assert input_rails_of(RailsConfig.from_path(str(mixed))) is None
+    assert input_rails_of(loaded(mixed)) is None
     # So does one that calls another flow.
     (mixed / "config.yml").write_text("rails:\n  input:\n    flows: [outer]\n")
     (mixed / "more.co").write_text("define subflow outer\n  do railstack heuristics\n")
-    assert input_rails_of(RailsConfig.from_path(str(mixed))) is None
+    assert input_rails_of(loaded(mixed)) is None
 
 
 @pytest.mark.parametrize("stream", [False, True])

@@ -482,6 +482,7 @@ def test_stream_first_stays_as_a_config_sets_it(make_config, main_model):
     yml = main_model_yaml(main_model.base_url) + (
         "rails:\n  output:\n    flows: [railstack heuristics output]\n"
         "    streaming: {enabled: true, stream_first: true}\n"
+        "custom_data: {railstack: {}}\n"
     )
     app = LLMRails(RailsConfig.from_path(str(make_config(yml))))
     assert app.config.rails.output.streaming.stream_first is True

@@ -311,6 +311,7 @@ async def test_streaming_output_rail_checks_the_answer(make_config):
     yml = (
         "rails:\n  output:\n    flows: [railstack heuristics output]\n"
         "    streaming: {enabled: true, chunk_size: 20, context_size: 5, stream_first: false}\n"
+        "custom_data: {railstack: {}}\n"
     )
     hidden = "".join(chr(0xE0000 + ord(c)) for c in "leak")
     for answer, blocked in [("The capital of France is Paris, a city on the Seine.", False), ("Sure" + hidden, True)]:

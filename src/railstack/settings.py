@@ -8,6 +8,7 @@ which is how deployments swap model paths and service URLs without editing a con
 
 from __future__ import annotations
 
+import difflib
 import os
 from typing import Any, Mapping, Optional
 
@@ -158,8 +159,18 @@ def _unknown_env_sections() -> list[str]:
     )
 
 
+def _looks_like_railstack(key: Any) -> bool:
+    return isinstance(key, str) and bool(difflib.get_close_matches(key.lower().replace("-", "_"), ["railstack"], cutoff=0.75))
+
+
 def parse_settings(custom_data: Optional[Mapping[str, Any]]) -> RailstackSettings:
     """Validate ``custom_data`` of a RailsConfig; raise SettingsError naming the bad keys."""
+    near = [key for key in custom_data or {} if key != "railstack" and _looks_like_railstack(key)]
+    if near:
+        raise SettingsError(
+            f"invalid railstack settings:\n  custom_data.{near[0]}: unknown key; did you mean custom_data.railstack? "
+            "(railstack reads its settings from custom_data.railstack only)"
+        )
     raw = (custom_data or {}).get("railstack") or {}
     if not isinstance(raw, Mapping):
         raise SettingsError(f"custom_data.railstack must be a mapping, got {type(raw).__name__}")

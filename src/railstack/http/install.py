@@ -19,7 +19,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from railstack.settings import RailstackSettings, SettingsError, parse_settings
+from railstack.settings import RailstackSettings, SettingsError
 
 log = logging.getLogger("railstack.server")
 
@@ -28,16 +28,26 @@ def validate_configs(root: Path) -> dict[str, tuple[Any, RailstackSettings]]:
     """Load every config dir under ``root`` and validate its railstack settings."""
     from nemoguardrails import RailsConfig
 
+    from railstack.nemo.flows import add_pack_flows, config_settings
+
     configs, problems = {}, []
     for config_path in sorted(p for p in root.iterdir() if (p / "config.yml").is_file()):
         try:
             config = RailsConfig.from_path(str(config_path))
-            configs[config_path.name] = (config, parse_settings(config.custom_data))
+            add_pack_flows(config)
+            configs[config_path.name] = (config, config_settings(config))
         except SettingsError as exc:
             problems.append(f"config '{config_path.name}': {exc}")
     if problems:
         raise SettingsError("\n".join(problems))
     return configs
+
+
+def installed(app: Any) -> bool:
+    """Whether railstack's HTTP layer is in front of the server app."""
+    from railstack.http.ops import OpsMiddleware
+
+    return isinstance(getattr(app, "middleware_stack", None), OpsMiddleware)
 
 
 def rules_of(config: Any, settings: RailstackSettings) -> Any:

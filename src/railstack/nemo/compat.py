@@ -213,3 +213,33 @@ def quiet_verbose_log() -> None:
     root = logging.getLogger()
     for handler in [h for h in root.handlers if isinstance(h, VerboseHandler)]:
         root.removeHandler(handler)
+
+
+# -- the pack's flows ----------------------------------------------------------------------------
+
+
+def parse_colang(name: str, text: str) -> dict:
+    """A Colang 1.0 file as NeMo parses it: ``flows``, ``bot_messages``, ``user_messages``."""
+    from nemoguardrails.colang import parse_colang_file
+
+    return parse_colang_file(name, text, version="1.0")
+
+
+def reload_flows(app: Any) -> None:
+    """After flows were added to ``app.config``: NeMo's Colang 1.0 runtime indexed the flows when
+    the instance was built, before a config's ``init`` runs."""
+    init_flow_configs = getattr(app.runtime, "_init_flow_configs", None)
+    if not callable(init_flow_configs):
+        raise IncompatibleNeMo("RuntimeV1_0._init_flow_configs", "missing: the pack's flows cannot be added")
+    init_flow_configs()
+
+
+# -- serving -------------------------------------------------------------------------------------
+
+
+def serving_server() -> Optional[Any]:
+    """NeMo's server app when this process runs ``nemoguardrails server`` (its module is loaded
+    and it was given a config path), else None."""
+    api = sys.modules.get("nemoguardrails.server.api")
+    app = getattr(api, "app", None)
+    return app if app is not None and getattr(app, "rails_config_path", "") else None

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any, Optional
 
 from railstack.nemo.compat import elements, flows_by_id, is_subflow
+from railstack.settings import RailstackSettings, SettingsError, parse_settings
 
 ALL_SECTIONS = ("input", "output", "retrieval", "tool_input", "tool_output")
 
@@ -69,3 +70,40 @@ def input_rails_of(config: Any) -> Optional[list[str]]:
         if not ran:
             return None
     return names
+
+
+def add_pack_flows(config: Any) -> bool:
+    """Give ``config`` the pack's flows and bot messages that it does not define itself, read from
+    the installed package (a config dir copied with ``cp -r`` needs no link to them). Whether
+    anything was added."""
+    from railstack.nemo.compat import parse_colang
+    from railstack.paths import rails_dir
+
+    have = {flow.get("id") for flow in config.flows}
+    added = False
+    for path in sorted(rails_dir().glob("*.co")):
+        parsed = parse_colang(path.name, path.read_text(encoding="utf-8"))
+        for flow in parsed.get("flows", []):
+            if flow.get("id") not in have:
+                # As NeMo marks its own library's flows: they never end up in a prompt.
+                config.flows.append({**flow, "is_system_flow": True})
+                have.add(flow.get("id"))
+                added = True
+        for message, utterances in parsed.get("bot_messages", {}).items():
+            config.bot_messages.setdefault(message, utterances)
+    return added
+
+
+def config_settings(config: Any) -> RailstackSettings:
+    """The railstack settings of a config that runs railstack's flows. Such a config must say
+    ``custom_data.railstack`` (``{}`` takes every default): without it, a misplaced or misspelled
+    section would turn every setting back to its default, admission off, without a word."""
+    custom_data = config.custom_data or {}
+    settings = parse_settings(custom_data)  # a near miss of the key is named first
+    if "railstack" not in custom_data and rails_named_in_flows(config):
+        named = ", ".join(f"custom_data.{key}" for key in custom_data) or "no custom_data"
+        raise SettingsError(
+            f"this config runs railstack's rails ({', '.join(rails_named_in_flows(config))}) but has no "
+            f"custom_data.railstack settings ({named}): add `custom_data: {{railstack: {{}}}}` to take the defaults"
+        )
+    return settings

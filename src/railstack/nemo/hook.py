@@ -9,8 +9,7 @@ from typing import Any
 from railstack.core import Runtime, runtimes
 from railstack.core.request import one_request
 from railstack.nemo import compat
-from railstack.nemo.flows import rails_named_in_flows
-from railstack.settings import parse_settings
+from railstack.nemo.flows import add_pack_flows, config_settings, rails_named_in_flows
 
 
 def init(app: Any) -> None:
@@ -22,8 +21,11 @@ def init(app: Any) -> None:
     """
     from railstack.nemo.action import railstack_rails
 
+    _refuse_unguarded_serving(app)
+    if add_pack_flows(app.config):
+        compat.reload_flows(app)
     # The config's id (its dir's name) scopes per-client state such as rate-limit buckets.
-    runtime = runtimes.get(parse_settings(app.config.custom_data), Path(compat.config_path(app)).name or "config")
+    runtime = runtimes.get(config_settings(app.config), Path(compat.config_path(app)).name or "config")
     runtime.prepare(rails_named_in_flows(app.config))
     app.register_action_param("railstack_runtime", runtime)
 
@@ -43,6 +45,31 @@ def init(app: Any) -> None:
     compat.keep_railstack_log()
     if not runtime.settings.logging.nemo_verbose:
         compat.quiet_verbose_log()
+
+
+def _refuse_unguarded_serving(app: Any) -> None:
+    """NeMo's server serving this config without railstack's HTTP layer in front (NeMo's
+    single-config mode, or a root of configs without railstack's ``config.py``) would serve it
+    without request validation, 429/503 answers, health and decision headers: refuse instead."""
+    from railstack.http.install import installed
+
+    server = compat.serving_server()
+    if server is None or installed(server):
+        return
+    here = Path(compat.config_path(app)).resolve()
+    root = Path(server.rails_config_path).resolve()
+    if here != root and root not in here.parents:
+        return  # a config this process builds for itself, not one the server serves
+    raise UnguardedServing(
+        f"railstack: `nemoguardrails server --config {server.rails_config_path}` serves config '{here.name}' without "
+        "railstack's HTTP layer (request validation, 429/503 answers, health, decision headers). Serve it with "
+        f"`railstack serve {server.rails_config_path}`, or point --config at a directory of configs whose "
+        "config.py says `from railstack.http.install import init`."
+    )
+
+
+class UnguardedServing(RuntimeError):
+    """A server would serve a railstack config without railstack's HTTP layer."""
 
 
 def _check_before_streaming(config: Any, runtime: Runtime) -> None:

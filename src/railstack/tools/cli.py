@@ -78,6 +78,10 @@ def main(argv: Optional[list[str]] = None) -> int:
     p_check.add_argument("config_dir", type=Path)
     p_check.add_argument("--text", required=True, help="the user message to check")
     p_check.add_argument("--answer", help="a bot answer to check with the output rails")
+    p_serve = sub.add_parser("serve", help="nemoguardrails server with railstack's HTTP layer, for a config dir or a root")
+    p_serve.add_argument("config_dir", type=Path, help="a config dir, or a directory of config dirs")
+    p_serve.add_argument("--port", type=int, default=8080)
+    p_serve.add_argument("--default-config-id", help="the config of requests that name none")
     p_profile = sub.add_parser("profile", help="latency of every rail and of the whole request, TTFT, chart")
     p_profile.add_argument("config_dir", type=Path)
     p_profile.add_argument("--requests", type=int, default=50, help="prompts sent (per phase)")
@@ -94,6 +98,14 @@ def main(argv: Optional[list[str]] = None) -> int:
     p_profile.add_argument("--out", type=Path, default=Path("railstack-profile"), help="where profile.json/png go")
     args = parser.parse_args(argv)
 
+    if args.command == "serve":
+        from railstack.tools.serve import CannotServe, serve
+
+        try:
+            return serve(args.config_dir, args.port, args.default_config_id)
+        except (CannotServe, FileNotFoundError, NotADirectoryError) as exc:
+            print(f"railstack: cannot serve {args.config_dir}: {exc}", file=sys.stderr)
+            return 2
     if not (args.config_dir / "config.yml").is_file() and not (args.config_dir / "config.yaml").is_file():
         print(f"railstack: {args.config_dir} is not a config dir (no config.yml)", file=sys.stderr)
         return 2
