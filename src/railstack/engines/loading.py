@@ -1,9 +1,47 @@
-"""Loading a checkpoint onto its device in its precision."""
+"""Loading a checkpoint onto its device in its precision, whole or not at all."""
 
 from __future__ import annotations
 
 import os
 from typing import Any
+
+# Ordinary words a working tokenizer tells apart (a tokenizer whose files are missing can load
+# as a handful of special tokens and map every word to the same unknown id).
+_ORDINARY = "the quick brown fox jumps over the lazy dog while people ask about weather music and travel"
+
+
+class CheckpointError(RuntimeError):
+    """A model rail's checkpoint cannot be used: the message names the rail, the model, what is
+    wrong and the setting that chooses another."""
+
+
+def checkpoint_error(rail: str, model: str, problem: str) -> CheckpointError:
+    local = os.path.isabs(model) or model.startswith((".", "~"))
+    if local and not os.path.isdir(os.path.expanduser(model)):
+        problem = "there is no such directory"
+    problem = problem.removeprefix(f"{rail}: ").rstrip(". ")
+    where = "a local directory" if local else "a Hugging Face hub id"
+    return CheckpointError(
+        f"{rail}: cannot load model {model!r} ({where}): {problem}. Give a complete checkpoint of the right kind "
+        f"(config, weights and tokenizer; a hub id needs this machine to reach the hub, and gated models their "
+        f"license accepted and HF_TOKEN set) with {rail}.model under custom_data.railstack or the environment "
+        f"variable RAILSTACK__{rail.upper()}__MODEL."
+    )
+
+
+def check_tokenizer(rail: str, model_id: str, tokenizer: Any, model: Any) -> None:
+    """The tokenizer belongs to the model: its ids fit the embedding table, and it tells ordinary
+    words apart."""
+    rows = model.get_input_embeddings().num_embeddings
+    if len(tokenizer) > rows:
+        raise checkpoint_error(rail, model_id, f"its tokenizer has {len(tokenizer)} tokens, its embedding table {rows} rows: "
+                               "they do not belong together")
+    words = _ORDINARY.split()
+    ids = [tuple(tokenizer(w, add_special_tokens=False)["input_ids"]) for w in dict.fromkeys(words)]
+    unknown = tokenizer.unk_token_id
+    if len(set(ids)) < len(ids) * 0.9 or all(set(i) <= {unknown} for i in ids):
+        raise checkpoint_error(rail, model_id, f"its tokenizer ({len(tokenizer)} tokens) does not tell ordinary words apart "
+                               "(its tokenizer files are missing or broken)")
 
 
 def cpu_has_bf16() -> bool:
@@ -68,9 +106,18 @@ def load_checkpoint(
     try:
         tokenizer = tokenizer or AutoTokenizer.from_pretrained(settings.model)
         dtype = torch.float32 if precision == "int8" else torch_dtype(precision)
-        model = model_class.from_pretrained(settings.model, dtype=dtype)
-    except (OSError, ValueError) as exc:
-        raise RuntimeError(f"{rail}: {missing_model_message(settings.model, exc)}") from exc
+        model, info = model_class.from_pretrained(settings.model, dtype=dtype, output_loading_info=True)
+    except Exception as exc:  # noqa: BLE001 - missing, truncated, corrupt, wrong kind: each is the same refusal
+        raise checkpoint_error(rail, settings.model, f"{type(exc).__name__}: {exc}") from exc
+    if info.get("missing_keys"):
+        # Weights the checkpoint lacks are initialized at random: a checkpoint of another kind
+        # (or task) would score with a random head and look normal.
+        missing = sorted(info["missing_keys"])
+        raise checkpoint_error(
+            rail, settings.model, f"it is not a {model_class.__name__.removeprefix('AutoModelFor')} checkpoint of a kind this "
+            f"rail runs: {len(missing)} weights it needs are missing ({', '.join(missing[:3])}, ...)"
+        )
+    check_tokenizer(rail, settings.model, tokenizer, model)
     model = quantize_int8(model) if precision == "int8" else model.to(device)
     return tokenizer, model.eval(), device, precision
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import threading
 from typing import Any, Callable, NamedTuple, Optional, Protocol, Sequence, TypeVar
 
+from railstack.engines.loading import CheckpointError, checkpoint_error
 from railstack.overload.stages import Stage, stages
 
 Item = TypeVar("Item", contravariant=True)
@@ -64,7 +65,12 @@ class EnginePool:
             # Engines of one checkpoint (other batching, say) queue at one stage, as health shows it.
             stage = self.stage(runtime, f"{section}:{settings.model}")
             if (section, *key) not in self._entries:
-                self._entries[(section, *key)] = build(settings, stage)
+                try:
+                    self._entries[(section, *key)] = build(settings, stage)
+                except CheckpointError:
+                    raise
+                except Exception as exc:  # noqa: BLE001 - a model that half loads is refused whole, by name
+                    raise checkpoint_error(section, settings.model, f"{type(exc).__name__}: {exc}") from exc
             return self._entries[(section, *key)]
 
     def reset(self) -> None:

@@ -69,7 +69,7 @@ def init(app: Any) -> None:
     from railstack.http.ops import OpsMiddleware
     from railstack.http.validation import ValidationMiddleware
     from railstack.nemo import compat
-    from railstack.nemo.flows import input_rails_of
+    from railstack.nemo.flows import input_rails_of, rails_named_in_flows
     from railstack.overload.gate import main_stage
 
     ours = (
@@ -82,14 +82,15 @@ def init(app: Any) -> None:
     admissions, stages, input_rails = {}, {}, {}
     for config_id, (config, settings) in configs.items():
         runtime: Runtime = runtimes.get(settings, config_id)
+        try:
+            # Now, not on the config's first request: every rail's model loads whole (or the server
+            # does not start), output rails' too.
+            runtime.prepare(rails_named_in_flows(config))
+        except UnknownRails:
+            # Rails of the config's own actions.py register when NeMo loads the config.
+            log.info("config '%s' names rails its own actions define; they load with the config", config_id)
         names = input_rails_of(config)
         if names:
-            try:
-                # Now, not on the config's first request: a rail's model loads (or fails) at start-up.
-                runtime.prepare(names)
-            except UnknownRails:
-                # Rails of the config's own actions.py register when NeMo loads the config.
-                log.info("config '%s' names rails its own actions define; they load with the config", config_id)
             input_rails[config_id] = (runtime, names)
         if settings.admission.enabled:
             admissions[config_id] = (admission_registry.get(settings.admission, config_id), settings.policy("admission"))
