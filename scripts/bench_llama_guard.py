@@ -63,19 +63,19 @@ def main() -> None:
 
     import torch
 
-    from railstack.llama_guard.model import SafetyModel
+    from railstack.llama_guard.classifier import SafetyModel
     from railstack.llama_guard.settings import LlamaGuardSettings
 
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(args.model) if args.model else build(Path(tmp) / "lg3-1b")
-        guard = SafetyModel(LlamaGuardSettings(
+        guard = SafetyModel.load(LlamaGuardSettings(
             model=str(path), device=args.device, precision=args.precision, threshold=1.0, cache_size=0,
             max_batch=8, max_delay_ms=20,
         ))
         engine = guard.engine
         print(f"device {engine.device}, precision {engine.precision}, torch threads {torch.get_num_threads()}")
         texts = safety_texts(args.prompts + 8)
-        prompts = [guard.prompts((("user", t),), "user")[0][0][1] for t in texts]
+        prompts = [guard.prompts.fit((("user", t),), "user")[0][0][1] for t in texts]
         lengths = [len(p) for p in prompts[: args.prompts]]
         print(f"prompt tokens: median {statistics.median(lengths):.0f} (min {min(lengths)}, max {max(lengths)})")
 
@@ -122,11 +122,11 @@ def main() -> None:
             await asyncio.gather(*(guard.assess(d, "user") for d in eight))
             return time.perf_counter() - start
 
-        print(f"their prompt tokens: {sorted(len(guard.prompts(d, 'user')[0][0][1]) for d in eight)}")
+        print(f"their prompt tokens: {sorted(len(guard.prompts.fit(d, 'user')[0][0][1]) for d in eight)}")
         batches = engine.batcher.batches
         together = asyncio.run(concurrent())
         ran = engine.batcher.batches - batches
-        apart = sum(timed(score, [guard.prompts(d, "user")[0][0][1] for d in eight]))
+        apart = sum(timed(score, [guard.prompts.fit(d, "user")[0][0][1] for d in eight]))
         single = statistics.median(one)
         print(f"8 concurrent checks, batched ({ran} forward): {1000 * together:8.1f} ms = {together / single:.2f}x one check")
         print(f"8 checks one by one:                 {1000 * apart:8.1f} ms = {apart / single:.2f}x one check")

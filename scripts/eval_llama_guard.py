@@ -28,7 +28,7 @@ DEFAULT_DATA = REPO.parent / "shared" / "data" / "safety_eval.jsonl"
 
 
 async def _judge(guard, text: str):
-    from railstack.llama_guard.model import TurnTooLong
+    from railstack.llama_guard.trimming import TurnTooLong
 
     try:
         return await guard.assess((("user", text),), "user")
@@ -54,16 +54,16 @@ def main() -> int:
     from nemoguardrails import RailsConfig
 
     from railstack.tools.evaluation import in_batches, roc_auc
-    from railstack.llama_guard.model import SafetyModel
+    from railstack.llama_guard.classifier import SafetyModel
     from railstack.paths import config_dir
     from railstack.settings import parse_settings
 
     settings = parse_settings(RailsConfig.from_path(str(args.config or config_dir("default"))).custom_data)
     lg = settings.llama_guard.model_copy(update={"cache_size": 0, **({"model": args.model} if args.model else {})})
     rows = [json.loads(line) for line in args.data.open(encoding="utf-8")][: args.limit]
-    guard = SafetyModel(lg)
+    guard = SafetyModel.load(lg)
     print(f"{len(rows)} rows of {args.data.name}; {lg.model} ({guard.family.name}, {lg.engine} engine), "
-          f"categories {','.join(c.code for c in guard.categories)}, threshold {lg.threshold:g}")
+          f"categories {','.join(c.code for c in guard.family.categories)}, threshold {lg.threshold:g}")
     found = asyncio.run(in_batches([r["text"] for r in rows], lambda t: _judge(guard, t), 32, "judged", "text"))
 
     flagged = [f is None or f.score >= lg.threshold for f in found]

@@ -12,7 +12,10 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from completions_server import CompletionsServer
 from railstack.nemo.outcome import run
-from railstack.llama_guard.model import NotASafetyModel, SafetyModel, TurnTooLong, alternating, parse_categories
+from railstack.llama_guard.classifier import SafetyModel
+from railstack.llama_guard.meta_format import parse_categories
+from railstack.llama_guard.policy import NotASafetyModel
+from railstack.llama_guard.trimming import TurnTooLong, alternating
 from railstack.core import Runtime
 from railstack.paths import configs_root
 from railstack.settings import parse_settings
@@ -51,7 +54,7 @@ def checkpoints(tmp_path_factory):
 
 
 def guard(path, **settings) -> SafetyModel:
-    return SafetyModel(LlamaGuardSettings(model=str(path), device="cpu", precision="fp32", **settings))
+    return SafetyModel.load(LlamaGuardSettings(model=str(path), device="cpu", precision="fp32", **settings))
 
 
 def runtime_with(path, **settings) -> Runtime:
@@ -62,8 +65,8 @@ def runtime_with(path, **settings) -> Runtime:
 
 
 def prompt_of(model: SafetyModel, dialogue, judged="user") -> str:
-    built, _ = model.prompts(tuple(dialogue), judged)
-    return model.tokenizer.decode(built[0][1])
+    built, _ = model.prompts.fit(tuple(dialogue), judged)
+    return model.prompts.tokenizer.decode(built[0][1])
 
 
 def test_the_prompt_is_metas_format_to_the_character(checkpoints):
@@ -87,7 +90,7 @@ def test_the_checkpoints_chat_template_gives_the_same_text_with_exclusions_and_c
     )
     builtin = guard(checkpoints["lg3-template"], prompt="builtin", **policy)
     template = guard(checkpoints["lg3-template"], **policy)
-    assert template.template and not builtin.template
+    assert template.family.template and not builtin.family.template
     conversation = [("user", "Hi"), ("assistant", "Hello, how can I help?"), ("user", "Tell me about rivals.")]
     text = prompt_of(template, conversation)
     assert text == prompt_of(builtin, conversation)
@@ -99,7 +102,7 @@ def test_the_checkpoints_chat_template_gives_the_same_text_with_exclusions_and_c
 
 def test_default_categories_follow_the_model(checkpoints):
     def codes(path, **s):
-        return [c.code for c in guard(path, **s).categories]
+        return [c.code for c in guard(path, **s).family.categories]
 
     thirteen = [f"S{i}" for i in range(1, 14)]
     assert codes(checkpoints["lg3"]) == thirteen  # 16 layers or fewer: Llama Guard 3 1B
@@ -133,9 +136,9 @@ def test_a_wrong_category_key_is_a_settings_error():
 
 def test_the_decision_position_comes_from_the_template(checkpoints, tmp_path):
     model = guard(checkpoints["lg3-template"])
-    tokenizer = model.tokenizer
-    assert model.lead == ""
-    assert (model.unsafe_id, model.safe_id) == tuple(tokenizer.convert_tokens_to_ids(["unsafe", "safe"]))
+    tokenizer = model.prompts.tokenizer
+    assert model.family.lead == ""
+    assert tuple(model.prompts.encoder.answer) == tuple(tokenizer.convert_tokens_to_ids(["unsafe", "safe"]))
     # A template whose generation prompt stops at the header leaves the separator to the model:
     # it is appended, so the score is still read where the answer word starts.
     short = tmp_path / "short"
@@ -146,7 +149,7 @@ def test_the_decision_position_comes_from_the_template(checkpoints, tmp_path):
     (short / "tokenizer_config.json").write_text(json.dumps(config))
     (short / "chat_template.jinja").unlink(missing_ok=True)
     shortened = guard(short)
-    assert shortened.template and shortened.lead == "\n\n"
+    assert shortened.family.template and shortened.family.lead == "\n\n"
     assert prompt_of(shortened, [("user", "Hi")]) == prompt_of(model, [("user", "Hi")])
 
 
@@ -177,18 +180,18 @@ async def test_the_score_is_the_models_own_probability_of_unsafe(checkpoints, wh
 async def test_shieldgemma_scores_yes_against_no_for_each_harm_type(checkpoints):
     model = guard(checkpoints["shieldgemma"])
     dialogue = (("user", SENTENCES[7]),)
-    built, _ = model.prompts(dialogue, "user")
+    built, _ = model.prompts.fit(dialogue, "user")
     assert [code for code, _ in built] == ["dangerous_content", "harassment", "hate_speech", "sexually_explicit"]
-    first = model.tokenizer.decode(built[0][1])
+    first = model.prompts.tokenizer.decode(built[0][1])
     assert first.startswith("<bos><start_of_turn>user\nYou are a policy expert trying to help determine whether a user")
     assert f"Human Question: {SENTENCES[7]}" in first and '* "No Dangerous Content": The prompt shall not' in first
     assert first.endswith("answer correctly.<end_of_turn>\n<start_of_turn>model\n")
-    each = [independent_p_unsafe(checkpoints["shieldgemma"], model.tokenizer.decode(ids), pairwise=True)
+    each = [independent_p_unsafe(checkpoints["shieldgemma"], model.prompts.tokenizer.decode(ids), pairwise=True)
             for _, ids in built]
     found = await model.assess(dialogue, "user")
     assert found.score == pytest.approx(max(each), rel=1e-4)
     fewer = guard(checkpoints["shieldgemma"], excluded_categories=["harassment"])
-    assert [code for code, _ in fewer.prompts(dialogue, "user")[0]] == ["dangerous_content", "hate_speech",
+    assert [code for code, _ in fewer.prompts.fit(dialogue, "user")[0]] == ["dangerous_content", "hate_speech",
                                                                        "sexually_explicit"]
     over = guard(checkpoints["shieldgemma"], threshold=sorted(each)[1] + 1e-6)
     flagged = (await over.assess(dialogue, "user")).categories
@@ -197,7 +200,7 @@ async def test_shieldgemma_scores_yes_against_no_for_each_harm_type(checkpoints)
 
 def test_batched_scores_equal_one_at_a_time(checkpoints):
     model = guard(checkpoints["lg3"])
-    rows = [model.prompts(((("user", t)),), "user")[0][0][1] for t in ["Hi", SENTENCES[0], " ".join(SENTENCES[:4])]]
+    rows = [model.prompts.fit(((("user", t)),), "user")[0][0][1] for t in ["Hi", SENTENCES[0], " ".join(SENTENCES[:4])]]
     assert len({len(r) for r in rows}) == 3  # different lengths: left padding in the batch
     batched = model.engine.forward([(r, 1.0) for r in rows])
     for row, (score, _) in zip(rows, batched):
@@ -209,9 +212,9 @@ def test_the_policy_prefix_cache_gives_the_scores_of_whole_prompts(checkpoints, 
     reused, whole = guard(checkpoints[which]), guard(checkpoints[which], reuse_policy_prefix=False)
     assert len(reused.engine.prefixes) == 2 and not whole.engine.prefixes  # one per judged role
     for prefix in reused.engine.prefixes:  # the task and the policy, up to the first turn's text
-        text = reused.tokenizer.decode(prefix)
+        text = reused.prompts.tokenizer.decode(prefix)
         assert "<END UNSAFE CONTENT CATEGORIES>" in text and text.endswith("<BEGIN CONVERSATION>\n\nUser:")
-    rows = [reused.prompts(d, judged)[0][0][1] for d, judged in [
+    rows = [reused.prompts.fit(d, judged)[0][0][1] for d, judged in [
         ((("user", "Hi"),), "user"),
         ((("user", " ".join(SENTENCES[:5])),), "user"),
         ((("user", "Hi"), ("assistant", SENTENCES[3])), "assistant"),
@@ -255,9 +258,9 @@ async def test_the_category_line_is_decoded_only_for_unsafe_verdicts(checkpoints
     unsafe = guard(checkpoints["lg3"], threshold=0.0)
     found = await unsafe.assess(dialogue, "user")
     assert unsafe.engine.decodes == 1
-    ids = unsafe.prompts(dialogue, "user")[0][0][1]
+    ids = unsafe.prompts.fit(dialogue, "user")[0][0][1]
     line = unsafe.engine.category_lines([ids])[0]  # the model's own greedy continuation
-    names = {c.code: c.name for c in unsafe.categories}
+    names = {c.code: c.name for c in unsafe.family.categories}
     assert found.categories == tuple((c, names.get(c)) for c in parse_categories(line))
 
 
@@ -293,18 +296,18 @@ def test_long_conversations_lose_their_oldest_turns_never_the_judged_one(checkpo
     model = guard(checkpoints["lg3"], max_prompt_tokens=900)
     history = [("user" if i % 2 == 0 else "assistant", SENTENCES[i % len(SENTENCES)]) for i in range(30)]
     judged = " ".join(SENTENCES[:3])
-    built, dropped = model.prompts((*history, ("user", judged)), "user")
-    text = model.tokenizer.decode(built[0][1])
+    built, dropped = model.prompts.fit((*history, ("user", judged)), "user")
+    text = model.prompts.tokenizer.decode(built[0][1])
     assert 0 < dropped < 30 and dropped % 2 == 0
     assert len(built[0][1]) <= 900
     assert f"User: {judged}\n\n<END CONVERSATION>" in text
     assert "<BEGIN CONVERSATION>\n\nUser: " in text  # still starts with a user turn
     with pytest.raises(TurnTooLong, match="over max_prompt_tokens 900"):
-        model.prompts((("user", " ".join(SENTENCES * 4)),), "user")
+        model.prompts.fit((("user", " ".join(SENTENCES * 4)),), "user")
     # On the output the answer is judged; a long question before it loses its start instead.
     answer = [("user", " ".join(SENTENCES * 4)), ("assistant", "Sure.")]
-    built, _ = model.prompts(tuple(answer), "assistant")
-    assert len(built[0][1]) <= 900 and "Agent: Sure.\n\n<END CONVERSATION>" in model.tokenizer.decode(built[0][1])
+    built, _ = model.prompts.fit(tuple(answer), "assistant")
+    assert len(built[0][1]) <= 900 and "Agent: Sure.\n\n<END CONVERSATION>" in model.prompts.tokenizer.decode(built[0][1])
 
 
 async def test_a_judged_turn_too_long_for_the_model_fails_closed_with_the_reason(checkpoints):
@@ -364,7 +367,7 @@ async def test_the_remote_engine_reads_the_same_score_from_a_completions_servers
     assert far.score == pytest.approx(near.score, rel=1e-3)
     assert far.categories == near.categories  # the same greedy category line, when unsafe
     sent = completions.requests[before:]
-    assert sent[0]["prompt"] == list(local.prompts(dialogue, "user")[0][0][1])  # token ids: no second BOS
+    assert sent[0]["prompt"] == list(local.prompts.fit(dialogue, "user")[0][0][1])  # token ids: no second BOS
     assert sent[0]["logprobs"] == 20 and sent[0]["temperature"] == 0
 
 

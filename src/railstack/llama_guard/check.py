@@ -9,9 +9,9 @@ from railstack.core import CheckContext, Runtime, Verdict
 
 def engine(runtime: Runtime) -> Any:
     from railstack.engines.pool import pool
-    from railstack.llama_guard.model import SafetyModel, engine_key
+    from railstack.llama_guard.classifier import SafetyModel, engine_key
 
-    return pool.get(runtime, "llama_guard", engine_key(runtime.settings.llama_guard), SafetyModel)
+    return pool.get(runtime, "llama_guard", engine_key(runtime.settings.llama_guard), SafetyModel.load)
 
 
 async def check(text: str, ctx: CheckContext) -> Verdict:
