@@ -120,12 +120,3 @@ def load_checkpoint(
     check_tokenizer(rail, settings.model, tokenizer, model)
     model = quantize_int8(model) if precision == "int8" else model.to(device)
     return tokenizer, model.eval(), device, precision
-
-
-def missing_model_message(model: str, exc: BaseException) -> str:
-    where = "a local directory" if os.path.isabs(model) or model.startswith((".", "~")) else "a Hugging Face hub id"
-    return (
-        f"cannot load model {model!r} ({where}): {type(exc).__name__}: {exc}. Provide it as a local directory "
-        f"with its config, weights and tokenizer, or as a hub id this machine can download (gated models need "
-        f"their license accepted and HF_TOKEN set); override the path with a RAILSTACK__... environment variable."
-    )

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Callable, Literal, Optional
 
 from railstack.engines.cache import ScoreCache
-from railstack.engines.loading import missing_model_message
+from railstack.engines.loading import checkpoint_error
 from railstack.llama_guard.families import detect
 from railstack.llama_guard.formats import PromptFormat
 from railstack.llama_guard.local import LocalEngine
@@ -60,8 +60,8 @@ class SafetyModel:
         try:
             tokenizer = AutoTokenizer.from_pretrained(settings.model)
             config = AutoConfig.from_pretrained(settings.model)
-        except (OSError, ValueError) as exc:
-            raise RuntimeError(f"llama_guard: {missing_model_message(settings.model, exc)}") from exc
+        except Exception as exc:  # noqa: BLE001 - missing, gated, broken: each is the same refusal
+            raise checkpoint_error("llama_guard", settings.model, f"{type(exc).__name__}: {exc}") from exc
         family = detect(settings, tokenizer)(settings, tokenizer, config)
         encoder = PromptEncoder(tokenizer, family)
         prompts = PromptBuilder(family, encoder, settings.max_prompt_tokens)
