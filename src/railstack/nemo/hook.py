@@ -10,6 +10,7 @@ from railstack.core import Runtime, runtimes
 from railstack.core.request import one_request
 from railstack.nemo import compat
 from railstack.nemo.flows import rails_named_in_flows
+from railstack.nemo.selfcheck import selfcheck
 from railstack.settings import parse_settings
 
 
@@ -22,6 +23,8 @@ def init(app: Any) -> None:
     """
     from railstack.nemo.action import railstack_rails
 
+    # Before anything is built: on a NeMo whose internals moved, refuse rather than run with a rail skipped.
+    selfcheck.rails()
     # The config's id (its dir's name) scopes per-client state such as rate-limit buckets.
     runtime = runtimes.get(parse_settings(app.config.custom_data), Path(compat.config_path(app)).name or "config")
     runtime.prepare(rails_named_in_flows(app.config))
