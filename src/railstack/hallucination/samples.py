@@ -54,14 +54,12 @@ async def sample_answers(llm: Any, messages: list[dict], k: int, temperature: fl
     calls = 0
     endpoint = compat.chat_endpoint(llm)
     if endpoint is not None and k > 1:
-        client, model = endpoint
         turn = getattr(llm, "_turn", None)  # the main model's backpressure stage, when railstack gates it
         async with (turn() if turn is not None else contextlib.nullcontext()) as refusal:
             if refusal is not None:
                 raise RuntimeError(refusal)
-            response = await client.chat_completion(model, messages, n=k, temperature=temperature)
+            samples = (await compat.chat_choices(endpoint, messages, n=k, temperature=temperature))[:k]
         calls += 1
-        samples = [(c.get("message") or {}).get("content") or "" for c in response.body.get("choices", [])][:k]
     chat = compat.chat_messages(messages)
     rest = await asyncio.gather(*(llm.generate_async(chat, temperature=temperature) for _ in range(k - len(samples))))
     calls += len(rest)

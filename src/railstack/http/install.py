@@ -70,8 +70,10 @@ def init(app: Any) -> None:
     from railstack.http.validation import ValidationMiddleware
     from railstack.nemo import compat
     from railstack.nemo.flows import input_rails_of, rails_named_in_flows
+    from railstack.nemo.selfcheck import selfcheck
     from railstack.overload.gate import main_stage
 
+    selfcheck.server(app)  # the server refuses to start on a NeMo whose internals moved
     ours = (
         AdmissionMiddleware, BackpressureMiddleware, DecisionsMiddleware, InputRailsMiddleware, OpsMiddleware,
         ValidationMiddleware,

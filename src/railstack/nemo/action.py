@@ -20,18 +20,10 @@ def _conversation(events: Optional[list], context: dict) -> tuple[str, tuple[tup
         return conversation_text(req.messages), dialogue_of(req.messages)
     # Otherwise NeMo's events: they hold tool results only when tool input rails are configured.
     texts, dialogue = [], []
-    for event in events or []:
-        kind = event.get("type")
-        if kind == "UtteranceUserActionFinished":
-            texts.append(message_text(event.get("final_transcript")))
-            dialogue.append(("user", texts[-1]))
-        elif kind == "SystemMessage":
-            texts.append(message_text(event.get("content")))
-        elif kind == "UtteranceBotActionFinished":
-            texts.append(message_text(event.get("final_script")))
-            dialogue.append(("assistant", texts[-1]))
-        elif kind == "UserToolMessages":
-            texts += [message_text(m.get("content")) for m in event.get("tool_messages") or []]
+    for role, content in compat.turns_in_events(events):
+        texts.append(message_text(content))
+        if role in ("user", "assistant"):
+            dialogue.append((role, texts[-1]))
     if not texts:
         last = message_text(context.get("user_message"))
         return last, (("user", last),) if last else ()

@@ -29,6 +29,7 @@ class IncompatibleNeMo(RuntimeError):
             "nemoguardrails 0.24.x; install that version (pip install 'nemoguardrails[server]>=0.24,<0.25')."
         )
         self.hook = hook
+        self.problem = problem
 
 
 # -- parsed Colang 1.0 flows ---------------------------------------------------------------------
@@ -49,6 +50,26 @@ def elements(flow: dict) -> Iterator[dict]:
 
 def is_subflow(flow: dict) -> bool:
     return any(e.get("_type") == "meta" and (e.get("meta") or {}).get("subflow") for e in elements(flow))
+
+
+# -- Colang 1.0 events ----------------------------------------------------------------------------
+
+
+def turns_in_events(events: Optional[list]) -> Iterator[tuple[str, Any]]:
+    """The conversation in the events NeMo passes an action, as (role, content): "system",
+    "user", "assistant", and "tool" for each tool result (held only when tool input rails are
+    configured)."""
+    for event in events or []:
+        kind = event.get("type")
+        if kind == "UtteranceUserActionFinished":
+            yield "user", event.get("final_transcript")
+        elif kind == "SystemMessage":
+            yield "system", event.get("content")
+        elif kind == "UtteranceBotActionFinished":
+            yield "assistant", event.get("final_script")
+        elif kind == "UserToolMessages":
+            for message in event.get("tool_messages") or []:
+                yield "tool", message.get("content")
 
 
 # -- streaming -----------------------------------------------------------------------------------
@@ -161,6 +182,13 @@ def chat_endpoint(llm: Any) -> Optional[tuple[Any, str]]:
             return None
         seen = inner
     return None
+
+
+async def chat_choices(endpoint: tuple[Any, str], messages: list[dict], **params: Any) -> list[str]:
+    """The answers of one call of the chat client ``chat_endpoint`` found (``n=`` asks for several)."""
+    client, model = endpoint
+    response = await client.chat_completion(model, messages, **params)
+    return [(c.get("message") or {}).get("content") or "" for c in response.body.get("choices", [])]
 
 
 # -- the server ----------------------------------------------------------------------------------

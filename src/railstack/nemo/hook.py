@@ -10,6 +10,7 @@ from railstack.core import Runtime, runtimes
 from railstack.core.request import one_request
 from railstack.nemo import compat
 from railstack.nemo.flows import add_pack_flows, config_settings, rails_named_in_flows
+from railstack.nemo.selfcheck import selfcheck
 
 
 def init(app: Any) -> None:
@@ -21,6 +22,8 @@ def init(app: Any) -> None:
     """
     from railstack.nemo.action import railstack_rails
 
+    # Before anything is built: on a NeMo whose internals moved, refuse rather than run with a rail skipped.
+    selfcheck.rails()
     _refuse_unguarded_serving(app)
     if add_pack_flows(app.config):
         compat.reload_flows(app)
