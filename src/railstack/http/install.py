@@ -7,10 +7,11 @@ single-config mode, and not under ``--prefix``). It
   that names it instead of failing that config's first request;
 - wraps the ASGI stack: malformed and hostile chat requests are refused before NeMo reads
   them (``railstack.http.rules``), every chat response says its request id and decisions in
-  headers and says a refused turn, its finish and the main model's usage as OpenAI clients read
-  them (``railstack.http.responses``), configs that enable admission get a real 429 with its headers, overload is shed
-  at the door with 503 and Retry-After (``railstack.overload.stages``), and the server answers
-  ``GET /railstack/health`` and ``GET /metrics``.
+  headers, and a refusal, the end of a stream and the main model's usage the way OpenAI
+  clients read them (``railstack.http.responses``), configs that enable admission get a real
+  429 with its headers, overload is shed at the door with 503 and Retry-After
+  (``railstack.overload.stages``), and the server answers ``GET /railstack/health`` and
+  ``GET /metrics``.
 """
 
 from __future__ import annotations

@@ -31,6 +31,11 @@ import time
 import uuid
 from typing import Any, Awaitable, Callable, Iterator, Optional
 
+# NeMo internals: imported here, when the server installs this layer, so that a NeMo release
+# that moved them stops the server at start-up instead of failing every chat request.
+from nemoguardrails.context import explain_info_var
+from nemoguardrails.logging.explain import ExplainInfo
+
 from railstack.core import request
 from railstack.http.asgi import is_chat
 
@@ -63,7 +68,7 @@ class Turn:
         self.req = req
         self._body: list[bytes] = []
         self._request: Optional[dict] = None
-        self._calls: Any = None  # NeMo's ExplainInfo of the request
+        self._calls = ExplainInfo()  # the main model's calls, once NeMo has made them
 
     @property
     def request_id(self) -> Optional[str]:
@@ -107,10 +112,6 @@ class Turn:
         in the ``ExplainInfo`` of its context (``nemoguardrails.context.explain_info_var``), and
         makes one only where there is none. One set here is the request's own, and reaches
         the task NeMo streams from, which starts inside this one."""
-        from nemoguardrails.context import explain_info_var
-        from nemoguardrails.logging.explain import ExplainInfo
-
-        self._calls = ExplainInfo()
         token = explain_info_var.set(self._calls)
         try:
             yield
@@ -121,7 +122,7 @@ class Turn:
         """The tokens of this turn's calls to the main model (the one the request names: NeMo makes
         it the main model), None when it reported none (a turn refused before it ran, a model
         that does not count)."""
-        calls = [c for c in getattr(self._calls, "llm_calls", []) if c.llm_model_name == model and c.total_tokens]
+        calls = [c for c in self._calls.llm_calls if c.llm_model_name == model and c.total_tokens]
         if not calls:
             return None
         prompt = sum(c.prompt_tokens or 0 for c in calls)
@@ -229,7 +230,9 @@ class Events:
                 self.pending = b""
                 return b"".join(out)
         if len(self.pending) > MAX_EVENT_BYTES:
-            log.warning("request=%s an SSE event over %d bytes: the stream goes on unrewritten", self.turn.request_id, MAX_EVENT_BYTES)
+            log.warning(
+                "request=%s an SSE event over %d bytes: the stream goes on unrewritten", self.turn.request_id, MAX_EVENT_BYTES
+            )
             self.passing = True
             out.append(self.pending)
             self.pending = b""
