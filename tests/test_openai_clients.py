@@ -106,7 +106,10 @@ def test_the_sdk_sees_a_refused_answer_as_content_filtered_and_gets_the_request_
 
 @pytest.mark.parametrize("text, finish", [(ATTACK, "content_filter"), ("What is the capital of France?", "stop")])
 def test_every_stream_ends_with_its_finish_reason_and_the_usage_only_when_asked(sdk, model, text, finish):
+    calls = model.calls
     chunks = streamed(sdk, text)
+    if finish == "stop":  # NeMo drops the client's stream_options, and asks for the usage itself
+        assert model.requests[calls]["stream_options"] == {"include_usage": True}
     assert chunks[-1].choices[0].finish_reason == finish
     assert [c.choices[0].finish_reason for c in chunks[:-1]] == [None] * (len(chunks) - 1)
     assert all(c.usage is None for c in chunks)
