@@ -7,9 +7,11 @@ single-config mode, and not under ``--prefix``). It
   that names it instead of failing that config's first request;
 - wraps the ASGI stack: malformed and hostile chat requests are refused before NeMo reads
   them (``railstack.http.rules``), every chat response says its request id and decisions in
-  headers, configs that enable admission get a real 429 with its headers, overload is shed
-  at the door with 503 and Retry-After (``railstack.overload.stages``), and the server answers
-  ``GET /railstack/health`` and ``GET /metrics``.
+  headers, and a refusal, the end of a stream and the main model's usage the way OpenAI
+  clients read them (``railstack.http.responses``), configs that enable admission get a real
+  429 with its headers, overload is shed at the door with 503 and Retry-After
+  (``railstack.overload.stages``), and the server answers ``GET /railstack/health`` and
+  ``GET /metrics``.
 """
 
 from __future__ import annotations
@@ -67,6 +69,7 @@ def init(app: Any) -> None:
     from railstack.http.decisions import DecisionsMiddleware
     from railstack.http.input_rails import InputRailsMiddleware
     from railstack.http.ops import OpsMiddleware
+    from railstack.http.responses import ResponsesMiddleware
     from railstack.http.validation import ValidationMiddleware
     from railstack.nemo import compat
     from railstack.nemo.flows import input_rails_of, rails_named_in_flows
@@ -76,7 +79,7 @@ def init(app: Any) -> None:
     selfcheck.server(app)  # the server refuses to start on a NeMo whose internals moved
     ours = (
         AdmissionMiddleware, BackpressureMiddleware, DecisionsMiddleware, InputRailsMiddleware, OpsMiddleware,
-        ValidationMiddleware,
+        ResponsesMiddleware, ValidationMiddleware,
     )
 
     configs = validate_configs(Path(app.rails_config_path))
@@ -113,7 +116,7 @@ def init(app: Any) -> None:
             {config_id: settings.admission.client_key for config_id, (_, settings) in configs.items()},
             default,
         )
-        return OpsMiddleware(DecisionsMiddleware(stack))
+        return OpsMiddleware(DecisionsMiddleware(ResponsesMiddleware(stack)))
 
     compat.wrap_asgi_stack(app, layers, ours)
     # Everything loaded so far (NeMo, LangChain, torch, the rails' models) lives as long as the

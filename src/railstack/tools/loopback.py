@@ -1,6 +1,7 @@
 """A loopback OpenAI-compatible main model, for the tests, the benchmarks and ``railstack profile``.
 
-It answers ``/v1/chat/completions`` (streaming and not, ``n`` choices), counts its calls, keeps
+It answers ``/v1/chat/completions`` (streaming and not, ``n`` choices, ``usage`` in the answer and,
+when ``stream_options.include_usage`` asks, in a last chunk of its own), counts its calls, keeps
 the request bodies and arrival times, waits ``latency_s`` before the first token (watching for
 the client leaving) and ``token_delay_s`` between streamed tokens, and counts the answers their
 client abandoned, so callers can tell whether, when and how the guarded model was reached.
@@ -49,6 +50,7 @@ class LoopbackModel:
     latency_s: float = 0.0
     token_delay_s: float = 0.0
     honours_n: bool = True  # answers a request's `n` with that many choices, as OpenAI's API does
+    usage: dict[str, int] = field(default_factory=lambda: {"prompt_tokens": 10, "completion_tokens": 7, "total_tokens": 17})
     requests: list[dict[str, Any]] = field(default_factory=list)
     arrived: list[float] = field(default_factory=list)  # time.monotonic() of each request
     abandoned: int = 0  # requests whose client went away before the whole answer was sent
@@ -88,7 +90,7 @@ class LoopbackModel:
                         {"index": i, "message": {"role": "assistant", "content": self.reply}, "finish_reason": "stop"}
                         for i in range(int(body.get("n") or 1) if self.honours_n else 1)
                     ],
-                    "usage": {"prompt_tokens": 10, "completion_tokens": 7, "total_tokens": 17},
+                    "usage": self.usage,
                 }
             )
 
@@ -125,6 +127,9 @@ class LoopbackModel:
                 "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}],
             }
             yield f"data: {json.dumps(done)}\n\n"
+            if (body.get("stream_options") or {}).get("include_usage"):
+                # As OpenAI sends it: after the finish, a chunk of no choices that holds the usage.
+                yield f"data: {json.dumps({**done, 'choices': [], 'usage': self.usage})}\n\n"
             yield "data: [DONE]\n\n"
 
         return StreamingResponse(events(), media_type="text/event-stream")
