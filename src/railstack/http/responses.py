@@ -33,10 +33,9 @@ from typing import Any, Awaitable, Callable, Iterator, Optional
 
 # NeMo internals: imported here, when the server installs this layer, so that a NeMo release
 # that moved them stops the server at start-up instead of failing every chat request.
-from nemoguardrails.context import explain_info_var
-from nemoguardrails.logging.explain import ExplainInfo
 
 from railstack.core import request
+from railstack.nemo import compat
 from railstack.http.asgi import is_chat
 
 log = logging.getLogger("railstack.http")
@@ -68,7 +67,7 @@ class Turn:
         self.req = req
         self._body: list[bytes] = []
         self._request: Optional[dict] = None
-        self._calls = ExplainInfo()  # the main model's calls, once NeMo has made them
+        self._calls = compat.LLMCallLog()  # the main model's calls, once NeMo has made them
 
     @property
     def request_id(self) -> Optional[str]:
@@ -108,21 +107,16 @@ class Turn:
 
     @contextlib.contextmanager
     def counting_tokens(self) -> Iterator[None]:
-        """NeMo records each LLM call of a generation, with the token counts the model reported,
-        in the ``ExplainInfo`` of its context (``nemoguardrails.context.explain_info_var``), and
-        makes one only where there is none. One set here is the request's own, and reaches
-        the task NeMo streams from, which starts inside this one."""
-        token = explain_info_var.set(self._calls)
-        try:
+        """The call log set here is the request's own (``compat.LLMCallLog``), and reaches the task
+        NeMo streams from, which starts inside this one."""
+        with self._calls.recording():
             yield
-        finally:
-            explain_info_var.reset(token)
 
     def usage(self, model: Optional[str]) -> Optional[dict[str, int]]:
         """The tokens of this turn's calls to the main model (the one the request names: NeMo makes
         it the main model), None when it reported none (a turn refused before it ran, a model
         that does not count)."""
-        calls = [c for c in self._calls.llm_calls if c.llm_model_name == model and c.total_tokens]
+        calls = [c for c in self._calls.calls() if c.llm_model_name == model and c.total_tokens]
         if not calls:
             return None
         prompt = sum(c.prompt_tokens or 0 for c in calls)

@@ -8,6 +8,7 @@ railstack assumes, refusing to start otherwise.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import importlib.metadata
 import logging
@@ -271,3 +272,28 @@ def serving_server() -> Optional[Any]:
     api = sys.modules.get("nemoguardrails.server.api")
     app = getattr(api, "app", None)
     return app if app is not None and getattr(app, "rails_config_path", "") else None
+
+
+class LLMCallLog:
+    """The LLM calls NeMo makes for one request, with the token counts the models reported: NeMo
+    records them in the ``ExplainInfo`` of its context (``explain_info_var``), and makes one only
+    where there is none, so one set for a request collects that request's calls."""
+
+    def __init__(self) -> None:
+        from nemoguardrails.logging.explain import ExplainInfo
+
+        self._info = ExplainInfo()
+
+    @contextlib.contextmanager
+    def recording(self) -> Iterator[None]:
+        from nemoguardrails.context import explain_info_var
+
+        token = explain_info_var.set(self._info)
+        try:
+            yield
+        finally:
+            explain_info_var.reset(token)
+
+    def calls(self) -> list[Any]:
+        """Each call's ``llm_model_name``, ``prompt_tokens``, ``completion_tokens``, ``total_tokens``."""
+        return list(self._info.llm_calls)
