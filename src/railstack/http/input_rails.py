@@ -7,9 +7,9 @@ import functools
 import json
 from typing import Any, Awaitable, Callable, Optional
 
-from railstack.core import Decision, Runtime, Tier, UnknownRails, metrics
+from railstack.core import Decision, Runtime, Tier, UnknownRails, fields, metrics
 from railstack.core.request import derive
-from railstack.core.text import Unreadable, conversation_text, dialogue_of
+from railstack.core.text import Unreadable, dialogue_of
 from railstack.http.asgi import REQUEST_KEY, config_id_of, context, is_chat, replaying, with_body
 from railstack.overload.gate import MainCalls
 
@@ -47,12 +47,12 @@ class InputRailsMiddleware:
                 return await self.app(scope, receive, send)
             self.ready.add(config_id)
         try:
-            text = conversation_text(body["messages"])
+            text = fields.conversation_text(body["messages"])
             dialogue = dialogue_of(body["messages"])
         except Unreadable:  # NeMo's flows refuse it with the reason
             return await self.app(scope, receive, send)
         nemo_context = {**(context(body) or {}), "user_message": text}
-        check = functools.partial(runtime.decide, source="input", text=text, nemo_context=nemo_context, dialogue=dialogue)
+        check = functools.partial(fields.decide, runtime, source="input", text=text, nemo_context=nemo_context, dialogue=dialogue)
         speculate = runtime.settings.latency.speculative_start
         cheap = [n for n in names if not speculate or runtime.tier_of(n) <= Tier.CHEAP]
         dear = [n for n in names if n not in cheap]
