@@ -9,37 +9,17 @@ handles badly (a lone surrogate, for one, used to turn every later request into 
 from __future__ import annotations
 
 import json
-import math
 import re
 from dataclasses import dataclass
 from typing import Any, Callable, Optional
 
-from railstack.http.settings import RequestLimits
 from railstack.core.text import message_text
+from railstack.http.params import LLM_PARAMS, check_params
+from railstack.http.rejection import Rejected
+from railstack.http.settings import RequestLimits
 
 ROLES = {"system", "developer", "user", "assistant", "tool", "context"}
 CONFIG_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
-# name -> (lowest, highest, whether the lowest itself is allowed), as OpenAI documents them.
-SAMPLING = {
-    "temperature": (0.0, 2.0, True),
-    "top_p": (0.0, 1.0, False),
-    "presence_penalty": (-2.0, 2.0, True),
-    "frequency_penalty": (-2.0, 2.0, True),
-}
-
-
-@dataclass(frozen=True)
-class Rejection:
-    status: int
-    message: str
-    param: Optional[str]
-    code: str
-
-
-class Rejected(Exception):
-    def __init__(self, status: int, message: str, param: Optional[str] = None, code: str = "invalid_request"):
-        super().__init__(message)
-        self.rejection = Rejection(status, message, param, code)
 
 
 def parse_body(body: bytes) -> dict:
@@ -55,9 +35,6 @@ def parse_body(body: bytes) -> dict:
 
 
 MAX_CONFIG_IDS = 8
-# What a client may set in guardrails.options: sampling only, checked like the top-level
-# fields. Anything else there could switch rails off (``rails``) or reveal prompts (``log``).
-LLM_PARAMS = {"max_tokens", "temperature", "top_p", "presence_penalty", "frequency_penalty", "stop"}
 
 
 @dataclass(frozen=True)
@@ -176,34 +153,11 @@ def check_messages(messages: Any, limits: RequestLimits, *, user_last: bool, too
         raise Rejected(400, "The user's message is empty.", f"messages[{len(messages) - 1}].content")
 
 
-def _number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-
-
-def check_sampling(params: dict, limits: RequestLimits, prefix: str = "") -> None:
-    for name in ("max_tokens", "max_completion_tokens"):
-        value = params.get(name)
-        if value is not None and (not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= limits.max_tokens):
-            raise Rejected(400, f"'{name}' must be an integer from 1 to {limits.max_tokens}.", prefix + name)
-    for name, (low, high, low_ok) in SAMPLING.items():
-        value = params.get(name)
-        if value is not None and (not _number(value) or value > high or value < low or (value == low and not low_ok)):
-            bounds = f"{'from' if low_ok else 'above'} {low:g} to {high:g}"
-            raise Rejected(400, f"'{name}' must be a number {bounds}.", prefix + name)
-    stop = params.get("stop")
-    if stop is not None and not (
-        isinstance(stop, str) or (isinstance(stop, list) and len(stop) <= 4 and all(isinstance(s, str) for s in stop))
-    ):
-        raise Rejected(400, "'stop' must be a string or a list of up to 4 strings.", prefix + "stop")
-
-
-def check_parameters(request: dict, rules: ConfigRules) -> None:
-    check_sampling(request, rules.limits)
+def check_parameters(request: dict, rules: ConfigRules, *, passthrough_all: bool) -> None:
+    """Everything but the messages: the NeMo extensions here, the OpenAI parameters in
+    ``railstack.http.params`` (tools only where every config named passes the conversation through)."""
     if request.get("stream") is not None and not isinstance(request["stream"], bool):
         raise Rejected(400, "'stream' must be true or false.", "stream")
-    n = request.get("n")
-    if n is not None and n != 1:
-        raise Rejected(400, "'n' must be 1: a guarded answer is one answer.", "n")
     model = request.get("model")
     if model is not None and (not isinstance(model, str) or model not in rules.models):
         # NeMo builds and keeps a new rails instance for every model name it is sent.
@@ -211,22 +165,22 @@ def check_parameters(request: dict, rules: ConfigRules) -> None:
     guardrails = request.get("guardrails") or {}
     if guardrails.get("state") is not None:
         raise Rejected(400, "A client cannot set the guardrails state.", "guardrails.state")
+    if guardrails.get("thread_id") is not None:
+        # NeMo would put a stored thread before the messages: history the rails never see.
+        raise Rejected(400, "Server-side threads are refused: send the conversation in 'messages'.", "guardrails.thread_id")
     options = guardrails.get("options")
     if options is not None:
+        # Anything but llm_params could switch rails off (``rails``) or reveal prompts (``log``).
         if not isinstance(options, dict) or set(options) - {"llm_params"}:
             raise Rejected(400, "'guardrails.options' may only hold 'llm_params'.", "guardrails.options")
-        params = options.get("llm_params") or {}
-        if not isinstance(params, dict) or set(params) - LLM_PARAMS:
-            raise Rejected(
-                400, f"'guardrails.options.llm_params' may only hold {', '.join(sorted(LLM_PARAMS))}.",
-                "guardrails.options.llm_params",
-            )
-        check_sampling(params, rules.limits, "guardrails.options.llm_params.")
+        if options.get("llm_params") is not None and not isinstance(options["llm_params"], dict):
+            raise Rejected(400, f"'{LLM_PARAMS}' must be an object.", LLM_PARAMS)
     has_context = guardrails.get("context") is not None or any(
         isinstance(m, dict) and m.get("role") == "context" for m in request.get("messages") or []
     )
     if has_context and rules.passthrough:
         raise Rejected(400, "This config passes the conversation through; it takes no context.", "guardrails.context")
+    check_params(request, rules.limits, passthrough=passthrough_all)
 
 
 def validate(request: dict, rules_for: Callable[[str], Optional[ConfigRules]], default_id: Optional[str], *, user_last: bool = True) -> None:
@@ -248,4 +202,4 @@ def validate(request: dict, rules_for: Callable[[str], Optional[ConfigRules]], d
         tool_results=all(r.tool_results for r in each),
     )
     check_messages(request.get("messages"), rules.limits, user_last=user_last, tool_last=rules.tool_results)
-    check_parameters(request, rules)
+    check_parameters(request, rules, passthrough_all=all(r.passthrough for r in each))
