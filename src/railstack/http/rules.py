@@ -14,12 +14,22 @@ from dataclasses import dataclass
 from typing import Any, Callable, Optional
 
 from railstack.core.text import message_text
-from railstack.http.params import LLM_PARAMS, check_params
+from railstack.http.params import LLM_PARAMS, NAME, check_params
 from railstack.http.rejection import Rejected
 from railstack.http.settings import RequestLimits
 
-ROLES = {"system", "developer", "user", "assistant", "tool", "context"}
 CONFIG_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+# The keys NeMo's request schema lets each role's messages hold (it answers 422 to any other);
+# the main model gets each of them but ``function_call`` and ``refusal``, which NeMo drops.
+KEYS = {
+    "system": {"role", "content", "name"},
+    "developer": {"role", "content", "name"},
+    "user": {"role", "content", "name"},
+    "assistant": {"role", "content", "name", "tool_calls", "function_call", "refusal"},
+    "tool": {"role", "content", "tool_call_id"},
+    "context": {"role", "content"},
+}
+ROLES = set(KEYS)
 
 
 def parse_body(body: bytes) -> dict:
@@ -89,17 +99,85 @@ def check_strings(value: Any, path: str = "") -> None:
             stack.extend((child, f"{where}[{i}]") for i, child in enumerate(item))
 
 
+def _unknown(value: dict, allowed: set[str]) -> Optional[str]:
+    """The first key of ``value`` not ``allowed`` (NeMo's schema refuses it with a 422)."""
+    return next((key for key in value if key not in allowed), None)
+
+
 def _text_of(content: Any, param: str) -> str:
     """``message_text``, with an error that names the part that is wrong."""
     if isinstance(content, list):
         for j, part in enumerate(content):
             if not isinstance(part, dict) or not isinstance(part.get("type"), str):
                 raise Rejected(400, "A content part must be an object with a 'type'.", f"{param}[{j}]")
-            if part["type"] == "text" and not isinstance(part.get("text"), str):
+            if part["type"] in ("image_url", "file"):
+                # The main model would read it, and no rail can: fail closed.
+                raise Rejected(400, "Image and file content parts are refused: no rail of this server reads them.", f"{param}[{j}]")
+            if part["type"] != "text":
+                raise Rejected(400, "A content part must be of type 'text'.", f"{param}[{j}].type")
+            if not isinstance(part.get("text"), str):
                 raise Rejected(400, "A text content part needs a string 'text'.", f"{param}[{j}].text")
+            key = _unknown(part, {"type", "text", "prompt_cache_breakpoint"})
+            if key is not None:
+                raise Rejected(400, f"A text content part has no '{key}'.", f"{param}[{j}].{key}")
+            if part.get("prompt_cache_breakpoint") not in (None, {"mode": "explicit"}):
+                raise Rejected(400, "A prompt cache breakpoint is {mode: explicit}.", f"{param}[{j}].prompt_cache_breakpoint")
     elif not isinstance(content, str):
         raise Rejected(400, "Message content must be a string or a list of content parts.", param)
     return message_text(content)
+
+
+def _check_calls(calls: Any, param: str) -> None:
+    """An assistant message's tool calls, as NeMo's schema has them; NeMo decodes the arguments
+    before the main model gets them and fails the turn (HTTP 200, an internal error) on any
+    that are not a JSON object."""
+    if not isinstance(calls, list) or not calls:
+        raise Rejected(400, "'tool_calls' must be a non-empty list.", param)
+    for j, call in enumerate(calls):
+        at = f"{param}[{j}]"
+        if not isinstance(call, dict) or call.get("type") != "function" or not isinstance(call.get("id"), str):
+            raise Rejected(400, "A tool call needs a string 'id' and type 'function'.", at)
+        key = _unknown(call, {"id", "type", "function"})
+        if key is not None:
+            raise Rejected(400, f"A tool call has no '{key}'.", f"{at}.{key}")
+        function = call.get("function")
+        if not isinstance(function, dict) or set(function) != {"name", "arguments"}:
+            raise Rejected(400, "A tool call's function holds exactly a 'name' and 'arguments'.", f"{at}.function")
+        if not isinstance(function["name"], str) or not NAME.fullmatch(function["name"]):
+            raise Rejected(400, "A function name is 1 to 64 letters, digits, '_' and '-'.", f"{at}.function.name")
+        try:
+            decoded = json.loads(function["arguments"]) if isinstance(function["arguments"], str) else None
+        except (ValueError, RecursionError):
+            decoded = None
+        if not isinstance(decoded, dict):
+            raise Rejected(400, "Tool call arguments must be a JSON object, as a string.", f"{at}.function.arguments")
+
+
+def _check_message(message: dict, param: str) -> str:
+    """One message (not a context one): its keys, tool calls and content; its text."""
+    role = message["role"]
+    key = _unknown(message, KEYS[role])
+    if key is not None:
+        raise Rejected(400, f"A {role} message has no '{key}'.", f"{param}.{key}")
+    for key, why in (("function_call", "send 'tool_calls'"), ("refusal", "send the refusal as content")):
+        if message.get(key) is not None:
+            raise Rejected(400, f"NeMo drops an assistant message's '{key}'; {why}.", f"{param}.{key}")
+    for key in ("name", "tool_call_id"):
+        if message.get(key) is not None and not isinstance(message[key], str):
+            raise Rejected(400, f"'{key}' must be a string.", f"{param}.{key}")
+    if role == "tool" and not isinstance(message.get("tool_call_id"), str):
+        raise Rejected(400, "A tool message needs the 'tool_call_id' it answers.", f"{param}.tool_call_id")
+    if message.get("tool_calls") is not None:
+        _check_calls(message["tool_calls"], f"{param}.tool_calls")
+    content = message.get("content")
+    if content is None:
+        if role != "assistant" or not message.get("tool_calls"):
+            raise Rejected(400, "A message needs content (an assistant message: content or tool calls).", f"{param}.content")
+        return ""
+    if isinstance(content, list) and role != "user":
+        # NeMo 0.24 fails (HTTP 500) on content parts in any other role.
+        raise Rejected(400, "Content parts are accepted in user messages only.", f"{param}.content")
+    return _text_of(content, f"{param}.content")
 
 
 def _check_text(text: str, param: Optional[str]) -> None:
@@ -117,6 +195,7 @@ def check_messages(messages: Any, limits: RequestLimits, *, user_last: bool, too
     if len(messages) > limits.max_messages:
         raise Rejected(413, f"Too many messages: {len(messages)}, the limit is {limits.max_messages}.", "messages", "too_large")
     total = 0
+    called: Optional[int] = None  # the first message with tool calls
     for i, message in enumerate(messages):
         param = f"messages[{i}]"
         if not isinstance(message, dict):
@@ -124,17 +203,21 @@ def check_messages(messages: Any, limits: RequestLimits, *, user_last: bool, too
         role = message.get("role")
         if not isinstance(role, str) or role not in ROLES:
             raise Rejected(400, f"A message role must be one of {', '.join(sorted(ROLES))}.", f"{param}.role")
-        content = message.get("content")
         if role == "context":
-            if not isinstance(content, dict):
+            if not isinstance(message.get("content"), dict):
                 raise Rejected(400, "A context message's content must be an object.", f"{param}.content")
             continue
-        if content is None and role in ("assistant", "tool"):
-            continue  # a tool call or an empty tool result
-        if isinstance(content, list) and role != "user":
-            # NeMo 0.24 fails (HTTP 500) on content parts in any other role.
-            raise Rejected(400, "Content parts are accepted in user messages only.", f"{param}.content")
-        text = _text_of(content, f"{param}.content")
+        text = _check_message(message, param)
+        if message.get("tool_calls") and called is None:
+            called = i
+        if role == "user" and called is not None:
+            # NeMo 0.24 replays such a history wrongly: it answers the user turn before the tool
+            # call, written over the last one, and runs its own input rails on neither.
+            raise Rejected(
+                400, "A user turn after a tool call is refused: NeMo Guardrails 0.24 would answer the user turn "
+                "before the tool call instead of this one. Send earlier tool exchanges as the assistant's answers.",
+                f"messages[{called}].tool_calls",
+            )
         if len(text) > limits.max_message_chars:
             raise Rejected(
                 413, f"A message has {len(text)} characters, the limit is {limits.max_message_chars}.",
