@@ -5,20 +5,22 @@ from __future__ import annotations
 import asyncio
 import functools
 import json
-from typing import Any, Awaitable, Callable, Optional
+from typing import Awaitable, Callable, Optional
 
-from railstack.core import Decision, Runtime, Tier, UnknownRails, metrics
+from railstack.core import Decision, Runtime, Tier, UnknownRails, fields, metrics
 from railstack.core.request import derive
-from railstack.core.text import Unreadable, conversation_text, dialogue_of
+from railstack.core.text import Unreadable, dialogue_of
 from railstack.http.asgi import REQUEST_KEY, config_id_of, context, is_chat, replaying, with_body
+from railstack.http.params import forwarded, passed
 from railstack.overload.gate import MainCalls
 
 
 class InputRailsMiddleware:
-    """Where a config's input flows are railstack's own, its input rails run here: a request they
-    pass skips NeMo's input-rail machinery (about 10 ms of Colang CPU per request), a blocked one
-    goes on to NeMo, whose flows say the config's refusal from these decisions without running
-    the rails again."""
+    """Where a config's input flows are railstack's own, its input rails run here, on every field
+    of the request the main model reads: a request they pass skips NeMo's input-rail machinery
+    (about 10 ms of Colang CPU per request), a blocked one goes on to NeMo, whose flows say the
+    config's refusal from these decisions without running the rails again. Either way NeMo gets
+    the request with its parameters where it passes them to the main model (``forwarded``)."""
 
     def __init__(
         self,
@@ -35,74 +37,74 @@ class InputRailsMiddleware:
         if not is_chat(scope):
             return await self.app(scope, receive, send)
         body = scope[REQUEST_KEY]
+        await receive()  # the body the client sent: NeMo gets ``nemo`` instead
+        nemo = forwarded(body)
         config_id = config_id_of(body, self.default_config_id)
         entry = self.input_rails.get(config_id)
         if entry is None:
-            return await self.app(scope, receive, send)
+            return await self._nemo_rails(scope, receive, send, nemo, None)
         runtime, names = entry
         if config_id not in self.ready:
             try:
                 runtime.prepare(names)
             except UnknownRails:  # defined by the config's own actions, which NeMo has not loaded yet
-                return await self.app(scope, receive, send)
+                return await self._nemo_rails(scope, receive, send, nemo, None)
             self.ready.add(config_id)
         try:
-            text = conversation_text(body["messages"])
+            text = fields.conversation_text(body["messages"], [(where, value) for _, where, value in passed(body)])
             dialogue = dialogue_of(body["messages"])
         except Unreadable:  # NeMo's flows refuse it with the reason
-            return await self.app(scope, receive, send)
+            return await self._nemo_rails(scope, receive, send, nemo, None)
         nemo_context = {**(context(body) or {}), "user_message": text}
-        check = functools.partial(runtime.decide, source="input", text=text, nemo_context=nemo_context, dialogue=dialogue)
+        check = functools.partial(fields.decide, runtime, source="input", text=text, nemo_context=nemo_context, dialogue=dialogue)
         speculate = runtime.settings.latency.speculative_start
         cheap = [n for n in names if not speculate or runtime.tier_of(n) <= Tier.CHEAP]
         dear = [n for n in names if n not in cheap]
         decisions, blocker = await check(cheap)
         if blocker is None and dear:
-            return await self._speculate(scope, receive, send, body, functools.partial(check, dear), decisions)
+            return await self._speculate(scope, receive, send, nemo, functools.partial(check, dear), decisions)
         if blocker is not None:
             decisions += runtime.skipped(dear, "input")
-            return await self._refuse(scope, receive, send, decisions)
-        await receive()  # the original body, replaced by the one that turns NeMo's input rails off
-        await self.app(*_without_input_rails(scope, body, receive), send)
+            return await self._nemo_rails(scope, receive, send, nemo, decisions)
+        await self.app(*_sending(scope, _without_input_rails(nemo), receive), send)
 
-    async def _refuse(self, scope: dict, receive: Callable, send: Callable, decisions: list[Decision]) -> None:
-        """NeMo's flows say the refusal the input rails reached here (no main-model call)."""
+    async def _nemo_rails(self, scope: dict, receive: Callable, send: Callable, nemo: dict, decisions: Optional[list[Decision]]) -> None:
+        """NeMo runs with its input rails on: its flows say the refusal the input rails reached
+        here (``decisions``; no main-model call), or decide themselves (None)."""
         with derive(input_decisions=decisions):
-            await self.app(scope, receive, send)
+            await self.app(*_sending(scope, nemo, receive), send)
 
     async def _speculate(
         self,
         scope: dict,
         receive: Callable,
         send: Callable,
-        body: dict,
+        nemo: dict,
         dear: Callable[[], Awaitable[tuple[list[Decision], Optional[Decision]]]],
         decisions: list[Decision],
     ) -> None:
         """The cheap tiers passed: NeMo (and the main model) start now, while the classifier tiers
         decide. Its response is held back until they pass; a block cancels the main-model calls and
         NeMo, and the client gets the refusal instead, never a byte of the answer."""
-        await receive()
         held = _Held(send)
         calls = MainCalls()
         with derive(main_calls=calls):  # NeMo's task, and the main-model calls it starts, see it
-            nemo = asyncio.ensure_future(self.app(*_without_input_rails(scope, body, receive), held.send))
+            nemo_task = asyncio.ensure_future(self.app(*_sending(scope, _without_input_rails(nemo), receive), held.send))
         try:
             more, blocker = await dear()
         except BaseException:
             calls.cancel()
-            nemo.cancel()
-            await asyncio.gather(nemo, return_exceptions=True)
+            nemo_task.cancel()
+            await asyncio.gather(nemo_task, return_exceptions=True)
             raise
         if blocker is None:
             await held.release()
-            return await nemo
+            return await nemo_task
         calls.cancel()
-        nemo.cancel()
-        await asyncio.gather(nemo, return_exceptions=True)
+        nemo_task.cancel()
+        await asyncio.gather(nemo_task, return_exceptions=True)
         metrics.SPECULATIVE_CANCELLED.inc()
-        raw = json.dumps(body).encode()
-        await self._refuse(with_body(scope, raw), replaying(raw, receive), send, decisions + more)
+        await self._nemo_rails(scope, receive, send, nemo, decisions + more)
 
 
 class _Held:
@@ -125,11 +127,15 @@ class _Held:
         self._open = True
 
 
-def _without_input_rails(scope: dict, body: dict, receive: Callable) -> tuple[dict, Callable]:
-    """The scope and receive of the request with NeMo's input rails turned off (they ran here)."""
+def _without_input_rails(body: dict) -> dict:
+    """The request with NeMo's input rails turned off (they ran here)."""
     guardrails = body.get("guardrails") or {}
     options = {**(guardrails.get("options") or {}), "rails": {"input": False}}
-    raw = json.dumps({**body, "guardrails": {**guardrails, "options": options}}).encode()
+    return {**body, "guardrails": {**guardrails, "options": options}}
+
+
+def _sending(scope: dict, body: dict, receive: Callable) -> tuple[dict, Callable]:
+    """The scope and receive of the request with ``body`` in place of the one the client sent
+    (already read from ``receive``)."""
+    raw = json.dumps(body).encode()
     return with_body(scope, raw), replaying(raw, receive)
-
-

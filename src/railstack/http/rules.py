@@ -9,37 +9,27 @@ handles badly (a lone surrogate, for one, used to turn every later request into 
 from __future__ import annotations
 
 import json
-import math
 import re
 from dataclasses import dataclass
 from typing import Any, Callable, Optional
 
-from railstack.http.settings import RequestLimits
 from railstack.core.text import message_text
+from railstack.http.params import LLM_PARAMS, NAME, check_params
+from railstack.http.rejection import Rejected
+from railstack.http.settings import RequestLimits
 
-ROLES = {"system", "developer", "user", "assistant", "tool", "context"}
 CONFIG_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
-# name -> (lowest, highest, whether the lowest itself is allowed), as OpenAI documents them.
-SAMPLING = {
-    "temperature": (0.0, 2.0, True),
-    "top_p": (0.0, 1.0, False),
-    "presence_penalty": (-2.0, 2.0, True),
-    "frequency_penalty": (-2.0, 2.0, True),
+# The keys NeMo's request schema lets each role's messages hold (it answers 422 to any other);
+# the main model gets each of them but ``function_call`` and ``refusal``, which NeMo drops.
+KEYS = {
+    "system": {"role", "content", "name"},
+    "developer": {"role", "content", "name"},
+    "user": {"role", "content", "name"},
+    "assistant": {"role", "content", "name", "tool_calls", "function_call", "refusal"},
+    "tool": {"role", "content", "tool_call_id"},
+    "context": {"role", "content"},
 }
-
-
-@dataclass(frozen=True)
-class Rejection:
-    status: int
-    message: str
-    param: Optional[str]
-    code: str
-
-
-class Rejected(Exception):
-    def __init__(self, status: int, message: str, param: Optional[str] = None, code: str = "invalid_request"):
-        super().__init__(message)
-        self.rejection = Rejection(status, message, param, code)
+ROLES = set(KEYS)
 
 
 def parse_body(body: bytes) -> dict:
@@ -55,9 +45,6 @@ def parse_body(body: bytes) -> dict:
 
 
 MAX_CONFIG_IDS = 8
-# What a client may set in guardrails.options: sampling only, checked like the top-level
-# fields. Anything else there could switch rails off (``rails``) or reveal prompts (``log``).
-LLM_PARAMS = {"max_tokens", "temperature", "top_p", "presence_penalty", "frequency_penalty", "stop"}
 
 
 @dataclass(frozen=True)
@@ -112,17 +99,85 @@ def check_strings(value: Any, path: str = "") -> None:
             stack.extend((child, f"{where}[{i}]") for i, child in enumerate(item))
 
 
+def _unknown(value: dict, allowed: set[str]) -> Optional[str]:
+    """The first key of ``value`` not ``allowed`` (NeMo's schema refuses it with a 422)."""
+    return next((key for key in value if key not in allowed), None)
+
+
 def _text_of(content: Any, param: str) -> str:
     """``message_text``, with an error that names the part that is wrong."""
     if isinstance(content, list):
         for j, part in enumerate(content):
             if not isinstance(part, dict) or not isinstance(part.get("type"), str):
                 raise Rejected(400, "A content part must be an object with a 'type'.", f"{param}[{j}]")
-            if part["type"] == "text" and not isinstance(part.get("text"), str):
+            if part["type"] in ("image_url", "file"):
+                # The main model would read it, and no rail can: fail closed.
+                raise Rejected(400, "Image and file content parts are refused: no rail of this server reads them.", f"{param}[{j}]")
+            if part["type"] != "text":
+                raise Rejected(400, "A content part must be of type 'text'.", f"{param}[{j}].type")
+            if not isinstance(part.get("text"), str):
                 raise Rejected(400, "A text content part needs a string 'text'.", f"{param}[{j}].text")
+            key = _unknown(part, {"type", "text", "prompt_cache_breakpoint"})
+            if key is not None:
+                raise Rejected(400, f"A text content part has no '{key}'.", f"{param}[{j}].{key}")
+            if part.get("prompt_cache_breakpoint") not in (None, {"mode": "explicit"}):
+                raise Rejected(400, "A prompt cache breakpoint is {mode: explicit}.", f"{param}[{j}].prompt_cache_breakpoint")
     elif not isinstance(content, str):
         raise Rejected(400, "Message content must be a string or a list of content parts.", param)
     return message_text(content)
+
+
+def _check_calls(calls: Any, param: str) -> None:
+    """An assistant message's tool calls, as NeMo's schema has them; NeMo decodes the arguments
+    before the main model gets them and fails the turn (HTTP 200, an internal error) on any
+    that are not a JSON object."""
+    if not isinstance(calls, list) or not calls:
+        raise Rejected(400, "'tool_calls' must be a non-empty list.", param)
+    for j, call in enumerate(calls):
+        at = f"{param}[{j}]"
+        if not isinstance(call, dict) or call.get("type") != "function" or not isinstance(call.get("id"), str):
+            raise Rejected(400, "A tool call needs a string 'id' and type 'function'.", at)
+        key = _unknown(call, {"id", "type", "function"})
+        if key is not None:
+            raise Rejected(400, f"A tool call has no '{key}'.", f"{at}.{key}")
+        function = call.get("function")
+        if not isinstance(function, dict) or set(function) != {"name", "arguments"}:
+            raise Rejected(400, "A tool call's function holds exactly a 'name' and 'arguments'.", f"{at}.function")
+        if not isinstance(function["name"], str) or not NAME.fullmatch(function["name"]):
+            raise Rejected(400, "A function name is 1 to 64 letters, digits, '_' and '-'.", f"{at}.function.name")
+        try:
+            decoded = json.loads(function["arguments"]) if isinstance(function["arguments"], str) else None
+        except (ValueError, RecursionError):
+            decoded = None
+        if not isinstance(decoded, dict):
+            raise Rejected(400, "Tool call arguments must be a JSON object, as a string.", f"{at}.function.arguments")
+
+
+def _check_message(message: dict, param: str) -> str:
+    """One message (not a context one): its keys, tool calls and content; its text."""
+    role = message["role"]
+    key = _unknown(message, KEYS[role])
+    if key is not None:
+        raise Rejected(400, f"A {role} message has no '{key}'.", f"{param}.{key}")
+    for key, why in (("function_call", "send 'tool_calls'"), ("refusal", "send the refusal as content")):
+        if message.get(key) is not None:
+            raise Rejected(400, f"NeMo drops an assistant message's '{key}'; {why}.", f"{param}.{key}")
+    for key in ("name", "tool_call_id"):
+        if message.get(key) is not None and not isinstance(message[key], str):
+            raise Rejected(400, f"'{key}' must be a string.", f"{param}.{key}")
+    if role == "tool" and not isinstance(message.get("tool_call_id"), str):
+        raise Rejected(400, "A tool message needs the 'tool_call_id' it answers.", f"{param}.tool_call_id")
+    if message.get("tool_calls") is not None:
+        _check_calls(message["tool_calls"], f"{param}.tool_calls")
+    content = message.get("content")
+    if content is None:
+        if role != "assistant" or not message.get("tool_calls"):
+            raise Rejected(400, "A message needs content (an assistant message: content or tool calls).", f"{param}.content")
+        return ""
+    if isinstance(content, list) and role != "user":
+        # NeMo 0.24 fails (HTTP 500) on content parts in any other role.
+        raise Rejected(400, "Content parts are accepted in user messages only.", f"{param}.content")
+    return _text_of(content, f"{param}.content")
 
 
 def _check_text(text: str, param: Optional[str]) -> None:
@@ -140,6 +195,7 @@ def check_messages(messages: Any, limits: RequestLimits, *, user_last: bool, too
     if len(messages) > limits.max_messages:
         raise Rejected(413, f"Too many messages: {len(messages)}, the limit is {limits.max_messages}.", "messages", "too_large")
     total = 0
+    called: Optional[int] = None  # the first message with tool calls
     for i, message in enumerate(messages):
         param = f"messages[{i}]"
         if not isinstance(message, dict):
@@ -147,17 +203,21 @@ def check_messages(messages: Any, limits: RequestLimits, *, user_last: bool, too
         role = message.get("role")
         if not isinstance(role, str) or role not in ROLES:
             raise Rejected(400, f"A message role must be one of {', '.join(sorted(ROLES))}.", f"{param}.role")
-        content = message.get("content")
         if role == "context":
-            if not isinstance(content, dict):
+            if not isinstance(message.get("content"), dict):
                 raise Rejected(400, "A context message's content must be an object.", f"{param}.content")
             continue
-        if content is None and role in ("assistant", "tool"):
-            continue  # a tool call or an empty tool result
-        if isinstance(content, list) and role != "user":
-            # NeMo 0.24 fails (HTTP 500) on content parts in any other role.
-            raise Rejected(400, "Content parts are accepted in user messages only.", f"{param}.content")
-        text = _text_of(content, f"{param}.content")
+        text = _check_message(message, param)
+        if message.get("tool_calls") and called is None:
+            called = i
+        if role == "user" and called is not None:
+            # NeMo 0.24 replays such a history wrongly: it answers the user turn before the tool
+            # call, written over the last one, and runs its own input rails on neither.
+            raise Rejected(
+                400, "A user turn after a tool call is refused: NeMo Guardrails 0.24 would answer the user turn "
+                "before the tool call instead of this one. Send earlier tool exchanges as the assistant's answers.",
+                f"messages[{called}].tool_calls",
+            )
         if len(text) > limits.max_message_chars:
             raise Rejected(
                 413, f"A message has {len(text)} characters, the limit is {limits.max_message_chars}.",
@@ -176,34 +236,11 @@ def check_messages(messages: Any, limits: RequestLimits, *, user_last: bool, too
         raise Rejected(400, "The user's message is empty.", f"messages[{len(messages) - 1}].content")
 
 
-def _number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-
-
-def check_sampling(params: dict, limits: RequestLimits, prefix: str = "") -> None:
-    for name in ("max_tokens", "max_completion_tokens"):
-        value = params.get(name)
-        if value is not None and (not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= limits.max_tokens):
-            raise Rejected(400, f"'{name}' must be an integer from 1 to {limits.max_tokens}.", prefix + name)
-    for name, (low, high, low_ok) in SAMPLING.items():
-        value = params.get(name)
-        if value is not None and (not _number(value) or value > high or value < low or (value == low and not low_ok)):
-            bounds = f"{'from' if low_ok else 'above'} {low:g} to {high:g}"
-            raise Rejected(400, f"'{name}' must be a number {bounds}.", prefix + name)
-    stop = params.get("stop")
-    if stop is not None and not (
-        isinstance(stop, str) or (isinstance(stop, list) and len(stop) <= 4 and all(isinstance(s, str) for s in stop))
-    ):
-        raise Rejected(400, "'stop' must be a string or a list of up to 4 strings.", prefix + "stop")
-
-
-def check_parameters(request: dict, rules: ConfigRules) -> None:
-    check_sampling(request, rules.limits)
+def check_parameters(request: dict, rules: ConfigRules, *, passthrough_all: bool) -> None:
+    """Everything but the messages: the NeMo extensions here, the OpenAI parameters in
+    ``railstack.http.params`` (tools only where every config named passes the conversation through)."""
     if request.get("stream") is not None and not isinstance(request["stream"], bool):
         raise Rejected(400, "'stream' must be true or false.", "stream")
-    n = request.get("n")
-    if n is not None and n != 1:
-        raise Rejected(400, "'n' must be 1: a guarded answer is one answer.", "n")
     model = request.get("model")
     if model is not None and (not isinstance(model, str) or model not in rules.models):
         # NeMo builds and keeps a new rails instance for every model name it is sent.
@@ -211,22 +248,22 @@ def check_parameters(request: dict, rules: ConfigRules) -> None:
     guardrails = request.get("guardrails") or {}
     if guardrails.get("state") is not None:
         raise Rejected(400, "A client cannot set the guardrails state.", "guardrails.state")
+    if guardrails.get("thread_id") is not None:
+        # NeMo would put a stored thread before the messages: history the rails never see.
+        raise Rejected(400, "Server-side threads are refused: send the conversation in 'messages'.", "guardrails.thread_id")
     options = guardrails.get("options")
     if options is not None:
+        # Anything but llm_params could switch rails off (``rails``) or reveal prompts (``log``).
         if not isinstance(options, dict) or set(options) - {"llm_params"}:
             raise Rejected(400, "'guardrails.options' may only hold 'llm_params'.", "guardrails.options")
-        params = options.get("llm_params") or {}
-        if not isinstance(params, dict) or set(params) - LLM_PARAMS:
-            raise Rejected(
-                400, f"'guardrails.options.llm_params' may only hold {', '.join(sorted(LLM_PARAMS))}.",
-                "guardrails.options.llm_params",
-            )
-        check_sampling(params, rules.limits, "guardrails.options.llm_params.")
+        if options.get("llm_params") is not None and not isinstance(options["llm_params"], dict):
+            raise Rejected(400, f"'{LLM_PARAMS}' must be an object.", LLM_PARAMS)
     has_context = guardrails.get("context") is not None or any(
         isinstance(m, dict) and m.get("role") == "context" for m in request.get("messages") or []
     )
     if has_context and rules.passthrough:
         raise Rejected(400, "This config passes the conversation through; it takes no context.", "guardrails.context")
+    check_params(request, rules.limits, passthrough=passthrough_all)
 
 
 def validate(request: dict, rules_for: Callable[[str], Optional[ConfigRules]], default_id: Optional[str], *, user_last: bool = True) -> None:
@@ -248,4 +285,4 @@ def validate(request: dict, rules_for: Callable[[str], Optional[ConfigRules]], d
         tool_results=all(r.tool_results for r in each),
     )
     check_messages(request.get("messages"), rules.limits, user_last=user_last, tool_last=rules.tool_results)
-    check_parameters(request, rules)
+    check_parameters(request, rules, passthrough_all=all(r.passthrough for r in each))

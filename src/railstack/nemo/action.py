@@ -6,28 +6,25 @@ from __future__ import annotations
 from typing import Any, Optional
 
 from railstack.core import request
-from railstack.core.text import Unreadable, conversation_text, dialogue_of, message_text
+from railstack.core.fields import conversation_text, decide
+from railstack.core.text import Unreadable, dialogue_of, message_text
 from railstack.nemo import compat
-from railstack.nemo.outcome import passed, refusal, replay, run
+from railstack.nemo.outcome import outcome, passed, refusal, replay, run
+
+def _messages(events: Optional[list], context: dict) -> list[dict]:
+    req = request.current()
+    if req is not None and req.messages is not None:  # behind railstack's HTTP layer: the request as it came
+        return req.messages
+    messages = compat.messages_in_events(events)
+    return messages or [{"role": "user", "content": message_text(context.get("user_message"))}]
 
 
 def _conversation(events: Optional[list], context: dict) -> tuple[str, tuple[tuple[str, str], ...]]:
-    """Everything the client sent that the main model will read (system and user turns, the
-    assistant turns of the history it supplied, tool results) joined, and the user and assistant
-    turns on their own."""
-    req = request.current()
-    if req is not None and req.messages is not None:  # behind railstack's HTTP layer: the request as it came
-        return conversation_text(req.messages), dialogue_of(req.messages)
-    # Otherwise NeMo's events: they hold tool results only when tool input rails are configured.
-    texts, dialogue = [], []
-    for role, content in compat.turns_in_events(events):
-        texts.append(message_text(content))
-        if role in ("user", "assistant"):
-            dialogue.append((role, texts[-1]))
-    if not texts:
-        last = message_text(context.get("user_message"))
-        return last, (("user", last),) if last else ()
-    return "\n\n".join(texts), tuple(dialogue)
+    """Every field the main model will read (``railstack.core.fields``): the messages, and the
+    parameters NeMo sends with them; and the user and assistant turns on their own."""
+    messages = _messages(events, context)
+    params = ((context.get("generation_options") or {}).get("llm_params") or {}).items()
+    return conversation_text(messages, params), dialogue_of(messages)
 
 
 async def railstack_rails(
@@ -67,11 +64,14 @@ async def railstack_rails(
                 return passed("the streamed chunks were checked")
             # Streaming output rails pass the chunk as a keyword instead of through the context.
             text = message_text(kwargs.get("bot_message", context.get("bot_message")))
-            _, dialogue = _conversation(events, context)
+            dialogue = dialogue_of(_messages(events, context))
         elif source == "retrieval":
             text = message_text(context.get("relevant_chunks"))
         else:
             return refusal(f"Blocked: a railstack flow names an unknown source {source!r}.")
     except Unreadable as exc:
         return refusal(f"Blocked: message content railstack cannot read ({exc}).")
-    return await run(railstack_runtime, names, source=source, text=text, nemo_context=context, dialogue=dialogue, main_model=llm)
+    given = dict(source=source, text=text, nemo_context=context, dialogue=dialogue, main_model=llm)
+    if railstack_runtime.unknown(names):
+        return await run(railstack_runtime, names, **given)  # the refusal that names them
+    return outcome(*await decide(railstack_runtime, names, **given))

@@ -56,21 +56,20 @@ def is_subflow(flow: dict) -> bool:
 # -- Colang 1.0 events ----------------------------------------------------------------------------
 
 
-def turns_in_events(events: Optional[list]) -> Iterator[tuple[str, Any]]:
-    """The conversation in the events NeMo passes an action, as (role, content): "system",
-    "user", "assistant", and "tool" for each tool result (held only when tool input rails are
-    configured)."""
-    for event in events or []:
-        kind = event.get("type")
-        if kind == "UtteranceUserActionFinished":
-            yield "user", event.get("final_transcript")
-        elif kind == "SystemMessage":
-            yield "system", event.get("content")
-        elif kind == "UtteranceBotActionFinished":
-            yield "assistant", event.get("final_script")
-        elif kind == "UserToolMessages":
-            for message in event.get("tool_messages") or []:
-                yield "tool", message.get("content")
+# NeMo's events of a conversation, as the OpenAI messages they came from.
+_MESSAGES: dict[str, Callable[[dict], list[dict]]] = {
+    "UtteranceUserActionFinished": lambda e: [{"role": "user", "content": e.get("final_transcript")}],
+    "SystemMessage": lambda e: [{"role": "system", "content": e.get("content")}],
+    "UtteranceBotActionFinished": lambda e: [{"role": "assistant", "content": e.get("final_script")}],
+    "BotToolCalls": lambda e: [{"role": "assistant", "tool_calls": e.get("tool_calls")}],
+    "UserToolMessages": lambda e: [{"role": "tool", **m} for m in e.get("tool_messages") or []],
+}
+
+
+def messages_in_events(events: Optional[list]) -> list[dict]:
+    """The conversation in the events NeMo passes an action, as messages (tool results are held
+    only when tool input rails are configured)."""
+    return [m for event in events or [] for m in _MESSAGES.get(event.get("type"), lambda e: [])(event)]
 
 
 # -- streaming -----------------------------------------------------------------------------------

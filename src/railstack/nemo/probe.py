@@ -125,7 +125,7 @@ def init(app: Any) -> None:
         text = kwargs.get("bot_message", (context or {}).get("bot_message"))
         seen.calls.setdefault(seen.phase, []).append(RailCall(
             source, text, events is not None, compat.streaming_handler_active(),
-            compat.streamed_answer_in_full(events, config), tuple(compat.turns_in_events(events)),
+            compat.streamed_answer_in_full(events, config), tuple((m.get("role"), m.get("content")) for m in compat.messages_in_events(events)),
         ))
         if source == "output" and LEAK in (text or ""):
             return compat.RailOutcome.block(reason="the probe's output rail blocks this text")
