@@ -11,6 +11,14 @@ from main_model import MainModelDouble  # noqa: E402
 from railstack.paths import rails_dir  # noqa: E402
 
 
+def pytest_runtest_setup(item):
+    if item.get_closest_marker("gpu"):
+        import torch
+
+        if not torch.cuda.is_available():
+            pytest.skip("needs a CUDA device: torch sees none")
+
+
 @pytest.fixture
 def main_model() -> Iterator[MainModelDouble]:
     model = MainModelDouble().start()

@@ -416,6 +416,7 @@ def test_http_redis_killed_mid_test_never_500(tmp_path, main_model, monkeypatch,
     assert main_model.calls == 1
 
 
+@pytest.mark.slow
 def test_several_server_processes_share_one_redis_limit(tmp_path, main_model, redis_server):
     from test_install import Server, server_env
 

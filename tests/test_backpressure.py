@@ -259,6 +259,7 @@ async def timed_post(client, body):
     return res, time.monotonic() - start
 
 
+@pytest.mark.slow
 async def test_beyond_capacity_requests_are_shed_fast_and_admitted_ones_complete(server):
     srv, model = server
     async with httpx.AsyncClient(base_url=srv.url, timeout=30) as client:
@@ -314,6 +315,7 @@ def main_text(res) -> str:
     return res.json()["choices"][0]["message"]["content"]
 
 
+@pytest.mark.slow
 async def test_a_request_that_waited_past_its_maximum_is_shed(server):
     srv, model = server
     model.latency_s = 3 * SERVICE_S  # longer than the 1.5 s a request may wait
@@ -330,6 +332,7 @@ async def test_a_request_that_waited_past_its_maximum_is_shed(server):
         assert 1.5 <= elapsed < 3 * SERVICE_S
 
 
+@pytest.mark.slow
 async def test_a_client_that_disconnects_frees_its_slot_and_its_queue_place(server):
     srv, model = server
     model.latency_s = 10.0  # the model is still busy with every request below when it is checked
@@ -359,6 +362,7 @@ async def test_a_client_that_disconnects_frees_its_slot_and_its_queue_place(serv
     assert res.status_code == 200
 
 
+@pytest.mark.slow
 async def test_a_classifier_engine_that_is_full_sheds_its_own_requests_with_503(server):
     srv, model = server
     async with httpx.AsyncClient(base_url=srv.url, timeout=30) as client:

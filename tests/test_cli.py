@@ -5,7 +5,11 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 from railstack.paths import config_dir
+
+pytestmark = pytest.mark.slow  # each runs the CLI in a process of its own: NeMo's import alone takes seconds
 
 
 def run_check(*args, cwd):

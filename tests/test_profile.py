@@ -5,7 +5,11 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 from railstack.paths import config_dir, rails_dir
+
+pytestmark = pytest.mark.slow  # each runs `railstack profile`: a server process, dozens of requests
 
 
 def run_profile(config, out, *extra, env=None):
