@@ -125,7 +125,8 @@ async def test_a_rail_cut_by_the_input_budget_takes_its_failure_policy_and_later
     assert first.failed and first.reason == (
         "the check did not finish within the input latency budget (0.2 s) (fail-closed)"
     )
-    assert first.metadata == {"budget_s": 0.2} and 150 < first.latency_ms < 400
+    # Cut at the 0.2 s budget: not at once, and long before the rail's own 5 s timeout.
+    assert first.metadata == {"budget_s": 0.2} and 150 < first.latency_ms < 1000
     assert second.verdict == "skipped"
 
     open_policy = runtime_with(
