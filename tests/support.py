@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import socket
 import subprocess
@@ -10,13 +11,15 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Iterator
+from typing import Iterable, Iterator
 
 import httpx
 
 from nemoguardrails import RailsConfig
 
+from railstack.core import Runtime
 from railstack.paths import config_dir, rails_dir
+from railstack.settings import parse_settings
 
 REPO = Path(__file__).resolve().parent.parent
 SHARED_DATA = REPO.parent / "shared" / "data"
@@ -76,6 +79,35 @@ def serving(root: Path) -> Iterator["TestClient"]:  # noqa: F821
 
 def chat(config_id: str, content: str, **extra) -> dict:
     return {"model": "main", "messages": [{"role": "user", "content": content}], "guardrails": {"config_id": config_id}, **extra}
+
+
+def sse_events(res) -> list[dict]:
+    """The JSON events of a streamed (server-sent events) response, in order; [DONE] left out."""
+    return [json.loads(line[len("data: "):]) for line in res.text.splitlines() if line.startswith("data: {")]
+
+
+def streamed_text(res, errors: bool = False) -> str:
+    """The answer a streamed response carried: its chunks' delta contents, joined. An error
+    event fails the test unless ``errors`` says the stream may end with one (a blocked answer's)."""
+    events = sse_events(res)
+    if not errors:
+        assert not [e for e in events if "error" in e], events
+    return "".join(e["choices"][0]["delta"].get("content") or "" for e in events if "choices" in e)
+
+
+def runtime_of(railstack: dict, prepare: Iterable[str] = ()) -> Runtime:
+    """The runtime of a config whose ``custom_data.railstack`` is ``railstack``, outside NeMo; the
+    rails in ``prepare`` have their resources (models) built now."""
+    runtime = Runtime(parse_settings({"railstack": railstack}))
+    if prepare:
+        runtime.prepare(list(prepare))
+    return runtime
+
+
+def model_runtime(rail: str, path: Path, **settings) -> Runtime:
+    """A runtime whose model rail ``rail`` runs the checkpoint at ``path`` on the CPU in fp32
+    (what the tiny checkpoints are compared in), with its other ``settings``."""
+    return runtime_of({rail: {"model": str(path), "device": "cpu", "precision": "fp32", **settings}}, [rail])
 
 
 def free_port() -> int:

@@ -15,7 +15,7 @@ from railstack.core.types import Shed
 from railstack.overload.stages import Stage, stages
 from railstack.settings import SettingsError, parse_settings
 from railstack.overload.settings import BackpressureSettings, StageSettings
-from support import Server, chat, railstack_config, server_env
+from support import Server, chat, railstack_config, server_env, streamed_text
 
 SERVICE_S = 1.0  # the main model's fixed service time in these tests
 
@@ -313,10 +313,7 @@ async def test_beyond_capacity_requests_are_shed_fast_and_admitted_ones_complete
 
 def main_text(res) -> str:
     if res.headers["content-type"].startswith("text/event-stream"):
-        import json
-
-        events = [json.loads(line[6:]) for line in res.text.splitlines() if line.startswith("data: {")]
-        return "".join(e["choices"][0]["delta"].get("content") or "" for e in events)
+        return streamed_text(res)
     return res.json()["choices"][0]["message"]["content"]
 
 

@@ -8,10 +8,9 @@ import time
 import pytest
 
 from railstack.nemo.outcome import run
-from railstack.core import Runtime, Tier, Verdict, rail
+from railstack.core import Tier, Verdict, rail
 from railstack.paths import configs_root
-from railstack.settings import parse_settings
-from support import chat, railstack_config, serving
+from support import chat, railstack_config, runtime_of, serving, streamed_text
 
 finished: list[float] = []  # time.monotonic() when each slow check gave its verdict
 
@@ -56,20 +55,13 @@ def served(main_model, monkeypatch, tmp_path):
     return serve
 
 
-def streamed(res) -> str:
-    return "".join(
-        json.loads(line[6:])["choices"][0]["delta"].get("content") or ""
-        for line in res.text.splitlines() if line.startswith("data: {") and '"choices"' in line
-    )
-
-
 @pytest.mark.parametrize("stream", [False, True])
 def test_speculative_start_calls_the_main_model_while_the_classifiers_run(served, main_model, stream):
     main_model.latency_s = 0.3
     with served(True) as client:
         res = client.post("/v1/chat/completions", json=chat("spec", "What is the capital of France?", stream=stream))
     assert res.headers["x-railstack-decisions"] == "heuristics=allow,slow_check=allow"
-    assert (streamed(res) if stream else res.json()["choices"][0]["message"]["content"]) == main_model.reply
+    assert (streamed_text(res) if stream else res.json()["choices"][0]["message"]["content"]) == main_model.reply
     # The main model had the request before the classifier tier gave its verdict.
     (arrived,), (verdict,) = main_model.arrived, finished
     assert arrived < verdict
@@ -110,14 +102,10 @@ def test_a_cheap_block_starts_nothing(served, main_model):
     assert main_model.calls == 0 and finished == []
 
 
-def runtime_with(**settings) -> Runtime:
-    return Runtime(parse_settings({"railstack": settings}))
-
-
 async def test_a_rail_cut_by_the_input_budget_takes_its_failure_policy_and_later_tiers_are_not_run():
     from railstack.core.request import one_request
 
-    runtime = runtime_with(latency={"input_budget_s": 0.2}, rails={"slow_check": {"timeout_s": 5}})
+    runtime = runtime_of({"latency": {"input_budget_s": 0.2}, "rails": {"slow_check": {"timeout_s": 5}}})
     with one_request():
         decisions, blocker = await runtime.decide(["slow_check", "slower_check"], source="input", text="hi")
     first, second = decisions
@@ -129,9 +117,10 @@ async def test_a_rail_cut_by_the_input_budget_takes_its_failure_policy_and_later
     assert first.metadata == {"budget_s": 0.2} and 150 < first.latency_ms < 1000
     assert second.verdict == "skipped"
 
-    open_policy = runtime_with(
-        latency={"input_budget_s": 0.2}, rails={"slow_check": {"on_failure": "open"}, "slower_check": {"on_failure": "open"}}
-    )
+    open_policy = runtime_of({
+        "latency": {"input_budget_s": 0.2},
+        "rails": {"slow_check": {"on_failure": "open"}, "slower_check": {"on_failure": "open"}},
+    })
     with one_request():
         decisions, blocker = await open_policy.decide(["slow_check", "slower_check"], source="input", text="hi")
     assert blocker is None
@@ -142,7 +131,7 @@ async def test_a_rail_cut_by_the_input_budget_takes_its_failure_policy_and_later
 async def test_the_input_budget_spans_every_input_flow_of_a_request():
     from railstack.core.request import one_request
 
-    runtime = runtime_with(latency={"input_budget_s": 0.5}, rails={"slow_check": {"timeout_s": 5}})
+    runtime = runtime_of({"latency": {"input_budget_s": 0.5}, "rails": {"slow_check": {"timeout_s": 5}}})
     with one_request():
         first, _ = await runtime.decide(["slow_check"], source="input", text="hi")  # 0.3 s of the 0.5
         second, blocker = await runtime.decide(["slow_check"], source="input", text="hi")
@@ -151,8 +140,8 @@ async def test_the_input_budget_spans_every_input_flow_of_a_request():
 
 
 async def test_the_output_budget_is_per_answer():
-    runtime = runtime_with(latency={"output_budget_s": 0.2})
+    runtime = runtime_of({"latency": {"output_budget_s": 0.2}})
     outcome = await run(runtime, ["slow_check"], source="output", text="An answer.")
     assert outcome.is_blocked and "output latency budget (0.2 s)" in outcome.reason
-    roomy = runtime_with(latency={"output_budget_s": 1.0})
+    roomy = runtime_of({"latency": {"output_budget_s": 1.0}})
     assert not (await run(roomy, ["slow_check"], source="output", text="An answer.")).is_blocked

@@ -13,11 +13,10 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from completions_server import CompletionsServer
 from railstack.nemo.outcome import run
 from railstack.llama_guard.model import NotASafetyModel, SafetyModel, TurnTooLong, alternating, parse_categories
-from railstack.core import Runtime
 from railstack.paths import configs_root
 from railstack.settings import parse_settings
 from railstack.llama_guard.settings import LlamaGuardSettings
-from support import chat, railstack_config, serving
+from support import chat, model_runtime, railstack_config, serving, streamed_text
 from tiny_models import LLAMA_GUARD_3_TEMPLATE, SENTENCES, llama_guard, prompt_guard
 
 TASK_HEAD = (
@@ -52,13 +51,6 @@ def checkpoints(tmp_path_factory):
 
 def guard(path, **settings) -> SafetyModel:
     return SafetyModel(LlamaGuardSettings(model=str(path), device="cpu", precision="fp32", **settings))
-
-
-def runtime_with(path, **settings) -> Runtime:
-    runtime = Runtime(parse_settings({"railstack": {"llama_guard": {
-        "model": str(path), "device": "cpu", "precision": "fp32", **settings}}}))
-    runtime.prepare(["llama_guard"])
-    return runtime
 
 
 def prompt_of(model: SafetyModel, dialogue, judged="user") -> str:
@@ -262,7 +254,7 @@ async def test_the_category_line_is_decoded_only_for_unsafe_verdicts(checkpoints
 
 
 async def test_the_decision_names_the_categories_and_unknown_codes(checkpoints, monkeypatch):
-    runtime = runtime_with(checkpoints["lg3"], threshold=0.0)
+    runtime = model_runtime("llama_guard", checkpoints["lg3"], threshold=0.0)
     engine = runtime.resources["llama_guard"].engine
     monkeypatch.setattr(engine, "category_lines", lambda rows: ["\nS1, s10,S99"] * len(rows))
     outcome = await run(runtime, ["llama_guard"], source="input", text="How do I pick a lock?")
@@ -278,7 +270,7 @@ async def test_the_decision_names_the_categories_and_unknown_codes(checkpoints, 
 
 
 async def test_an_answer_without_a_known_question_is_still_judged(checkpoints):
-    runtime = runtime_with(checkpoints["lg3"], threshold=1.0)
+    runtime = model_runtime("llama_guard", checkpoints["lg3"], threshold=1.0)
     outcome = await run(runtime, ["llama_guard"], source="output", text="Here you go.")
     assert not outcome.is_blocked and outcome.metadata["decisions"][0]["metadata"]["prompt_tokens"] > 0
 
@@ -308,13 +300,13 @@ def test_long_conversations_lose_their_oldest_turns_never_the_judged_one(checkpo
 
 
 async def test_a_judged_turn_too_long_for_the_model_fails_closed_with_the_reason(checkpoints):
-    runtime = runtime_with(checkpoints["lg3"], max_prompt_tokens=600)
+    runtime = model_runtime("llama_guard", checkpoints["lg3"], max_prompt_tokens=600)
     outcome = await run(runtime, ["llama_guard"], source="input", text=" ".join(SENTENCES * 4))
     assert outcome.is_blocked and outcome.reason == "Blocked by the llama_guard rail: the check raised TurnTooLong (fail-closed)"
 
 
 async def test_the_rail_fails_closed_when_the_model_raises_or_is_too_slow(checkpoints, monkeypatch):
-    runtime = runtime_with(checkpoints["lg3"], timeout_s=0.3, cache_size=0)
+    runtime = model_runtime("llama_guard", checkpoints["lg3"], timeout_s=0.3, cache_size=0)
     engine = runtime.resources["llama_guard"].engine
 
     def broken(batch):
@@ -371,10 +363,12 @@ async def test_the_remote_engine_reads_the_same_score_from_a_completions_servers
 async def test_the_remote_engine_fails_closed_when_the_server_is_gone_or_wrong(checkpoints, completions):
     from support import free_port
 
-    gone = runtime_with(checkpoints["lg3"], engine="remote", remote={"base_url": f"http://127.0.0.1:{free_port()}/v1"})
+    gone = model_runtime("llama_guard", checkpoints["lg3"], engine="remote",
+                         remote={"base_url": f"http://127.0.0.1:{free_port()}/v1"})
     outcome = await run(gone, ["llama_guard"], source="input", text="Hello")
     assert outcome.is_blocked and outcome.reason.endswith("(fail-closed)")
-    wrong = runtime_with(checkpoints["lg3"], engine="remote", remote={"base_url": completions.base_url, "served_model": "x"})
+    wrong = model_runtime("llama_guard", checkpoints["lg3"], engine="remote",
+                          remote={"base_url": completions.base_url, "served_model": "x"})
     outcome = await run(wrong, ["llama_guard"], source="input", text="Hello")
     assert outcome.is_blocked and outcome.reason.endswith("raised NotFoundError (fail-closed)")
 
@@ -401,13 +395,6 @@ def served(checkpoints, main_model, monkeypatch, tmp_path):
     return serve
 
 
-def streamed_text(res) -> str:
-    return "".join(
-        json.loads(line[6:])["choices"][0]["delta"].get("content") or ""
-        for line in res.text.splitlines() if line.startswith("data: {") and '"choices"' in line
-    )
-
-
 @pytest.mark.parametrize("stream", [False, True])
 def test_end_to_end_over_http_the_input_check_blocks_before_the_main_model(served, main_model, stream):
     with served(0.0) as client:
@@ -425,7 +412,7 @@ def test_end_to_end_over_http_an_unsafe_answer_never_reaches_the_client(served, 
     assert main_model.calls == 1
     assert "Paris" not in res.text
     if stream:
-        assert "content_blocked" in res.text and streamed_text(res) == ""
+        assert "content_blocked" in res.text and streamed_text(res, errors=True) == ""
     else:
         assert res.json()["choices"][0]["message"]["content"].startswith("Blocked by the llama_guard rail: unsafe (")
 
