@@ -116,11 +116,12 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-
 class Server:
-    """`nemoguardrails server --config config` in its own process, on a free loopback port."""
+    """`nemoguardrails server --config config` in its own process, on a free loopback port.
+    Unless ``wait`` is false it is up when made; several started with ``wait=False`` start side
+    by side, then ``ready()`` waits for each."""
 
-    def __init__(self, config: Path, cwd: Path, env: dict, args: tuple[str, ...] = ()):
+    def __init__(self, config: Path, cwd: Path, env: dict, args: tuple[str, ...] = (), wait: bool = True):
         self.port = free_port()
         # A file, not a pipe: a busy server logs more than a pipe holds, and would block on it.
         self.log = tempfile.TemporaryFile("w+")
@@ -133,13 +134,18 @@ class Server:
             text=True,
         )
         self.url = f"http://127.0.0.1:{self.port}"
-        deadline = time.monotonic() + 90
+        self.started = time.monotonic()
+        if wait:
+            self.ready()
+
+    def ready(self) -> "Server":
+        deadline = self.started + 90
         while True:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"server exited {self.proc.returncode}: {self.output()[-3000:]}")
             try:
                 if httpx.get(f"{self.url}/v1/rails/configs", timeout=2).status_code == 200:
-                    return
+                    return self
             except httpx.TransportError:
                 pass
             if time.monotonic() > deadline:

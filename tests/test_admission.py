@@ -17,7 +17,7 @@ from railstack.admission.quota import Limits, Quota
 from railstack.admission.service import Admission, admissions
 from railstack.paths import configs_root
 from railstack.admission.settings import AdmissionSettings, RateTier
-from support import chat, packaged_config, serving
+from support import Server, chat, free_port, packaged_config, server_env, serving
 
 LIMITS = Limits(request_burst=3, requests_per_s=1.0, token_burst=1000, tokens_per_s=100.0)
 
@@ -280,12 +280,6 @@ def test_runnable_rails_refuses_over_the_limit(main_model, monkeypatch):
 # --- Redis ---------------------------------------------------------------------------------
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 class RedisServer:
     def __init__(self):
         self.port = free_port()
@@ -418,16 +412,18 @@ def test_http_redis_killed_mid_test_never_500(tmp_path, main_model, monkeypatch,
 
 @pytest.mark.slow
 def test_several_server_processes_share_one_redis_limit(tmp_path, main_model, redis_server):
-    from test_install import Server, server_env
-
     settings = (
         "    admission:\n      enabled: true\n      engine: redis\n"
         f"      redis_url: {redis_server.url}\n"
         "      default_tier: {requests_per_minute: 1, request_burst: 5}\n"
     )
     root = limited_configs(tmp_path, settings)
-    servers = [Server(root, cwd=tmp_path, env=server_env(main_model)) for _ in range(2)]
+    servers = []
     try:
+        for _ in range(2):  # side by side: their start-ups, seconds each, overlap
+            servers.append(Server(root, cwd=tmp_path, env=server_env(main_model), wait=False))
+        for server in servers:
+            server.ready()
         codes = []
         for i in range(8):
             res = httpx.post(
