@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import os
 import socket
@@ -108,6 +109,17 @@ def model_runtime(rail: str, path: Path, **settings) -> Runtime:
     """A runtime whose model rail ``rail`` runs the checkpoint at ``path`` on the CPU in fp32
     (what the tiny checkpoints are compared in), with its other ``settings``."""
     return runtime_of({rail: {"model": str(path), "device": "cpu", "precision": "fp32", **settings}}, [rail])
+
+
+def forget(model):
+    """The loopback main model as a fresh one is: default answers, nothing recorded, and a base
+    URL (``name``) no client has used yet."""
+    fresh = type(model)()
+    for field in dataclasses.fields(model):
+        if field.name not in ("port", "_server", "_thread", "name"):
+            setattr(model, field.name, getattr(fresh, field.name))
+    model.name = f"t{int(model.name[1:]) + 1}"
+    return model
 
 
 def free_port() -> int:

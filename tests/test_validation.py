@@ -9,7 +9,6 @@ import time
 
 import pytest
 
-from main_model import MainModelDouble
 from railstack.paths import configs_root
 from support import serving, streamed_text
 
@@ -151,10 +150,9 @@ SERVED_OR_REFUSED = [
 
 
 @pytest.fixture(scope="module")
-def model():
-    double = MainModelDouble().start()
-    yield double
-    double.stop()
+def model(loopback):
+    """The module's loopback model, never reset: the tests count its calls as they go."""
+    return loopback
 
 
 @pytest.fixture(scope="module")
