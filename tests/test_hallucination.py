@@ -2,7 +2,6 @@
 with MNLI's labels), loaded the way users' checkpoints are."""
 
 import json
-import shutil
 
 import pytest
 import torch
@@ -11,9 +10,8 @@ from transformers import AutoModelForSequenceClassification, AutoTokenizer
 from railstack.nemo.outcome import run
 from railstack.hallucination.nli import NLI, NotAnNLIModel
 from railstack.hallucination.sentences import claims, split_sentences
-from railstack.paths import configs_root
 from railstack.hallucination.settings import HallucinationSettings
-from support import main_model_yaml, model_runtime, railstack_config, serving
+from support import main_model_yaml, model_runtime, railstack_config
 from tiny_models import SENTENCES, nli
 
 CONTEXT = " ".join(SENTENCES)
@@ -191,24 +189,21 @@ async def test_the_checks_of_one_streamed_answer_share_one_set_of_samples(checkp
     assert main_model.calls == 2  # the answer, and one call with n for every chunk's check
 
 
-@pytest.fixture
-def served(checkpoint, main_model, monkeypatch, tmp_path):
-    """`nemoguardrails server` with a RAG-style config `rag`: the client sends the retrieved
-    context in a `context` message, and the answer is checked against it."""
-    root = tmp_path / "configs"
-    shutil.copytree(configs_root(), root, ignore=shutil.ignore_patterns("__pycache__"), symlinks=True)
-    rag = railstack_config(root / "rag", main_model.base_url, ["railstack heuristics"],
+@pytest.fixture(scope="module")
+def root(module_configs, checkpoint, loopback):
+    rag = railstack_config(module_configs / "rag", loopback.base_url, ["railstack heuristics"],
                            '{hallucination: {model: "%s", precision: fp32, mode: grounded}}' % checkpoint,
                            output=["railstack hallucination"])
     # NeMo 0.24 takes a context only when it builds the main model's prompt itself (no passthrough).
     (rag / "config.yml").write_text((rag / "config.yml").read_text().replace("passthrough: true\n", ""))
-    monkeypatch.setenv("MAIN_MODEL_BASE_URL", main_model.base_url)
+    return module_configs
 
-    def serve(threshold: float):
-        monkeypatch.setenv("RAILSTACK__HALLUCINATION__THRESHOLD", str(threshold))
-        return serving(root)
 
-    return serve
+@pytest.fixture
+def served(root, serve):
+    """`nemoguardrails server` with a RAG-style config `rag`: the client sends the retrieved
+    context in a `context` message, and the answer is checked against it."""
+    return lambda threshold: serve(root, warm=["rag"], RAILSTACK__HALLUCINATION__THRESHOLD=str(threshold))
 
 
 def rag_request(question: str) -> dict:

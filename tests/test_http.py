@@ -1,7 +1,5 @@
 """End to end over HTTP: `nemoguardrails server --config configs/` (in-process) and the test main model."""
 
-import shutil
-
 import pytest
 
 from railstack.paths import configs_root
@@ -12,9 +10,10 @@ HIDDEN = "What's the weather in Paris?" + "".join(chr(0xE0000 + ord(c)) for c in
 
 
 @pytest.fixture
-def client(main_model, monkeypatch):
-    monkeypatch.setenv("MAIN_MODEL_BASE_URL", main_model.base_url)
-    with serving(configs_root()) as c:
+def client(serve):
+    """The packaged configs served; one app for the module's tests (the tests that need a server
+    of their own come last, so it starts once)."""
+    with serve(configs_root(), warm=["no-models", "default"]) as c:
         yield c
 
 
@@ -79,27 +78,6 @@ def test_a_failing_rail_blocks_over_http_with_a_clear_reason(client, main_model,
     assert main_model.calls == 0
 
 
-def test_a_rail_that_times_out_blocks_over_http(main_model, monkeypatch):
-    import time
-
-    from railstack.heuristics.matcher import Matcher
-
-    def slow(self, text):
-        time.sleep(0.3)
-
-    monkeypatch.setattr(Matcher, "scan", slow)
-    # Settings are read when the server starts.
-    monkeypatch.setenv("RAILSTACK__HEURISTICS__TIMEOUT_S", "0.1")
-    monkeypatch.setenv("MAIN_MODEL_BASE_URL", main_model.base_url)
-    with serving(configs_root()) as client:
-        res = client.post("/v1/chat/completions", json=chat("no-models", "What is 2+2?"))
-    assert res.status_code == 200
-    assert res.json()["choices"][0]["message"]["content"] == (
-        "Blocked by the heuristics rail: the check did not finish within 0.1 s (fail-closed)"
-    )
-    assert main_model.calls == 0
-
-
 @pytest.mark.parametrize("stream", [False, True])
 def test_each_response_names_its_request_and_decisions(client, main_model, stream, caplog):
     import logging
@@ -115,16 +93,6 @@ def test_each_response_names_its_request_and_decisions(client, main_model, strea
     assert blocked.headers["x-railstack-decisions"] == "admission=allow,heuristics=allow,topic=block"
     logged = [r.getMessage() for r in caplog.records if r.name == "railstack.decisions"]
     assert any(m.startswith("request=req-42 rail=topic") and "verdict=block" in m for m in logged)
-
-
-def test_a_config_with_a_bad_key_stops_the_server_at_startup_naming_it(tmp_path):
-    root = tmp_path / "configs"
-    shutil.copytree(configs_root(), root, ignore=shutil.ignore_patterns("__pycache__"))
-    yml = root / "no-models" / "config.yml"
-    yml.write_text(yml.read_text().replace("max_input_chars: 32000", "max_input_chars: 32000\n      max_imput_chars: 5"))
-    with pytest.raises(SettingsError, match=r"(?s)config .no-models.*custom_data\.railstack\.heuristics\.max_imput_chars: unknown key"):
-        with serving(root):
-            pass
 
 
 def test_input_flows_of_railstack_rails_run_in_the_http_layer(tmp_path):
@@ -169,3 +137,30 @@ def test_a_request_the_input_rails_pass_skips_nemos_input_rails(client, main_mod
     assert runs == [inputs, ["llama_guard"], ["hallucination"], inputs]
     assert "I can only talk about our own products" in blocked.text
     assert main_model.calls == 1
+
+
+def test_a_rail_that_times_out_blocks_over_http(serve, main_model, monkeypatch):
+    import time
+
+    from railstack.heuristics.matcher import Matcher
+
+    def slow(self, text):
+        time.sleep(0.3)
+
+    monkeypatch.setattr(Matcher, "scan", slow)
+    # Settings are read when the server starts.
+    with serve(configs_root(), RAILSTACK__HEURISTICS__TIMEOUT_S="0.1") as client:
+        res = client.post("/v1/chat/completions", json=chat("no-models", "What is 2+2?"))
+    assert res.status_code == 200
+    assert res.json()["choices"][0]["message"]["content"] == (
+        "Blocked by the heuristics rail: the check did not finish within 0.1 s (fail-closed)"
+    )
+    assert main_model.calls == 0
+
+
+def test_a_config_with_a_bad_key_stops_the_server_at_startup_naming_it(configs):
+    yml = configs / "no-models" / "config.yml"
+    yml.write_text(yml.read_text().replace("max_input_chars: 32000", "max_input_chars: 32000\n      max_imput_chars: 5"))
+    with pytest.raises(SettingsError, match=r"(?s)config .no-models.*custom_data\.railstack\.heuristics\.max_imput_chars: unknown key"):
+        with serving(configs):
+            pass

@@ -2,15 +2,13 @@
 
 import asyncio
 import json
-import shutil
 import time
 
 import pytest
 
 from railstack.nemo.outcome import run
 from railstack.core import Tier, Verdict, rail
-from railstack.paths import configs_root
-from support import chat, railstack_config, runtime_of, serving, streamed_text
+from support import chat, railstack_config, runtime_of, streamed_text
 
 finished: list[float] = []  # time.monotonic() when each slow check gave its verdict
 
@@ -38,21 +36,22 @@ define subflow check slow
 """
 
 
-@pytest.fixture
-def served(main_model, monkeypatch, tmp_path):
-    """`nemoguardrails server` with config `spec`: the cheap tier, then a 0.3 s classifier-tier rail."""
-    root = tmp_path / "configs"
-    shutil.copytree(configs_root(), root, ignore=shutil.ignore_patterns("__pycache__"), symlinks=True)
-    spec = railstack_config(root / "spec", main_model.base_url, ["railstack heuristics", "check slow"])
+@pytest.fixture(scope="module")
+def root(module_configs, loopback):
+    spec = railstack_config(module_configs / "spec", loopback.base_url, ["railstack heuristics", "check slow"])
     (spec / "slow.co").write_text(SLOW_FLOW)
-    monkeypatch.setenv("MAIN_MODEL_BASE_URL", main_model.base_url)
+    return module_configs
+
+
+@pytest.fixture
+def served(root, serve):
+    """`nemoguardrails server` with config `spec`: the cheap tier, then a 0.3 s classifier-tier rail.
+
+    The config is built before a test's request (NeMo builds a config's rails on its first
+    request, which can take longer than the 0.3 s the tests compare the main model's arrival
+    with), so the timings below are those of a warm server."""
     finished.clear()
-
-    def serve(speculative: bool):
-        monkeypatch.setenv("RAILSTACK__LATENCY__SPECULATIVE_START", json.dumps(speculative))
-        return serving(root)
-
-    return serve
+    return lambda speculative: serve(root, warm=["spec"], RAILSTACK__LATENCY__SPECULATIVE_START=json.dumps(speculative))
 
 
 @pytest.mark.parametrize("stream", [False, True])

@@ -13,10 +13,9 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from completions_server import CompletionsServer
 from railstack.nemo.outcome import run
 from railstack.llama_guard.model import NotASafetyModel, SafetyModel, TurnTooLong, alternating, parse_categories
-from railstack.paths import configs_root
 from railstack.settings import parse_settings
 from railstack.llama_guard.settings import LlamaGuardSettings
-from support import chat, model_runtime, railstack_config, serving, streamed_text
+from support import chat, model_runtime, railstack_config, streamed_text
 from tiny_models import LLAMA_GUARD_3_TEMPLATE, SENTENCES, llama_guard, prompt_guard
 
 TASK_HEAD = (
@@ -373,26 +372,23 @@ async def test_the_remote_engine_fails_closed_when_the_server_is_gone_or_wrong(c
     assert outcome.is_blocked and outcome.reason.endswith("raised NotFoundError (fail-closed)")
 
 
+@pytest.fixture(scope="module")
+def root(module_configs, checkpoints, loopback):
+    settings = '{llama_guard: {model: "%s", precision: fp32, cache_size: 0}}' % checkpoints["lg3"]
+    streaming = "{enabled: true, chunk_size: 200}"
+    railstack_config(module_configs / "lg", loopback.base_url, ["railstack heuristics", "railstack llama guard"], settings,
+                     output=["railstack llama guard output"], streaming=streaming)
+    railstack_config(module_configs / "lg-out", loopback.base_url, [], settings,
+                     output=["railstack llama guard output"], streaming=streaming)
+    return module_configs
+
+
 @pytest.fixture
-def served(checkpoints, main_model, monkeypatch, tmp_path):
+def served(root, serve):
     """`nemoguardrails server` over a configs dir with config `lg` (heuristics and Llama Guard on
     the input, Llama Guard on the answer) and `lg-out` (Llama Guard on the answer only), both
     with streaming output rails."""
-    root = tmp_path / "configs"
-    shutil.copytree(configs_root(), root, ignore=shutil.ignore_patterns("__pycache__"), symlinks=True)
-    settings = '{llama_guard: {model: "%s", precision: fp32, cache_size: 0}}' % checkpoints["lg3"]
-    streaming = "{enabled: true, chunk_size: 200}"
-    railstack_config(root / "lg", main_model.base_url, ["railstack heuristics", "railstack llama guard"], settings,
-                     output=["railstack llama guard output"], streaming=streaming)
-    railstack_config(root / "lg-out", main_model.base_url, [], settings,
-                     output=["railstack llama guard output"], streaming=streaming)
-    monkeypatch.setenv("MAIN_MODEL_BASE_URL", main_model.base_url)
-
-    def serve(threshold: float):
-        monkeypatch.setenv("RAILSTACK__LLAMA_GUARD__THRESHOLD", str(threshold))
-        return serving(root)
-
-    return serve
+    return lambda threshold: serve(root, warm=["lg", "lg-out"], RAILSTACK__LLAMA_GUARD__THRESHOLD=str(threshold))
 
 
 @pytest.mark.parametrize("stream", [False, True])

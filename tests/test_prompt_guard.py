@@ -1,7 +1,6 @@
 """Prompt Guard 1 and 2 on tiny random-weight DebertaV2 checkpoints, loaded the way users' are."""
 
 import asyncio
-import shutil
 import time
 
 import pytest
@@ -9,10 +8,9 @@ import torch
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 from railstack.nemo.outcome import run
-from railstack.paths import configs_root
 from railstack.prompt_guard.model import NotPromptGuard, PromptGuard
 from railstack.prompt_guard.settings import PromptGuardSettings
-from support import chat, model_runtime, railstack_config, serving
+from support import chat, model_runtime, railstack_config
 from tiny_models import prompt_guard, train_texts
 
 LONG = " ".join(train_texts(60))  # several 512-token windows
@@ -176,22 +174,19 @@ async def test_retrieval_drops_poisoned_chunks_and_keeps_the_rest(checkpoints):
     assert outcome.metadata["decisions"][0]["metadata"]["poisoned"] == [worst]
 
 
-@pytest.fixture
-def served(checkpoints, main_model, monkeypatch, tmp_path):
-    """`nemoguardrails server` over a configs dir whose config `pg` runs heuristics then Prompt Guard."""
-    root = tmp_path / "configs"
-    shutil.copytree(configs_root(), root, ignore=shutil.ignore_patterns("__pycache__"), symlinks=True)
+@pytest.fixture(scope="module")
+def root(module_configs, checkpoints, loopback):
     railstack_config(
-        root / "pg", main_model.base_url, ["railstack heuristics", "railstack prompt guard"],
+        module_configs / "pg", loopback.base_url, ["railstack heuristics", "railstack prompt guard"],
         f'{{prompt_guard: {{model: "{checkpoints[2]}", precision: fp32}}}}',
     )
-    monkeypatch.setenv("MAIN_MODEL_BASE_URL", main_model.base_url)
+    return module_configs
 
-    def serve(threshold: float):
-        monkeypatch.setenv("RAILSTACK__PROMPT_GUARD__JAILBREAK_THRESHOLD", str(threshold))
-        return serving(root)
 
-    return serve
+@pytest.fixture
+def served(root, serve):
+    """`nemoguardrails server` over a configs dir whose config `pg` runs heuristics then Prompt Guard."""
+    return lambda threshold: serve(root, warm=["pg"], RAILSTACK__PROMPT_GUARD__JAILBREAK_THRESHOLD=str(threshold))
 
 
 @pytest.mark.parametrize("stream", [False, True])
