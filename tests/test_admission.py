@@ -14,10 +14,9 @@ from nemoguardrails.integrations.langchain.runnable_rails import RunnableRails
 
 from railstack.admission.buckets import LocalBuckets, RedisBuckets
 from railstack.admission.quota import Limits, Quota
-from railstack.admission.service import Admission, admissions, client_key
-from railstack.paths import configs_root
+from railstack.admission.service import Admission, client_key
 from railstack.admission.settings import AdmissionSettings, RateTier
-from support import chat, packaged_config, serving
+from support import Server, chat, free_port, packaged_config, server_env
 
 LIMITS = Limits(request_burst=3, requests_per_s=1.0, token_burst=1000, tokens_per_s=100.0)
 
@@ -162,10 +161,9 @@ def test_unknown_tier_in_clients_is_a_settings_error():
 # --- over HTTP -------------------------------------------------------------------------
 
 
-def limited_configs(tmp_path, railstack_admission: str):
-    """The packaged configs with no-models' admission replaced (burst 2 requests per client)."""
-    root = tmp_path / "configs"
-    shutil.copytree(configs_root(), root, ignore=shutil.ignore_patterns("__pycache__"))
+def limited_configs(root, railstack_admission: str):
+    """The copy ``root`` of the packaged configs with no-models' admission replaced. Each test
+    serves a copy of its own: its app starts with full buckets."""
     yml = root / "no-models" / "config.yml"
     text = yml.read_text()
     start = text.index("    admission:\n")
@@ -181,9 +179,9 @@ SMALL = """    admission:
 
 
 @pytest.fixture
-def limited(tmp_path, main_model, monkeypatch):
-    monkeypatch.setenv("MAIN_MODEL_BASE_URL", main_model.base_url)
-    with serving(limited_configs(tmp_path, SMALL)) as client:
+def limited(configs, serve):
+    """No-models with a burst of 2 requests per client."""
+    with serve(limited_configs(configs, SMALL)) as client:
         yield client
 
 
@@ -223,10 +221,9 @@ def test_http_clients_are_isolated(limited, main_model):
     assert main_model.calls == 3
 
 
-def test_http_max_tokens_counts_at_admission(tmp_path, main_model, monkeypatch):
-    monkeypatch.setenv("MAIN_MODEL_BASE_URL", main_model.base_url)
+def test_http_max_tokens_counts_at_admission(configs, serve, main_model):
     tokens = "    admission:\n      enabled: true\n      default_tier: {requests_per_minute: 100, tokens_per_minute: 1000}\n"
-    with serving(limited_configs(tmp_path, tokens)) as client:
+    with serve(limited_configs(configs, tokens)) as client:
         assert post(client, "carol", max_tokens=600).status_code == 200
         refused = post(client, "carol", max_tokens=600)
         assert refused.status_code == 429 and refused.json()["error"]["type"] == "tokens"
@@ -238,10 +235,8 @@ def test_http_max_tokens_counts_at_admission(tmp_path, main_model, monkeypatch):
     assert main_model.calls == 2
 
 
-def test_http_uses_the_default_config_id_from_the_environment(tmp_path, main_model, monkeypatch):
-    monkeypatch.setenv("MAIN_MODEL_BASE_URL", main_model.base_url)
-    monkeypatch.setenv("DEFAULT_CONFIG_ID", "no-models")
-    with serving(limited_configs(tmp_path, SMALL)) as client:
+def test_http_uses_the_default_config_id_from_the_environment(configs, serve):
+    with serve(limited_configs(configs, SMALL), DEFAULT_CONFIG_ID="no-models") as client:
         body = {"model": "main", "messages": [{"role": "user", "content": "Hi"}]}
         codes = [client.post("/v1/chat/completions", json=body, headers={"X-Client-Id": "fay"}).status_code for _ in range(3)]
     assert codes == [200, 200, 429]
@@ -278,12 +273,6 @@ def test_runnable_rails_refuses_over_the_limit(main_model, monkeypatch):
 
 
 # --- Redis ---------------------------------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class RedisServer:
@@ -397,14 +386,13 @@ async def test_redis_outage_follows_the_policy_and_recovers(redis_server, policy
     await adm.store.close()
 
 
-def test_http_redis_killed_mid_test_never_500(tmp_path, main_model, monkeypatch, redis_server):
-    monkeypatch.setenv("MAIN_MODEL_BASE_URL", main_model.base_url)
+def test_http_redis_killed_mid_test_never_500(configs, serve, main_model, redis_server):
     settings = (
         "    admission:\n      enabled: true\n      engine: redis\n"
         f"      redis_url: {redis_server.url}\n      redis_outage: closed\n"
         "      default_tier: {requests_per_minute: 100}\n"
     )
-    with serving(limited_configs(tmp_path, settings)) as client:
+    with serve(limited_configs(configs, settings)) as client:
         assert post(client, "lee").status_code == 200
         redis_server.stop()
         for stream in (False, True):
@@ -416,17 +404,20 @@ def test_http_redis_killed_mid_test_never_500(tmp_path, main_model, monkeypatch,
     assert main_model.calls == 1
 
 
-def test_several_server_processes_share_one_redis_limit(tmp_path, main_model, redis_server):
-    from test_install import Server, server_env
-
+@pytest.mark.slow
+def test_several_server_processes_share_one_redis_limit(configs, tmp_path, main_model, redis_server):
     settings = (
         "    admission:\n      enabled: true\n      engine: redis\n"
         f"      redis_url: {redis_server.url}\n"
         "      default_tier: {requests_per_minute: 1, request_burst: 5}\n"
     )
-    root = limited_configs(tmp_path, settings)
-    servers = [Server(root, cwd=tmp_path, env=server_env(main_model)) for _ in range(2)]
+    root = limited_configs(configs, settings)
+    servers = []
     try:
+        for _ in range(2):  # side by side: their start-ups, seconds each, overlap
+            servers.append(Server(root, cwd=tmp_path, env=server_env(main_model), wait=False))
+        for server in servers:
+            server.ready()
         codes = []
         for i in range(8):
             res = httpx.post(

@@ -2,7 +2,6 @@
 with MNLI's labels), loaded the way users' checkpoints are."""
 
 import json
-import shutil
 
 import pytest
 import torch
@@ -11,11 +10,8 @@ from transformers import AutoModelForSequenceClassification, AutoTokenizer
 from railstack.nemo.outcome import run
 from railstack.hallucination.nli import NLI, NotAnNLIModel
 from railstack.hallucination.sentences import claims, split_sentences
-from railstack.core import Runtime
-from railstack.paths import configs_root
-from railstack.settings import parse_settings
 from railstack.hallucination.settings import HallucinationSettings
-from support import main_model_yaml, railstack_config, serving
+from support import main_model_yaml, model_runtime, railstack_config
 from tiny_models import SENTENCES, nli
 
 CONTEXT = " ".join(SENTENCES)
@@ -28,13 +24,6 @@ def checkpoint(tmp_path_factory):
 
 def engine(path, **settings) -> NLI:
     return NLI(HallucinationSettings(model=str(path), device="cpu", precision="fp32", **settings))
-
-
-def runtime_with(path, **settings) -> Runtime:
-    runtime = Runtime(parse_settings({"railstack": {"hallucination": {
-        "model": str(path), "device": "cpu", "precision": "fp32", **settings}}}))
-    runtime.prepare(["hallucination"])
-    return runtime
 
 
 @pytest.mark.parametrize(
@@ -108,7 +97,7 @@ async def test_the_answer_scores_as_its_weakest_sentence_and_names_the_unsupport
     each = [s.entailed for s in await model.support(CONTEXT, sentences)]
     assert len(set(round(e, 4) for e in each)) == 3
     threshold = sorted(each)[1] - 1e-6  # the weakest sentence alone falls under it
-    runtime = runtime_with(checkpoint, threshold=threshold)
+    runtime = model_runtime("hallucination", checkpoint, threshold=threshold)
     outcome = await run(runtime, ["hallucination"], source="output", text=answer,
                                 nemo_context={"relevant_chunks": CONTEXT})
     record = outcome.metadata["decisions"][0]
@@ -122,7 +111,7 @@ async def test_the_answer_scores_as_its_weakest_sentence_and_names_the_unsupport
 
 
 async def test_warn_appends_the_notice_and_marks_the_decision(checkpoint):
-    runtime = runtime_with(checkpoint, threshold=1.0, on_low_score="warn", warning=" [unverified]")
+    runtime = model_runtime("hallucination", checkpoint, threshold=1.0, on_low_score="warn", warning=" [unverified]")
     outcome = await run(runtime, ["hallucination"], source="output", text="Paris is in France.",
                                 nemo_context={"relevant_chunks": CONTEXT})
     assert outcome.is_transform and not outcome.is_blocked
@@ -131,7 +120,7 @@ async def test_warn_appends_the_notice_and_marks_the_decision(checkpoint):
 
 
 async def test_grounded_mode_without_context_fails_closed_and_so_does_a_broken_model(checkpoint, monkeypatch):
-    runtime = runtime_with(checkpoint, mode="grounded", cache_size=0)
+    runtime = model_runtime("hallucination", checkpoint, mode="grounded", cache_size=0)
     outcome = await run(runtime, ["hallucination"], source="output", text="Paris is in France.")
     assert outcome.is_blocked and outcome.reason.endswith("the check raised ValueError (fail-closed)")
     nli_model, _ = runtime.resources["hallucination"]
@@ -200,24 +189,21 @@ async def test_the_checks_of_one_streamed_answer_share_one_set_of_samples(checkp
     assert main_model.calls == 2  # the answer, and one call with n for every chunk's check
 
 
-@pytest.fixture
-def served(checkpoint, main_model, monkeypatch, tmp_path):
-    """`nemoguardrails server` with a RAG-style config `rag`: the client sends the retrieved
-    context in a `context` message, and the answer is checked against it."""
-    root = tmp_path / "configs"
-    shutil.copytree(configs_root(), root, ignore=shutil.ignore_patterns("__pycache__"), symlinks=True)
-    rag = railstack_config(root / "rag", main_model.base_url, ["railstack heuristics"],
+@pytest.fixture(scope="module")
+def root(module_configs, checkpoint, loopback):
+    rag = railstack_config(module_configs / "rag", loopback.base_url, ["railstack heuristics"],
                            '{hallucination: {model: "%s", precision: fp32, mode: grounded}}' % checkpoint,
                            output=["railstack hallucination"])
     # NeMo 0.24 takes a context only when it builds the main model's prompt itself (no passthrough).
     (rag / "config.yml").write_text((rag / "config.yml").read_text().replace("passthrough: true\n", ""))
-    monkeypatch.setenv("MAIN_MODEL_BASE_URL", main_model.base_url)
+    return module_configs
 
-    def serve(threshold: float):
-        monkeypatch.setenv("RAILSTACK__HALLUCINATION__THRESHOLD", str(threshold))
-        return serving(root)
 
-    return serve
+@pytest.fixture
+def served(root, serve):
+    """`nemoguardrails server` with a RAG-style config `rag`: the client sends the retrieved
+    context in a `context` message, and the answer is checked against it."""
+    return lambda threshold: serve(root, warm=["rag"], RAILSTACK__HALLUCINATION__THRESHOLD=str(threshold))
 
 
 def rag_request(question: str) -> dict:

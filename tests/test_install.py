@@ -11,6 +11,8 @@ import pytest
 
 from support import REPO, Server, chat, server_env
 
+pytestmark = pytest.mark.slow  # a wheel built and installed with pip; servers in processes of their own
+
 
 @pytest.fixture(scope="module")
 def wheel(tmp_path_factory) -> Path:

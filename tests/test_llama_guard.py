@@ -16,11 +16,9 @@ from railstack.llama_guard.classifier import SafetyModel
 from railstack.llama_guard.meta_format import parse_categories
 from railstack.llama_guard.policy import NotASafetyModel
 from railstack.llama_guard.trimming import TurnTooLong, alternating
-from railstack.core import Runtime
-from railstack.paths import configs_root
 from railstack.settings import parse_settings
 from railstack.llama_guard.settings import LlamaGuardSettings
-from support import chat, railstack_config, serving
+from support import chat, model_runtime, railstack_config, streamed_text
 from tiny_models import LLAMA_GUARD_3_TEMPLATE, SENTENCES, llama_guard, prompt_guard
 
 TASK_HEAD = (
@@ -55,13 +53,6 @@ def checkpoints(tmp_path_factory):
 
 def guard(path, **settings) -> SafetyModel:
     return SafetyModel.load(LlamaGuardSettings(model=str(path), device="cpu", precision="fp32", **settings))
-
-
-def runtime_with(path, **settings) -> Runtime:
-    runtime = Runtime(parse_settings({"railstack": {"llama_guard": {
-        "model": str(path), "device": "cpu", "precision": "fp32", **settings}}}))
-    runtime.prepare(["llama_guard"])
-    return runtime
 
 
 def prompt_of(model: SafetyModel, dialogue, judged="user") -> str:
@@ -265,7 +256,7 @@ async def test_the_category_line_is_decoded_only_for_unsafe_verdicts(checkpoints
 
 
 async def test_the_decision_names_the_categories_and_unknown_codes(checkpoints, monkeypatch):
-    runtime = runtime_with(checkpoints["lg3"], threshold=0.0)
+    runtime = model_runtime("llama_guard", checkpoints["lg3"], threshold=0.0)
     engine = runtime.resources["llama_guard"].engine
     monkeypatch.setattr(engine, "category_lines", lambda rows: ["\nS1, s10,S99"] * len(rows))
     outcome = await run(runtime, ["llama_guard"], source="input", text="How do I pick a lock?")
@@ -281,7 +272,7 @@ async def test_the_decision_names_the_categories_and_unknown_codes(checkpoints, 
 
 
 async def test_an_answer_without_a_known_question_is_still_judged(checkpoints):
-    runtime = runtime_with(checkpoints["lg3"], threshold=1.0)
+    runtime = model_runtime("llama_guard", checkpoints["lg3"], threshold=1.0)
     outcome = await run(runtime, ["llama_guard"], source="output", text="Here you go.")
     assert not outcome.is_blocked and outcome.metadata["decisions"][0]["metadata"]["prompt_tokens"] > 0
 
@@ -311,13 +302,13 @@ def test_long_conversations_lose_their_oldest_turns_never_the_judged_one(checkpo
 
 
 async def test_a_judged_turn_too_long_for_the_model_fails_closed_with_the_reason(checkpoints):
-    runtime = runtime_with(checkpoints["lg3"], max_prompt_tokens=600)
+    runtime = model_runtime("llama_guard", checkpoints["lg3"], max_prompt_tokens=600)
     outcome = await run(runtime, ["llama_guard"], source="input", text=" ".join(SENTENCES * 4))
     assert outcome.is_blocked and outcome.reason == "Blocked by the llama_guard rail: the check raised TurnTooLong (fail-closed)"
 
 
 async def test_the_rail_fails_closed_when_the_model_raises_or_is_too_slow(checkpoints, monkeypatch):
-    runtime = runtime_with(checkpoints["lg3"], timeout_s=0.3, cache_size=0)
+    runtime = model_runtime("llama_guard", checkpoints["lg3"], timeout_s=0.3, cache_size=0)
     engine = runtime.resources["llama_guard"].engine
 
     def broken(batch):
@@ -374,41 +365,33 @@ async def test_the_remote_engine_reads_the_same_score_from_a_completions_servers
 async def test_the_remote_engine_fails_closed_when_the_server_is_gone_or_wrong(checkpoints, completions):
     from support import free_port
 
-    gone = runtime_with(checkpoints["lg3"], engine="remote", remote={"base_url": f"http://127.0.0.1:{free_port()}/v1"})
+    gone = model_runtime("llama_guard", checkpoints["lg3"], engine="remote",
+                         remote={"base_url": f"http://127.0.0.1:{free_port()}/v1"})
     outcome = await run(gone, ["llama_guard"], source="input", text="Hello")
     assert outcome.is_blocked and outcome.reason.endswith("(fail-closed)")
-    wrong = runtime_with(checkpoints["lg3"], engine="remote", remote={"base_url": completions.base_url, "served_model": "x"})
+    wrong = model_runtime("llama_guard", checkpoints["lg3"], engine="remote",
+                          remote={"base_url": completions.base_url, "served_model": "x"})
     outcome = await run(wrong, ["llama_guard"], source="input", text="Hello")
     assert outcome.is_blocked and outcome.reason.endswith("raised NotFoundError (fail-closed)")
 
 
+@pytest.fixture(scope="module")
+def root(module_configs, checkpoints, loopback):
+    settings = '{llama_guard: {model: "%s", precision: fp32, cache_size: 0}}' % checkpoints["lg3"]
+    streaming = "{enabled: true, chunk_size: 200}"
+    railstack_config(module_configs / "lg", loopback.base_url, ["railstack heuristics", "railstack llama guard"], settings,
+                     output=["railstack llama guard output"], streaming=streaming)
+    railstack_config(module_configs / "lg-out", loopback.base_url, [], settings,
+                     output=["railstack llama guard output"], streaming=streaming)
+    return module_configs
+
+
 @pytest.fixture
-def served(checkpoints, main_model, monkeypatch, tmp_path):
+def served(root, serve):
     """`nemoguardrails server` over a configs dir with config `lg` (heuristics and Llama Guard on
     the input, Llama Guard on the answer) and `lg-out` (Llama Guard on the answer only), both
     with streaming output rails."""
-    root = tmp_path / "configs"
-    shutil.copytree(configs_root(), root, ignore=shutil.ignore_patterns("__pycache__"), symlinks=True)
-    settings = '{llama_guard: {model: "%s", precision: fp32, cache_size: 0}}' % checkpoints["lg3"]
-    streaming = "{enabled: true, chunk_size: 200}"
-    railstack_config(root / "lg", main_model.base_url, ["railstack heuristics", "railstack llama guard"], settings,
-                     output=["railstack llama guard output"], streaming=streaming)
-    railstack_config(root / "lg-out", main_model.base_url, [], settings,
-                     output=["railstack llama guard output"], streaming=streaming)
-    monkeypatch.setenv("MAIN_MODEL_BASE_URL", main_model.base_url)
-
-    def serve(threshold: float):
-        monkeypatch.setenv("RAILSTACK__LLAMA_GUARD__THRESHOLD", str(threshold))
-        return serving(root)
-
-    return serve
-
-
-def streamed_text(res) -> str:
-    return "".join(
-        json.loads(line[6:])["choices"][0]["delta"].get("content") or ""
-        for line in res.text.splitlines() if line.startswith("data: {") and '"choices"' in line
-    )
+    return lambda threshold: serve(root, warm=["lg", "lg-out"], RAILSTACK__LLAMA_GUARD__THRESHOLD=str(threshold))
 
 
 @pytest.mark.parametrize("stream", [False, True])
@@ -428,7 +411,7 @@ def test_end_to_end_over_http_an_unsafe_answer_never_reaches_the_client(served, 
     assert main_model.calls == 1
     assert "Paris" not in res.text
     if stream:
-        assert "content_blocked" in res.text and streamed_text(res) == ""
+        assert "content_blocked" in res.text and streamed_text(res, errors=True) == ""
     else:
         assert res.json()["choices"][0]["message"]["content"].startswith("Blocked by the llama_guard rail: unsafe (")
 

@@ -1,7 +1,6 @@
 """Prompt Guard 1 and 2 on tiny random-weight DebertaV2 checkpoints, loaded the way users' are."""
 
 import asyncio
-import shutil
 import time
 
 import pytest
@@ -9,12 +8,9 @@ import torch
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 from railstack.nemo.outcome import run
-from railstack.core import Runtime
-from railstack.paths import configs_root
 from railstack.prompt_guard.model import NotPromptGuard, PromptGuard
-from railstack.settings import parse_settings
 from railstack.prompt_guard.settings import PromptGuardSettings
-from support import chat, railstack_config, serving
+from support import chat, model_runtime, railstack_config
 from tiny_models import prompt_guard, train_texts
 
 LONG = " ".join(train_texts(60))  # several 512-token windows
@@ -116,10 +112,10 @@ async def test_repeated_inputs_come_from_the_cache_and_the_threshold_still_appli
         await pg.scores(text)
     assert (await pg.scores("tell me a joke"))[1] is False
     # Scores are cached, not verdicts: a stricter threshold blocks the cached input.
-    runtime = runtime_with(checkpoints[2], jailbreak_threshold=0.0)
+    runtime = model_runtime("prompt_guard", checkpoints[2], jailbreak_threshold=0.0)
     outcome = await run(runtime, ["prompt_guard"], source="input", text="tell me a joke")
     assert outcome.is_blocked
-    runtime = runtime_with(checkpoints[2], jailbreak_threshold=1.0)
+    runtime = model_runtime("prompt_guard", checkpoints[2], jailbreak_threshold=1.0)
     assert not (await run(runtime, ["prompt_guard"], source="input", text="tell me a joke")).is_blocked
 
 
@@ -143,15 +139,8 @@ def test_a_missing_model_is_a_startup_error_that_says_how_to_provide_it(tmp_path
         engine(tmp_path / "nowhere")
 
 
-def runtime_with(path, **prompt_guard_settings) -> Runtime:
-    settings = parse_settings({"railstack": {"prompt_guard": {"model": str(path), "precision": "fp32", **prompt_guard_settings}}})
-    runtime = Runtime(settings)
-    runtime.prepare(["prompt_guard"])
-    return runtime
-
-
 async def test_the_rail_fails_closed_when_the_model_raises_or_is_too_slow(checkpoints, monkeypatch):
-    runtime = runtime_with(checkpoints[2], cache_size=0, timeout_s=0.2)
+    runtime = model_runtime("prompt_guard", checkpoints[2], cache_size=0, timeout_s=0.2)
     pg = runtime.resources["prompt_guard"]
 
     def broken(batch):
@@ -176,7 +165,7 @@ async def test_retrieval_drops_poisoned_chunks_and_keeps_the_rest(checkpoints):
     scores = [(await pg.scores(c))[0].injection for c in chunks]
     worst = max(range(3), key=scores.__getitem__)
     threshold = (sorted(scores)[1] + sorted(scores)[2]) / 2  # only the highest-scoring chunk is over it
-    runtime = runtime_with(checkpoints[2], injection_threshold=threshold)
+    runtime = model_runtime("prompt_guard", checkpoints[2], injection_threshold=threshold)
     outcome = await run(runtime, 
         ["prompt_guard"], source="retrieval", text="\n".join(chunks), nemo_context={"relevant_chunks_sep": chunks}
     )
@@ -185,22 +174,19 @@ async def test_retrieval_drops_poisoned_chunks_and_keeps_the_rest(checkpoints):
     assert outcome.metadata["decisions"][0]["metadata"]["poisoned"] == [worst]
 
 
-@pytest.fixture
-def served(checkpoints, main_model, monkeypatch, tmp_path):
-    """`nemoguardrails server` over a configs dir whose config `pg` runs heuristics then Prompt Guard."""
-    root = tmp_path / "configs"
-    shutil.copytree(configs_root(), root, ignore=shutil.ignore_patterns("__pycache__"), symlinks=True)
+@pytest.fixture(scope="module")
+def root(module_configs, checkpoints, loopback):
     railstack_config(
-        root / "pg", main_model.base_url, ["railstack heuristics", "railstack prompt guard"],
+        module_configs / "pg", loopback.base_url, ["railstack heuristics", "railstack prompt guard"],
         f'{{prompt_guard: {{model: "{checkpoints[2]}", precision: fp32}}}}',
     )
-    monkeypatch.setenv("MAIN_MODEL_BASE_URL", main_model.base_url)
+    return module_configs
 
-    def serve(threshold: float):
-        monkeypatch.setenv("RAILSTACK__PROMPT_GUARD__JAILBREAK_THRESHOLD", str(threshold))
-        return serving(root)
 
-    return serve
+@pytest.fixture
+def served(root, serve):
+    """`nemoguardrails server` over a configs dir whose config `pg` runs heuristics then Prompt Guard."""
+    return lambda threshold: serve(root, warm=["pg"], RAILSTACK__PROMPT_GUARD__JAILBREAK_THRESHOLD=str(threshold))
 
 
 @pytest.mark.parametrize("stream", [False, True])
@@ -237,7 +223,7 @@ async def test_the_conversation_is_scored_for_jailbreak_tool_results_for_injecti
     from railstack.core.request import derive
     from railstack.prompt_guard.model import Scores
 
-    runtime = runtime_with(checkpoints[2], jailbreak_threshold=0.5, injection_threshold=0.5)
+    runtime = model_runtime("prompt_guard", checkpoints[2], jailbreak_threshold=0.5, injection_threshold=0.5)
     scored = []
 
     async def fake(text):

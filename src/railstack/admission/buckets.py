@@ -9,10 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import math
 import time
 from collections import OrderedDict
-from typing import Any, Optional, Protocol
+from typing import Optional, Protocol
 
 from aiolimiter import AsyncLimiter
 

@@ -157,7 +157,6 @@ DEFAULT_ONLY: dict[str, tuple[tuple[Any, ...], str]] = {
     "n": ((1,), "'n' must be 1: a guarded answer is one answer."),
     "logprobs": ((False,), "'logprobs' must be false: the guarded answer carries no log-probabilities."),
     "modalities": ((["text"],), "'modalities' must be [\"text\"]: audio is not supported."),
-    "stream_options": (({}, {"include_usage": False}), "'stream_options.include_usage' must be false: a guarded stream carries no usage."),
 }
 REFUSED = {
     "functions": "'functions' is deprecated and NeMo drops it; send 'tools'.",
@@ -165,6 +164,15 @@ REFUSED = {
     "top_logprobs": "'top_logprobs' is refused: the guarded answer carries no log-probabilities.",
     "audio": "Audio output is not supported.",
 }
+
+
+def _stream_options(value: Any, request: dict) -> None:
+    """Honoured by railstack's HTTP layer itself (``railstack.http.responses`` adds the usage
+    chunk from the main model's counts), so it is checked here, not passed to NeMo."""
+    if request.get("stream") is not True:
+        raise Rejected(400, "'stream_options' is only for streaming requests ('stream': true).", "stream_options")
+    if not isinstance(value, dict) or set(value) - {"include_usage"} or not isinstance(value.get("include_usage", False), bool):
+        raise Rejected(400, "'stream_options' may only hold 'include_usage', a boolean.", "stream_options")
 
 
 def passed(request: dict) -> list[tuple[str, str, Any]]:
@@ -184,6 +192,9 @@ def passed(request: dict) -> list[tuple[str, str, Any]]:
 def check_params(request: dict, limits: RequestLimits, *, passthrough: bool) -> None:
     for name, value in request.items():
         if name in HANDLED or name in PASSED or value is None:
+            continue
+        if name == "stream_options":
+            _stream_options(value, request)
             continue
         if name in DEFAULT_ONLY:
             allowed, why = DEFAULT_ONLY[name]

@@ -10,7 +10,6 @@ and metrics endpoints all see the same counts.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import math
 import threading
