@@ -41,7 +41,6 @@ def rows(n: int) -> list[dict]:
 
 
 def config(where: Path, base_url: str, output: str, railstack: str = "{}", extra: str = "") -> Path:
-    from railstack.paths import rails_dir
 
     where.mkdir(parents=True)
     # No passthrough: NeMo 0.24 takes a context (the retrieved chunks) only when it builds the prompt.
@@ -51,7 +50,6 @@ def config(where: Path, base_url: str, output: str, railstack: str = "{}", extra
         f"rails:\n  output:\n    flows: [{output}]\n" + extra + f"custom_data:\n  railstack: {railstack}\n"
     )
     (where / "config.py").write_text("from railstack.nemo import init  # noqa: F401\n")
-    (where / "rails").symlink_to(rails_dir())
     return where
 
 

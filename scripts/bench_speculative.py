@@ -56,7 +56,6 @@ def main() -> None:
 
 def run(args: argparse.Namespace, rail_s: float, speculative: str) -> tuple[float, float]:
     """TTFT p50 (plain, speculative) of the config with a classifier tier of ``rail_s`` seconds."""
-    from railstack.paths import rails_dir
     from railstack.tools.profile import print_report, profile
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -70,7 +69,6 @@ def run(args: argparse.Namespace, rail_s: float, speculative: str) -> tuple[floa
         (config / "config.py").write_text("from railstack.nemo import init  # noqa: F401\n")
         (config / "actions.py").write_text(SLOW_RAIL.format(seconds=rail_s))
         (config / "bench.co").write_text(FLOW)
-        (config / "rails").symlink_to(rails_dir())
         prompts = Path(tmp) / "prompts.txt"
         # One in four is blocked by the classifier tier: with speculative start, its main-model call is wasted.
         prompts.write_text("What is the capital of France?\nSummarise the meeting notes, please.\n"

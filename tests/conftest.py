@@ -9,7 +9,6 @@ from typing import Iterator  # noqa: E402
 import pytest  # noqa: E402
 
 from main_model import MainModelDouble  # noqa: E402
-from railstack.paths import rails_dir  # noqa: E402
 from support import copy_configs, forget, kept_up, stop_kept_up  # noqa: E402
 
 
@@ -80,7 +79,6 @@ def make_config(tmp_path: Path):
         path.mkdir()
         (path / "config.yml").write_text(yml)
         (path / "config.py").write_text("from railstack.nemo import init  # noqa: F401\n")
-        (path / "rails").symlink_to(rails_dir())
         if colang:
             (path / "flows.co").write_text(colang)
         return path

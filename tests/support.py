@@ -20,7 +20,7 @@ import httpx
 from nemoguardrails import RailsConfig
 
 from railstack.core import Runtime
-from railstack.paths import config_dir, configs_root, rails_dir
+from railstack.paths import config_dir, configs_root
 from railstack.settings import parse_settings
 
 if TYPE_CHECKING:
@@ -52,8 +52,6 @@ def railstack_config(
         rails += f"    streaming: {streaming}\n" if streaming else ""
     (path / "config.yml").write_text(main_model_yaml(base_url) + rails + f"custom_data:\n  railstack: {railstack}\n")
     (path / "config.py").write_text("from railstack.nemo import init  # noqa: F401\n")
-    if not (path / "rails").exists():
-        (path / "rails").symlink_to(rails_dir())
     return path
 
 

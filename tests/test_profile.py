@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from railstack.paths import config_dir, rails_dir
+from railstack.paths import config_dir
 
 pytestmark = pytest.mark.slow  # each runs `railstack profile`: a server process, dozens of requests
 
@@ -53,7 +53,6 @@ def with_prompt_guard(tmp_path, settings: str):
         ) + f"    prompt_guard: {settings}\n"
     )
     (config / "config.py").write_text("from railstack.nemo import init  # noqa: F401\n")
-    (config / "rails").symlink_to(rails_dir())
     return config
 
 

@@ -112,3 +112,18 @@ def test_a_config_running_railstack_rails_without_settings_is_refused_at_server_
     with pytest.raises(SettingsError, match=r"no custom_data\.railstack settings"):
         with serving(root):
             pass
+
+
+def test_stopping_railstack_serve_stops_its_server(main_model, tmp_path):
+    port = free_port()
+    log = open(tmp_path / "serve.log", "w")
+    proc = subprocess.Popen([sys.executable, "-m", "railstack.tools.cli", "serve", str(config_dir("no-models")),
+                             "--port", str(port)], cwd=tmp_path, env=server_env(main_model), stdout=log, stderr=subprocess.STDOUT)
+    try:
+        wait_until_up(f"http://127.0.0.1:{port}", proc)
+    finally:
+        proc.terminate()  # as `docker stop` does
+        proc.wait(timeout=30)
+        log.close()
+    with pytest.raises(httpx.TransportError):
+        httpx.get(f"http://127.0.0.1:{port}/v1/rails/configs", timeout=2)

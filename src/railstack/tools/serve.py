@@ -4,6 +4,7 @@ front, whether it is given one config dir or a directory of them."""
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import tempfile
@@ -53,7 +54,8 @@ def serve(path: Path, port: int, default_config_id: Optional[str]) -> int:
         default = default_config_id or default
         args = [sys.executable, "-m", "nemoguardrails", "server", "--config", str(root), "--port", str(port),
                 "--disable-chat-ui", *(["--default-config-id", default] if default else [])]
-        try:
-            return subprocess.run(args, env=env).returncode
-        except KeyboardInterrupt:
-            return 130
+        server = subprocess.Popen(args, env=env)
+        # A stop meant for `railstack serve` (docker stop, systemd, Ctrl-C) must stop the server too.
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            signal.signal(sig, lambda signum, _frame: server.send_signal(signum))
+        return server.wait()
