@@ -28,27 +28,20 @@ def wait_until_up(url: str, proc: subprocess.Popen) -> None:
 LONE_SURROGATE = b'{"model": "main", "messages": [{"role": "user", "content": "\\ud800"}]}'
 
 
-def test_nemos_single_config_mode_refuses_to_serve_a_railstack_config_unguarded(main_model, tmp_path):
-    server = Server(config_dir("no-models"), cwd=tmp_path, env=server_env(main_model))
+@pytest.mark.parametrize("mode", ["NeMo's single-config mode", "a root without railstack's config.py"])
+def test_nemo_serving_a_railstack_config_without_the_http_layer_refuses(main_model, tmp_path, mode):
+    served = config_dir("no-models")
+    if mode != "NeMo's single-config mode":
+        served = tmp_path / "mine"
+        shutil.copytree(config_dir("no-models"), served / "no-models")
+    server = Server(served, cwd=tmp_path, env=server_env(main_model))
     try:
         res = httpx.post(f"{server.url}/v1/chat/completions", json=chat("no-models", "Hello"), timeout=60)
         out = server.output()
     finally:
         server.stop()
     assert res.status_code >= 400 and main_model.calls == 0
-    assert "without railstack's HTTP layer" in out and f"railstack serve {config_dir('no-models')}" in out
-
-
-def test_a_root_without_railstacks_config_py_refuses_too(main_model, tmp_path):
-    root = tmp_path / "mine"
-    shutil.copytree(config_dir("no-models"), root / "no-models")
-    server = Server(root, cwd=tmp_path, env=server_env(main_model))
-    try:
-        res = httpx.post(f"{server.url}/v1/chat/completions", json=chat("no-models", "Hello"), timeout=60)
-        out = server.output()
-    finally:
-        server.stop()
-    assert res.status_code >= 400 and main_model.calls == 0
+    assert "without railstack's HTTP layer" in out and f"railstack serve {served}" in out
     assert "from railstack.http.install import init" in out
 
 

@@ -28,15 +28,12 @@ log = logging.getLogger("railstack.server")
 
 def validate_configs(root: Path) -> dict[str, tuple[Any, RailstackSettings]]:
     """Load every config dir under ``root`` and validate its railstack settings."""
-    from nemoguardrails import RailsConfig
-
-    from railstack.nemo.flows import add_pack_flows, config_settings
+    from railstack.nemo.flows import config_settings, load_config
 
     configs, problems = {}, []
     for config_path in sorted(p for p in root.iterdir() if (p / "config.yml").is_file()):
         try:
-            config = RailsConfig.from_path(str(config_path))
-            add_pack_flows(config)
+            config = load_config(config_path)
             configs[config_path.name] = (config, config_settings(config))
         except SettingsError as exc:
             problems.append(f"config '{config_path.name}': {exc}")

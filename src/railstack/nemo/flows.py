@@ -107,3 +107,13 @@ def config_settings(config: Any) -> RailstackSettings:
             f"custom_data.railstack settings ({named}): add `custom_data: {{railstack: {{}}}}` to take the defaults"
         )
     return settings
+
+
+def load_config(path: Any) -> Any:
+    """A config dir as NeMo loads it, with the pack's flows its ``init`` will add: what railstack
+    reads of a config before NeMo builds it (the server's start-up, the profiler)."""
+    from nemoguardrails import RailsConfig
+
+    config = RailsConfig.from_path(str(path))
+    add_pack_flows(config)
+    return config

@@ -69,14 +69,13 @@ def percentiles(values: list[float]) -> dict[str, float]:
 def stand_ins(config_dir: Path, where: Path, tiny: bool) -> dict[str, str]:
     """Environment overrides that point each enabled model rail whose weights cannot be loaded
     at a random-weight checkpoint of its architecture (the stand-in the rail declares)."""
-    from nemoguardrails import RailsConfig
     from transformers import AutoConfig
 
     from railstack.core import registry
-    from railstack.nemo.flows import rails_named_in_flows
+    from railstack.nemo.flows import load_config, rails_named_in_flows
     from railstack.settings import parse_settings
 
-    config = RailsConfig.from_path(str(config_dir))
+    config = load_config(config_dir)
     settings = parse_settings(config.custom_data)
     env = {}
     for name in rails_named_in_flows(config):
