@@ -137,6 +137,17 @@ def stop_kept_up() -> None:
         _kept_up.pop().stack.close()
 
 
+def rail_flow(rails: str, name: str = "check") -> str:
+    """A Colang subflow ``name`` that runs railstack's ``rails`` and says the refusal on a block."""
+    return f'''
+define subflow {name}
+  $railstack_outcome = execute railstack_rails(rails="{rails}")
+  if $railstack_outcome.is_blocked
+    bot railstack refuse
+    stop
+'''
+
+
 def chat(config_id: str, content: str, **extra) -> dict:
     return {"model": "main", "messages": [{"role": "user", "content": content}], "guardrails": {"config_id": config_id}, **extra}
 

@@ -14,7 +14,7 @@ from railstack.core import collect_decisions, registry, runtimes
 from railstack.engines.pool import ConflictingStages
 from railstack.overload.stages import stages
 from railstack.settings import RAIL_SECTIONS, parse_settings
-from support import REPO
+from support import REPO, rail_flow
 from tiny_models import prompt_guard
 
 # A throwaway model rail, written the way the README's "Adding a rail" says: its own subpackage
@@ -84,13 +84,7 @@ from shout import check, stand_in
 
 rail("shout", Tier.SMALL_CLASSIFIER, resource=check.engine, model=ModelRail("shout", stand_in.stand_in))(check.check)
 '''
-FLOW = '''
-define subflow railstack shout
-  $railstack_outcome = execute railstack_rails(rails="shout")
-  if $railstack_outcome.is_blocked
-    bot railstack refuse
-    stop
-'''
+FLOW = rail_flow("shout", "railstack shout")
 
 
 @pytest.fixture

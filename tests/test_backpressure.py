@@ -15,7 +15,7 @@ from railstack.core.types import Shed
 from railstack.overload.stages import Stage, stages
 from railstack.settings import SettingsError, parse_settings
 from railstack.overload.settings import BackpressureSettings, StageSettings
-from support import Server, chat, railstack_config, server_env, streamed_text
+from support import Server, chat, rail_flow, railstack_config, server_env, streamed_text
 
 SERVICE_S = 1.0  # the main model's fixed service time in these tests
 
@@ -218,10 +218,7 @@ def server(tmp_path_factory):
     engine = root / "engine"
     rails_for(engine, model, 8, 8, flows=["slow engine"], engines=", engines: {max_concurrency: 1, max_queue: 0}")
     (engine / "actions.py").write_text(SLOW_RAIL)
-    (engine / "flows.co").write_text(
-        'define subflow slow engine\n  $railstack_outcome = execute railstack_rails(rails="slow_engine")\n'
-        "  if $railstack_outcome.is_blocked\n    bot railstack refuse\n    stop\n"
-    )
+    (engine / "flows.co").write_text(rail_flow("slow_engine", "slow engine"))
     running = Server(root, cwd=root, env=server_env(model))
     try:
         for config_id in ("bp", "engine"):

@@ -8,7 +8,7 @@ import pytest
 
 from railstack.nemo.outcome import run
 from railstack.core import Tier, Verdict, rail
-from support import chat, railstack_config, runtime_of, streamed_text
+from support import chat, rail_flow, railstack_config, runtime_of, streamed_text
 
 finished: list[float] = []  # time.monotonic() when each slow check gave its verdict
 
@@ -27,13 +27,7 @@ async def slower_check(text: str, ctx) -> Verdict:
     return Verdict.allow()
 
 
-SLOW_FLOW = """
-define subflow check slow
-  $railstack_outcome = execute railstack_rails(rails="slow_check")
-  if $railstack_outcome.is_blocked
-    bot railstack refuse
-    stop
-"""
+SLOW_FLOW = rail_flow("slow_check", "check slow")
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,7 @@ from nemoguardrails.testing import FakeLLMModel
 
 from railstack.core import Tier, Verdict, collect_decisions, rail
 from railstack.paths import config_dir
-from support import REPO
+from support import REPO, rail_flow
 
 calls: list[str] = []
 ran: dict[str, tuple[float, float]] = {}  # rail -> (time.monotonic() it started, it finished)
@@ -68,23 +68,13 @@ async def boom(text, ctx):
     raise RuntimeError(f"could not score {text}")
 
 
-def flow(rails: str) -> str:
-    return f'''
-define subflow check
-  $railstack_outcome = execute railstack_rails(rails="{rails}")
-  if $railstack_outcome.is_blocked
-    bot railstack refuse
-    stop
-'''
-
-
 def settings_yml(railstack: str = "{}") -> str:
     return f"rails:\n  input:\n    flows: [check]\ncustom_data:\n  railstack: {railstack}\n"
 
 
 def build(make_config, rails: str, railstack: str = "{}"):
     llm = FakeLLMModel(responses=["main model answer"] * 4)
-    return LLMRails(RailsConfig.from_path(str(make_config(settings_yml(railstack), flow(rails)))), llm=llm), llm
+    return LLMRails(RailsConfig.from_path(str(make_config(settings_yml(railstack), rail_flow(rails)))), llm=llm), llm
 
 
 async def ask(app, text="What is the capital of France?"):
@@ -195,7 +185,7 @@ def test_an_unknown_rail_in_a_flow_stops_the_config_from_loading(make_config):
 def test_only_the_rails_a_config_runs_are_prepared(make_config):
     from railstack.nemo.flows import rails_named_in_flows
 
-    nested = flow("t_block_small") + "\ndefine subflow outer\n  do check\n\ndefine subflow unused\n  $r = execute railstack_rails(rails=\"t_hang\")\n"
+    nested = rail_flow("t_block_small") + "\ndefine subflow outer\n  do check\n\ndefine subflow unused\n  $r = execute railstack_rails(rails=\"t_hang\")\n"
     config = RailsConfig.from_path(str(make_config("rails:\n  input:\n    flows: [outer]\n", nested)))
     # The rails dir's library subflows (prompt guard's among them) and an uncalled one do not count.
     assert rails_named_in_flows(config) == ["t_block_small"]
@@ -212,7 +202,7 @@ async def test_a_flow_without_init_blocks_with_a_reason(tmp_path):
     path = tmp_path / "noinit"
     path.mkdir()
     (path / "config.yml").write_text(settings_yml())
-    (path / "flows.co").write_text(flow("heuristics"))
+    (path / "flows.co").write_text(rail_flow("heuristics"))
     (path / "rails").symlink_to(REPO / "rails")
     app = LLMRails(RailsConfig.from_path(str(path)), llm=FakeLLMModel(responses=["x"]))
     answer, _ = await ask(app)
@@ -229,7 +219,7 @@ async def test_a_flow_without_init_blocks_with_a_reason(tmp_path):
     ],
 )
 def test_bad_settings_stop_the_config_from_loading_and_name_the_key(make_config, railstack, key):
-    path = make_config(settings_yml(railstack), flow("heuristics"))
+    path = make_config(settings_yml(railstack), rail_flow("heuristics"))
     with pytest.raises(RuntimeError) as err:
         LLMRails(RailsConfig.from_path(str(path)), llm=FakeLLMModel(responses=["x"]))
     assert key in str(err.value.__cause__)
@@ -290,7 +280,7 @@ async def test_user_rails_take_their_policy_from_the_rails_section(make_config):
 
 
 def test_the_rails_section_cannot_shadow_a_builtin_section(make_config):
-    path = make_config(settings_yml("{rails: {heuristics: {timeout_s: 1}}}"), flow("heuristics"))
+    path = make_config(settings_yml("{rails: {heuristics: {timeout_s: 1}}}"), rail_flow("heuristics"))
     with pytest.raises(RuntimeError) as err:
         LLMRails(RailsConfig.from_path(str(path)), llm=FakeLLMModel(responses=["x"]))
     assert "rails.heuristics: set it under custom_data.railstack.heuristics" in str(err.value.__cause__)

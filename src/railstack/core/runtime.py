@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any, Optional
 
 from railstack.core import request
+from railstack.core.budget import BudgetClock
 from railstack.core.registry import registry
 from railstack.core.runner import Runner
 from railstack.core.types import CheckContext, Decision, Rail, Source, Tier, Turn, UnknownRails
@@ -59,8 +60,6 @@ class Runtime:
         limit = {"input": latency.input_budget_s, "output": latency.output_budget_s}.get(source)
         clock = req.clock if req is not None and req.clock is not None else None
         if clock is None and limit is not None:
-            from railstack.core.budget import BudgetClock
-
             clock = BudgetClock()  # outside a request: this call's own
         ctx = CheckContext(
             source, self.settings, nemo_context or {}, dialogue=dialogue, main_model=main_model,
