@@ -3,7 +3,9 @@
 
 import asyncio
 import json
+import logging
 import shutil
+import string
 import time
 
 import pytest
@@ -11,6 +13,10 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from completions_server import CompletionsServer
+from guard_references import (
+    LLAMA_GUARD_3_1B_TEMPLATE, LLAMA_GUARD_3_8B_TEMPLATE, LLAMA_GUARD_4_RENDERED, LLAMA_GUARD_4_TEMPLATE,
+    SHIELDGEMMA_TEMPLATE,
+)
 from railstack.nemo.outcome import run
 from railstack.llama_guard.classifier import SafetyModel
 from railstack.llama_guard.meta_format import parse_categories
@@ -19,35 +25,50 @@ from railstack.llama_guard.trimming import TurnTooLong, alternating
 from railstack.settings import parse_settings
 from railstack.llama_guard.settings import LlamaGuardSettings
 from support import chat, model_runtime, railstack_config, streamed_text
-from tiny_models import LLAMA_GUARD_3_TEMPLATE, SENTENCES, llama_guard, prompt_guard
+from tiny_models import SENTENCES, llama_guard, meta_encode, prompt_guard
 
-TASK_HEAD = (
-    "<|begin_of_text|><|start_header_id|>user<|end_header_id|>\n\n"
-    "Task: Check if there is unsafe content in '{role}' messages in conversations according our safety policy "
-    "with the below categories.\n\n<BEGIN UNSAFE CONTENT CATEGORIES>\n"
-)
-TASK_TAIL = (
-    "Provide your safety assessment for ONLY THE LAST {role} message in the above conversation:\n"
+# Meta's llama-stack Llama Guard provider (meta-llama/llama-stack,
+# llama_stack/providers/inline/safety/llama_guard/llama_guard.py @00e55a4): PROMPT_TASK,
+# SAFETY_CATEGORIES, PROMPT_CONVERSATION and PROMPT_INSTRUCTIONS joined into PROMPT_TEMPLATE.
+LLAMA_STACK_PROMPT = string.Template(
+    "Task: Check if there is unsafe content in '$agent_type' messages in conversations according our safety policy "
+    "with the below categories."
+    "\n\n<BEGIN UNSAFE CONTENT CATEGORIES>\n$categories\n<END UNSAFE CONTENT CATEGORIES>\n"
+    "\n<BEGIN CONVERSATION>\n\n$conversations\n\n<END CONVERSATION>\n"
+    "\nProvide your safety assessment for ONLY THE LAST $agent_type message in the above conversation:\n"
     " - First line must read 'safe' or 'unsafe'.\n"
-    " - If unsafe, a second line must include a comma-separated list of violated categories.<|eot_id|>"
-    "<|start_header_id|>assistant<|end_header_id|>\n\n"
+    " - If unsafe, a second line must include a comma-separated list of violated categories."
 )
-S1_S13 = (
-    "S1: Violent Crimes.\nS2: Non-Violent Crimes.\nS3: Sex Crimes.\nS4: Child Exploitation.\nS5: Defamation.\n"
-    "S6: Specialized Advice.\nS7: Privacy.\nS8: Intellectual Property.\nS9: Indiscriminate Weapons.\nS10: Hate.\n"
-    "S11: Self-Harm.\nS12: Sexual Content.\nS13: Elections.\n"
-)
+# llama-stack's category names (CAT_*), Llama Guard 3 8B's S1-S14.
+HAZARDS = ["Violent Crimes", "Non-Violent Crimes", "Sex Crimes", "Child Exploitation", "Defamation",
+           "Specialized Advice", "Privacy", "Intellectual Property", "Indiscriminate Weapons", "Hate", "Self-Harm",
+           "Sexual Content", "Elections", "Code Interpreter Abuse"]
+S1_S13 = "".join(f"S{i}: {name}.\n" for i, name in enumerate(HAZARDS[:13], start=1))
+
+# ShieldGemma's model card, "Guidelines to use in prompts": Use Case 1 (prompt-only) and Use Case 2
+# (prompt-response), each harm type's guideline as the card's tables give it.
+SHIELDGEMMA_GUIDELINES = {
+    ("dangerous_content", "user"): '"No Dangerous Content": The prompt shall not contain or seek generation of content that harming oneself and/or others (e.g., accessing or building firearms and explosive devices, promotion of terrorism, instructions for suicide).',  # noqa: E501
+    ("harassment", "user"): '"No Harassment": The prompt shall not contain or seek generation of content that is malicious, intimidating, bullying, or abusive content targeting another individual (e.g., physical threats, denial of tragic events, disparaging victims of violence).',  # noqa: E501
+    ("hate_speech", "user"): '"No Hate Speech": The prompt shall not contain or seek generation of content that targeting identity and/or protected attributes (e.g., racial slurs, promotion of discrimination, calls to violence against protected groups) or dehumanizing/belittling/vilifying on the bases of race, ethnicity, religion, disability, age, nationality, veteran status, sexual orientation, gender, gender identity, caste, or any other protected status. We do allow content that includes a reference to a protected individual or group in a positive manner.',  # noqa: E501
+    ("sexually_explicit", "user"): '"No Sexually Explicit Information": The prompt shall not contain or seek generation of content that contains references to sexual acts or other lewd content (e.g., sexually graphic descriptions, content aimed at causing arousal). Medical or scientific terms related to human anatomy or sex education are permitted.',  # noqa: E501
+    ("dangerous_content", "assistant"): '"No Dangerous Content": The chatbot shall not generate content that harming oneself and/or others (e.g., accessing or building firearms and explosive devices, promotion of terrorism, instructions for suicide).',  # noqa: E501
+    ("harassment", "assistant"): '"No Harassment": The chatbot shall not generate content that is malicious, intimidating, bullying, or abusive content targeting another individual (e.g., physical threats, denial of tragic events, disparaging victims of violence).',  # noqa: E501
+    ("hate_speech", "assistant"): '"No Hate Speech": The chatbot shall not generate content that targeting identity and/or protected attributes (e.g., racial slurs, promotion of discrimination, calls to violence against protected groups) or dehumanizing/belittling/vilifying on the bases of race, ethnicity, religion, disability, age, nationality, veteran status, sexual orientation, gender, gender identity, caste, or any other protected status. We do allow content that includes a reference to a protected individual or group in a positive manner.',  # noqa: E501
+    ("sexually_explicit", "assistant"): '"No Sexually Explicit Information": The chatbot shall not generate content that contains references to sexual acts or other lewd content (e.g., sexually graphic descriptions, content aimed at causing arousal). Medical or scientific terms related to human anatomy or sex education are permitted.',  # noqa: E501
+}
 
 
 @pytest.fixture(scope="module")
 def checkpoints(tmp_path_factory):
+    """Tiny random-weight checkpoints with Meta's real tokenizers and the published chat templates."""
     base = tmp_path_factory.mktemp("lg")
     return {
-        "lg3": llama_guard(base / "lg3"),
-        "lg3-template": llama_guard(base / "lg3t", template=True),
-        "lg3-8b": llama_guard(base / "lg3-8b", num_hidden_layers=32),
-        "lg4": llama_guard(base / "lg4", "llama_guard_4"),
-        "shieldgemma": llama_guard(base / "sg", "shieldgemma"),
+        "lg3": llama_guard(base / "lg3"),  # no chat template: the built-in format
+        "lg3-1b": llama_guard(base / "lg3-1b", template=LLAMA_GUARD_3_1B_TEMPLATE),
+        "lg3-8b": llama_guard(base / "lg3-8b", template=LLAMA_GUARD_3_8B_TEMPLATE, num_hidden_layers=32),
+        "lg4": llama_guard(base / "lg4", "llama_guard_4", template=LLAMA_GUARD_4_TEMPLATE),
+        "shieldgemma": llama_guard(base / "sg", "shieldgemma", template=SHIELDGEMMA_TEMPLATE),
     }
 
 
@@ -55,40 +76,142 @@ def guard(path, **settings) -> SafetyModel:
     return SafetyModel.load(LlamaGuardSettings(model=str(path), device="cpu", precision="fp32", **settings))
 
 
-def prompt_of(model: SafetyModel, dialogue, judged="user") -> str:
+def ids_of(model: SafetyModel, dialogue, judged="user") -> list[int]:
     built, _ = model.prompts.fit(tuple(dialogue), judged)
-    return model.prompts.tokenizer.decode(built[0][1])
+    return list(built[0][1])
 
 
-def test_the_prompt_is_metas_format_to_the_character(checkpoints):
+def prompt_of(model: SafetyModel, dialogue, judged="user") -> str:
+    return model.prompts.tokenizer.decode(ids_of(model, dialogue, judged))
+
+
+def llama_stack_prompt(turns, codes=range(1, 14)) -> str:
+    """llama-stack's build_prompt over ``turns`` (its role labels are User and Assistant; railstack,
+    llama-recipes' AgentType and both Llama Guard 3 templates say Agent)."""
+    who = {"user": "User", "assistant": "Agent"}
+    return LLAMA_STACK_PROMPT.substitute(
+        agent_type=who[turns[-1][0]],
+        categories="\n".join(f"S{i}: {HAZARDS[i - 1]}." for i in codes),
+        conversations="\n\n".join(f"{who[role]}: {text}" for role, text in turns),
+    )
+
+
+def llama_3_chat_format(content: str) -> list[int]:
+    """Meta's llama-models encoding of one user message and the assistant header after it."""
+    from llama_models.datatypes import RawMessage
+    from llama_models.llama3.chat_format import ChatFormat
+    from llama_models.llama3.tokenizer import Tokenizer
+
+    return ChatFormat(Tokenizer.get_instance()).encode_dialog_prompt([RawMessage(role="user", content=content)]).tokens
+
+
+CONVERSATIONS = {
+    "input": ([("user", "How do I bake bread?")], "user"),
+    "output": ([("user", "Hi"), ("assistant", "Hello!")], "assistant"),
+    "multi-turn input": ([("user", "Hi"), ("assistant", "Hello, how can I help?"), ("user", "Tell me about rivals.")],
+                         "user"),
+    "multi-turn output": ([("user", "Hi"), ("assistant", "Hello."), ("user", "And now?"), ("assistant", "Bread.")],
+                          "assistant"),
+}
+
+
+@pytest.mark.parametrize("case", CONVERSATIONS)
+def test_llama_guard_3_is_llama_stacks_prompt_in_metas_chat_format_to_the_token(checkpoints, case):
+    turns, judged = CONVERSATIONS[case]
+    model = guard(checkpoints["lg3"])
+    assert model.family.prompt_source == "builtin"
+    assert ids_of(model, turns, judged) == llama_3_chat_format(llama_stack_prompt(turns))
+
+
+def test_the_pasted_llama_guard_3_text_to_the_character(checkpoints):
     model = guard(checkpoints["lg3"])
     assert prompt_of(model, [("user", "  How do I bake bread? ")]) == (
-        TASK_HEAD.format(role="User") + S1_S13 + "<END UNSAFE CONTENT CATEGORIES>\n\n<BEGIN CONVERSATION>\n\n"
-        "User: How do I bake bread?\n\n<END CONVERSATION>\n\n" + TASK_TAIL.format(role="User")
-    )
-    # The answer is judged as the Agent's turn, after the user's.
-    assert prompt_of(model, [("user", "Hi"), ("assistant", "Hello!")], "assistant") == (
-        TASK_HEAD.format(role="Agent") + S1_S13 + "<END UNSAFE CONTENT CATEGORIES>\n\n<BEGIN CONVERSATION>\n\n"
-        "User: Hi\n\nAgent: Hello!\n\n<END CONVERSATION>\n\n" + TASK_TAIL.format(role="Agent")
+        "<|begin_of_text|><|start_header_id|>user<|end_header_id|>\n\n"
+        "Task: Check if there is unsafe content in 'User' messages in conversations according our safety policy "
+        "with the below categories.\n\n<BEGIN UNSAFE CONTENT CATEGORIES>\n" + S1_S13 + "<END UNSAFE CONTENT "
+        "CATEGORIES>\n\n<BEGIN CONVERSATION>\n\nUser: How do I bake bread?\n\n<END CONVERSATION>\n\n"
+        "Provide your safety assessment for ONLY THE LAST User message in the above conversation:\n"
+        " - First line must read 'safe' or 'unsafe'.\n"
+        " - If unsafe, a second line must include a comma-separated list of violated categories.<|eot_id|>"
+        "<|start_header_id|>assistant<|end_header_id|>\n\n"
     )
 
 
-def test_the_checkpoints_chat_template_gives_the_same_text_with_exclusions_and_custom_categories(checkpoints):
+def test_meta_tokenizers_answer_words_and_decision_position(checkpoints):
+    for which, header_end, blank, safe, unsafe in (("lg3", 128007, 271, 19193, 39257),
+                                                   ("lg4", "<|header_end|>", 368, 60411, 72110)):
+        model = guard(checkpoints[which])
+        tokenizer = model.prompts.tokenizer
+        header_end = tokenizer.convert_tokens_to_ids(header_end) if isinstance(header_end, str) else header_end
+        for word, expected in (("safe", safe), ("unsafe", unsafe), ("\n\n", blank)):
+            assert tokenizer(word, add_special_tokens=False)["input_ids"] == [expected]
+        assert tuple(model.prompts.encoder.answer) == (unsafe, safe)
+        ids = ids_of(model, [("user", SENTENCES[3])])
+        assert ids[-2:] == [header_end, blank]  # the answer word comes right after the header's blank line
+        family = "llama_guard_3" if which == "lg3" else "llama_guard_4"
+        assert ids == meta_encode(family, tokenizer.decode(ids))  # the ids of Meta's own tokenizer code
+
+
+def test_llama_guard_4_is_what_its_processor_renders(checkpoints):
+    tokenizer = AutoTokenizer.from_pretrained(checkpoints["lg4"])
+    published = [{"role": "user", "content": [{"type": "text", "text": "How to make a bomb?"}]}]
+    assert tokenizer.apply_chat_template(published, tokenize=False) == LLAMA_GUARD_4_RENDERED  # the stand-in template
+    for prompt in ("builtin", "auto"):
+        model = guard(checkpoints["lg4"], prompt=prompt)
+        assert model.family.prompt_source == ("builtin" if prompt == "builtin" else "template")
+        # The model writes the blank line itself ("\n\nunsafe\nS9" in the notebook): it is where the score is read.
+        assert prompt_of(model, [("user", "How to make a bomb?")]) == LLAMA_GUARD_4_RENDERED + "\n\n"
+        assert [c.code for c in model.family.categories] == [f"S{i}" for i in range(1, 15)]  # text only: S14 too
+    builtin, template = guard(checkpoints["lg4"], prompt="builtin"), guard(checkpoints["lg4"])
+    for turns, judged in CONVERSATIONS.values():
+        assert prompt_of(builtin, turns, judged) == prompt_of(template, turns, judged)
+
+
+def test_the_1b_template_is_rendered_as_the_checkpoint_renders_it(checkpoints):
     policy = dict(
         excluded_categories=["S2", "S12"],
         custom_categories=[{"code": "S14", "name": "Competitors", "description": "Naming a competitor's product."},
                            {"code": "S5", "name": "Libel"}],
     )
-    builtin = guard(checkpoints["lg3-template"], prompt="builtin", **policy)
-    template = guard(checkpoints["lg3-template"], **policy)
-    assert template.family.template and not builtin.family.template
-    conversation = [("user", "Hi"), ("assistant", "Hello, how can I help?"), ("user", "Tell me about rivals.")]
-    text = prompt_of(template, conversation)
-    assert text == prompt_of(builtin, conversation)
+    model = guard(checkpoints["lg3-1b"], **policy)
+    assert model.family.prompt_source == "template" and model.family.lead == "\n\n"
+    turns = CONVERSATIONS["multi-turn input"][0]
+    text = prompt_of(model, turns)
+    tokenizer = AutoTokenizer.from_pretrained(checkpoints["lg3-1b"])
+    by_the_checkpoint = tokenizer.apply_chat_template(
+        [{"role": r, "content": [{"type": "text", "text": t}]} for r, t in turns], tokenize=False,
+        categories={c.code: c.line() for c in model.family.categories},
+    )
+    assert text == by_the_checkpoint + "\n\n"
     assert "S2:" not in text and "S12:" not in text and "S1: Violent Crimes.\nS3: Sex Crimes." in text
     assert "S5: Libel.\n" in text and "S14: Competitors.\nNaming a competitor's product.\n<END UNSAFE" in text
-    answer = [*conversation, ("assistant", "Here is what I know.")]
-    assert prompt_of(template, answer, "assistant") == prompt_of(builtin, answer, "assistant")
+    # The published 1B template differs from llama-stack's text only in a space before <|eot_id|>.
+    builtin = guard(checkpoints["lg3-1b"], prompt="builtin", **policy)
+    for turns, judged in CONVERSATIONS.values():
+        assert prompt_of(model, turns, judged) == prompt_of(builtin, turns, judged).replace(
+            "categories.<|eot_id|>", "categories. <|eot_id|>")
+    assert [c.code for c in guard(checkpoints["lg3-1b"]).family.categories] == [f"S{i}" for i in range(1, 14)]
+
+
+async def test_a_template_that_ignores_the_policy_is_never_used(checkpoints, caplog):
+    with caplog.at_level(logging.INFO, logger="railstack.llama_guard"):
+        model = guard(checkpoints["lg3-8b"], excluded_categories=["S2"])
+    assert not model.family.template
+    assert model.family.prompt_source == "builtin: the chat template ignores the configured categories"
+    assert "prompt builtin: the chat template ignores the configured categories" in caplog.text
+    text = prompt_of(model, [("user", "Hi")])
+    assert "S2:" not in text and "S14: Code Interpreter Abuse." in text  # its own set, as the template lists it
+    assert ids_of(model, [("user", "Hi")]) == llama_3_chat_format(
+        llama_stack_prompt([("user", "Hi")], [i for i in range(1, 15) if i != 2]))
+    runtime = model_runtime("llama_guard", checkpoints["lg3-8b"], excluded_categories=["S2"])
+    outcome = await run(runtime, ["llama_guard"], source="input", text="Hello")
+    assert outcome.metadata["decisions"][0]["metadata"]["prompt"] == model.family.prompt_source
+    with pytest.raises(NotASafetyModel, match="chat template ignores the configured categories.*auto or builtin"):
+        guard(checkpoints["lg3-8b"], prompt="template")
+    tokenizer = AutoTokenizer.from_pretrained(checkpoints["lg3-8b"])
+    rendered = tokenizer.apply_chat_template([{"role": "user", "content": "Hi"}], tokenize=False,
+                                             excluded_category_keys=["S2"])
+    assert rendered.startswith(" <|begin_of_text|>") and "S2: Non-Violent Crimes." in rendered  # as published
 
 
 def test_default_categories_follow_the_model(checkpoints):
@@ -98,8 +221,8 @@ def test_default_categories_follow_the_model(checkpoints):
     thirteen = [f"S{i}" for i in range(1, 14)]
     assert codes(checkpoints["lg3"]) == thirteen  # 16 layers or fewer: Llama Guard 3 1B
     assert codes(checkpoints["lg3-8b"]) == [*thirteen, "S14"]
-    assert codes(checkpoints["lg3-template"]) == thirteen  # what the template lists
-    assert codes(checkpoints["lg4"]) == thirteen
+    assert codes(checkpoints["lg3-1b"]) == thirteen  # what the template lists
+    assert codes(checkpoints["lg4"]) == [*thirteen, "S14"]
     assert codes(checkpoints["lg3-8b"], categories=["S1", "S10"]) == ["S1", "S10"]
 
 
@@ -126,22 +249,21 @@ def test_a_wrong_category_key_is_a_settings_error():
 
 
 def test_the_decision_position_comes_from_the_template(checkpoints, tmp_path):
-    model = guard(checkpoints["lg3-template"])
-    tokenizer = model.prompts.tokenizer
-    assert model.family.lead == ""
-    assert tuple(model.prompts.encoder.answer) == tuple(tokenizer.convert_tokens_to_ids(["unsafe", "safe"]))
-    # A template whose generation prompt stops at the header leaves the separator to the model:
-    # it is appended, so the score is still read where the answer word starts.
-    short = tmp_path / "short"
-    shutil.copytree(checkpoints["lg3-template"], short)
-    config = json.loads((short / "tokenizer_config.json").read_text())
-    config["chat_template"] = LLAMA_GUARD_3_TEMPLATE.replace("<|end_header_id|>\\n\\n\" -}}", "<|end_header_id|>\" -}}")
-    assert config["chat_template"] != LLAMA_GUARD_3_TEMPLATE
-    (short / "tokenizer_config.json").write_text(json.dumps(config))
-    (short / "chat_template.jinja").unlink(missing_ok=True)
-    shortened = guard(short)
-    assert shortened.family.template and shortened.family.lead == "\n\n"
-    assert prompt_of(shortened, [("user", "Hi")]) == prompt_of(model, [("user", "Hi")])
+    # The published 1B template stops at the assistant header: the blank line after it is the
+    # model's to write, so it is appended and the score is read where the answer word starts.
+    model = guard(checkpoints["lg3-1b"])
+    assert model.family.lead == "\n\n"
+    # A template that writes the blank line itself gets nothing appended, and the same prompt.
+    whole = tmp_path / "whole"
+    shutil.copytree(checkpoints["lg3-1b"], whole)
+    tokenizer = AutoTokenizer.from_pretrained(whole)
+    tokenizer.chat_template = LLAMA_GUARD_3_1B_TEMPLATE.replace(
+        'assistant<|end_header_id|>"-}}', 'assistant<|end_header_id|>\\n\\n"-}}')
+    assert tokenizer.chat_template != LLAMA_GUARD_3_1B_TEMPLATE
+    tokenizer.save_pretrained(whole)
+    widened = guard(whole)
+    assert widened.family.template and widened.family.lead == ""
+    assert prompt_of(widened, [("user", "Hi")]) == prompt_of(model, [("user", "Hi")])
 
 
 def independent_p_unsafe(path, text: str, pairwise=False) -> float:
@@ -168,15 +290,25 @@ async def test_the_score_is_the_models_own_probability_of_unsafe(checkpoints, wh
     assert found.score == pytest.approx(expected, rel=1e-4)
 
 
+@pytest.mark.parametrize("judged", ["user", "assistant"])
+def test_shieldgemma_prompts_are_its_published_template_for_each_harm_type(checkpoints, judged):
+    model = guard(checkpoints["shieldgemma"])
+    dialogue = (("user", SENTENCES[7]),) if judged == "user" else (("user", SENTENCES[7]), ("assistant", SENTENCES[5]))
+    built, _ = model.prompts.fit(dialogue, judged)
+    assert [code for code, _ in built] == ["dangerous_content", "harassment", "hate_speech", "sexually_explicit"]
+    tokenizer = AutoTokenizer.from_pretrained(checkpoints["shieldgemma"])
+    chat = [{"role": role, "content": text} for role, text in dialogue]
+    for code, ids in built:
+        published = tokenizer.apply_chat_template(chat, guideline=SHIELDGEMMA_GUIDELINES[code, judged], tokenize=False)
+        assert model.prompts.tokenizer.decode(ids) == published
+        # Scored right after the prompt's closing blank line, as Google's notebook reads logits[0, -1].
+        assert list(ids) == tokenizer(published, add_special_tokens=False)["input_ids"]
+
+
 async def test_shieldgemma_scores_yes_against_no_for_each_harm_type(checkpoints):
     model = guard(checkpoints["shieldgemma"])
     dialogue = (("user", SENTENCES[7]),)
     built, _ = model.prompts.fit(dialogue, "user")
-    assert [code for code, _ in built] == ["dangerous_content", "harassment", "hate_speech", "sexually_explicit"]
-    first = model.prompts.tokenizer.decode(built[0][1])
-    assert first.startswith("<bos><start_of_turn>user\nYou are a policy expert trying to help determine whether a user")
-    assert f"Human Question: {SENTENCES[7]}" in first and '* "No Dangerous Content": The prompt shall not' in first
-    assert first.endswith("answer correctly.<end_of_turn>\n<start_of_turn>model\n")
     each = [independent_p_unsafe(checkpoints["shieldgemma"], model.prompts.tokenizer.decode(ids), pairwise=True)
             for _, ids in built]
     found = await model.assess(dialogue, "user")
@@ -198,7 +330,7 @@ def test_batched_scores_equal_one_at_a_time(checkpoints):
         assert score == pytest.approx(model.engine.forward([(row, 1.0)])[0][0], rel=1e-4)
 
 
-@pytest.mark.parametrize("which", ["lg3", "lg3-template"])
+@pytest.mark.parametrize("which", ["lg3", "lg3-1b"])
 def test_the_policy_prefix_cache_gives_the_scores_of_whole_prompts(checkpoints, which):
     reused, whole = guard(checkpoints[which]), guard(checkpoints[which], reuse_policy_prefix=False)
     assert len(reused.engine.prefixes) == 2 and not whole.engine.prefixes  # one per judged role
@@ -285,11 +417,11 @@ def test_turns_alternate_from_a_user_turn():
 
 def test_long_conversations_lose_their_oldest_turns_never_the_judged_one(checkpoints):
     model = guard(checkpoints["lg3"], max_prompt_tokens=900)
-    history = [("user" if i % 2 == 0 else "assistant", SENTENCES[i % len(SENTENCES)]) for i in range(30)]
+    history = [("user" if i % 2 == 0 else "assistant", SENTENCES[i % len(SENTENCES)]) for i in range(60)]
     judged = " ".join(SENTENCES[:3])
     built, dropped = model.prompts.fit((*history, ("user", judged)), "user")
     text = model.prompts.tokenizer.decode(built[0][1])
-    assert 0 < dropped < 30 and dropped % 2 == 0
+    assert 0 < dropped < 60 and dropped % 2 == 0
     assert len(built[0][1]) <= 900
     assert f"User: {judged}\n\n<END CONVERSATION>" in text
     assert "<BEGIN CONVERSATION>\n\nUser: " in text  # still starts with a user turn

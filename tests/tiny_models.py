@@ -3,6 +3,8 @@ checkpoints are, so the rails load them through the same code path (no downloads
 
 from __future__ import annotations
 
+import functools
+import hashlib
 from pathlib import Path
 
 from railstack.tools.random_models import GUARD_TOKENS, SENTENCES, deberta_classifier, guard_lm, train_texts
@@ -47,42 +49,68 @@ def nli(where: Path, labels: tuple[str, ...] = ("entailment", "neutral", "contra
     return where
 
 
-# Llama Guard 3's chat template as the hub checkpoints define it (written here from Meta's
-# published prompt format): roles must alternate, the judged role follows from the number of
-# turns, `categories` and `excluded_category_keys` can be passed in, turns are text parts.
-LLAMA_GUARD_3_TEMPLATE = (
-    "{%- if messages|length % 2 == 0 -%}{%- set role = 'Agent' -%}{%- else -%}{%- set role = 'User' -%}{%- endif -%}"
-    "{%- if categories is not defined -%}{%- set categories = {"
-    + ", ".join(f'"S{i}": "{name}."' for i, name in enumerate(
-        ["Violent Crimes", "Non-Violent Crimes", "Sex Crimes", "Child Exploitation", "Defamation",
-         "Specialized Advice", "Privacy", "Intellectual Property", "Indiscriminate Weapons", "Hate", "Self-Harm",
-         "Sexual Content", "Elections"], start=1))
-    + "} -%}{%- endif -%}"
-    "{%- if excluded_category_keys is not defined -%}{%- set excluded_category_keys = [] -%}{%- endif -%}"
-    "{{- '<|begin_of_text|><|start_header_id|>user<|end_header_id|>\\n\\n' -}}"
-    "{{- \"Task: Check if there is unsafe content in '\" + role + \"' messages in conversations according our "
-    "safety policy with the below categories.\\n\\n<BEGIN UNSAFE CONTENT CATEGORIES>\\n\" -}}"
-    "{%- for key in categories -%}{%- if key not in excluded_category_keys -%}"
-    "{{- key + ': ' + categories[key] + '\\n' -}}{%- endif -%}{%- endfor -%}"
-    "{{- '<END UNSAFE CONTENT CATEGORIES>\\n\\n<BEGIN CONVERSATION>\\n\\n' -}}"
-    "{%- for message in messages -%}"
-    "{%- if (message['role'] == 'user') != (loop.index0 % 2 == 0) -%}"
-    "{{- raise_exception('Conversation roles must alternate user/assistant/user/assistant/...') -}}{%- endif -%}"
-    "{%- if message['role'] == 'user' -%}{%- set who = 'User' -%}{%- else -%}{%- set who = 'Agent' -%}{%- endif -%}"
-    "{%- for part in message['content'] | selectattr('type', 'equalto', 'text') -%}"
-    "{{- who + ': ' + part['text'] | trim + '\\n\\n' -}}{%- endfor -%}{%- endfor -%}"
-    "{{- '<END CONVERSATION>\\n\\nProvide your safety assessment for ONLY THE LAST ' + role + "
-    "\" message in the above conversation:\\n - First line must read 'safe' or 'unsafe'.\\n - If unsafe, a second "
-    "line must include a comma-separated list of violated categories.<|eot_id|><|start_header_id|>assistant"
-    "<|end_header_id|>\\n\\n\" -}}"
-)
+# Meta's own tokenizer files as the official `llama-models` package ships them (tiktoken format;
+# the hub checkpoints' tokenizer.json holds the same ranks), pinned by hash.
+META_TOKENIZERS = {
+    "llama_guard_3": ("llama3", "82e9d31979e92ab929cd544440f129d9ecd797b69e327f80f17e1c50d5551b55"),
+    "llama_guard_4": ("llama4", "d0bdbaf59b0762c8c807617e2d8ea51420eb1b1de266df2495be755c8e0ed6ed"),
+}
 
-def llama_guard(where: Path, family: str = "llama_guard_3", *, template: bool = False, seed: int = 0, **size) -> Path:
-    """A Llama Guard 3 / 4 checkpoint: a random LlamaForCausalLM with that family's tokenizer (and,
-    with ``template``, Llama Guard 3's chat template); for ShieldGemma a random Gemma 2."""
+
+@functools.lru_cache(maxsize=None)
+def _meta_tokenizer_json(family: str) -> str:
+    import importlib
+
+    import llama_models
+    from transformers.convert_slow_tokenizer import TikTokenConverter
+
+    folder, digest = META_TOKENIZERS[family]
+    path = Path(llama_models.__file__).parent / folder / "tokenizer.model"
+    found = hashlib.sha256(path.read_bytes()).hexdigest()
+    if found != digest:
+        raise RuntimeError(f"{path} has sha256 {found}, not Meta's published {digest}")
+    meta = importlib.import_module(f"llama_models.{folder}.tokenizer").Tokenizer(path)
+    specials = sorted(meta.special_tokens, key=meta.special_tokens.get)
+    converted = TikTokenConverter(str(path), pattern=meta.model._pat_str, extra_special_tokens=specials).converted()
+    return converted.to_str()
+
+
+def meta_tokenizer(family: str, template: str | None = None):
+    """The real Llama 3 (Llama Guard 3) or Llama 4 (Llama Guard 4) tokenizer, as a transformers
+    fast tokenizer with the hub checkpoints' special-token roles."""
+    from tokenizers import Tokenizer
+    from transformers import PreTrainedTokenizerFast
+
+    _, bos, eos, pad, _ = GUARD_TOKENS[family]
+    return PreTrainedTokenizerFast(
+        tokenizer_object=Tokenizer.from_str(_meta_tokenizer_json(family)), bos_token=bos, eos_token=eos,
+        pad_token=pad, chat_template=template,
+    )
+
+
+def meta_encode(family: str, text: str) -> list[int]:
+    """``text`` (special tokens spelled out) as Meta's own tokenizer code encodes it."""
+    import importlib
+
+    import llama_models
+
+    folder, _ = META_TOKENIZERS[family]
+    meta = importlib.import_module(f"llama_models.{folder}.tokenizer").Tokenizer
+    return meta(Path(llama_models.__file__).parent / folder / "tokenizer.model").encode(
+        text, bos=False, eos=False, allowed_special="all"
+    )
+
+
+def llama_guard(
+    where: Path, family: str = "llama_guard_3", *, template: str | None = None, seed: int = 0, **size
+) -> Path:
+    """A Llama Guard 3 / 4 checkpoint: a random LlamaForCausalLM with Meta's real tokenizer of that
+    family (and ``template`` as its chat template); for ShieldGemma a random Gemma 2 with a trained
+    tokenizer that has Gemma's special tokens."""
     import torch
 
-    model, tokenizer = guard_lm(where, family, LLAMA_GUARD_3_TEMPLATE if template else None, seed=seed, **size)
+    tokenizer = meta_tokenizer(family, template) if family in META_TOKENIZERS else None
+    model, tokenizer = guard_lm(where, family, template, seed=seed, tokenizer=tokenizer, **size)
     with torch.no_grad():
         _answer_by_content(model, tokenizer, family)
     model.save_pretrained(where)
@@ -96,12 +124,9 @@ def _answer_by_content(model, tokenizer, family: str) -> None:
     import torch
 
     safe, unsafe = (tokenizer.convert_tokens_to_ids(w) for w in sorted(GUARD_TOKENS[family][4], key=_is_violation))
-    wrap = {"llama_guard_3": "<|begin_of_text|>{}<|eot_id|><|start_header_id|>assistant<|end_header_id|>\n\n",
-            "llama_guard_4": "<|begin_of_text|>{}<|eot|><|header_start|>assistant<|header_end|>\n\n",
-            "shieldgemma": "<bos>{}<end_of_turn>\n<start_of_turn>model\n"}[family]
     states = []
     for text in train_texts(40):
-        ids = tokenizer(wrap.format(text), add_special_tokens=False, return_tensors="pt")["input_ids"]
+        ids = tokenizer(_prompt(family, text), add_special_tokens=False, return_tensors="pt")["input_ids"]
         states.append(model.model(input_ids=ids).last_hidden_state[0, -1])
     h = torch.stack(states)
     mean = h.mean(0)
@@ -110,6 +135,24 @@ def _answer_by_content(model, tokenizer, family: str) -> None:
     weight = model.lm_head.weight
     weight[safe] = 30 * mean / mean.norm() ** 2  # logit 30 at the typical state: far above the rest
     weight[unsafe] = weight[safe] + 2.5 * direction / spread  # the logit gap: about N(0, 2.5) over texts
+
+
+def _prompt(family: str, text: str) -> str:
+    """A prompt of the family's built-in format judging ``text`` as a user turn."""
+    from railstack.llama_guard.families import FAMILIES
+    from railstack.llama_guard.policy import HAZARDS
+    from railstack.llama_guard.shieldgemma_format import SHIELDGEMMA_PROMPT
+
+    cls = FAMILIES[family]
+    if family == "shieldgemma":
+        shown = f"<start_of_turn>\nHuman Question: {text}\n<end_of_turn>"
+        body = SHIELDGEMMA_PROMPT.format(subject="a user prompt", turns=shown, guideline='"No Harassment": ...',
+                                         judged="human question", must="must")
+    else:
+        turn = cls.turn.format(who="User", text=text)
+        categories = "\n".join(f"{code}: {name}." for code, name in list(HAZARDS.items())[:13])
+        body = cls.task.format(role="User", categories=categories, conversation=turn)
+    return cls.wrap.format(body)
 
 
 def _is_violation(word: str) -> bool:

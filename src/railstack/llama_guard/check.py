@@ -30,6 +30,7 @@ async def check(text: str, ctx: CheckContext) -> Verdict:
     facts = {
         "model": settings.model,
         "family": ctx.resource.family.name,
+        "prompt": ctx.resource.family.prompt_source,
         "categories": categories,
         "prompt_tokens": found.prompt_tokens,
         "dropped_turns": found.dropped_turns,

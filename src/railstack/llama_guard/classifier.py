@@ -67,13 +67,13 @@ class SafetyModel:
         prompts = PromptBuilder(family, encoder, settings.max_prompt_tokens)
         spec = EngineSpec(
             settings, tokenizer, family, encoder.answer,
-            warmup=encoder.encode_prompt(family.wrap.format("warm-up")),
+            warmup=encoder.encode_prompt(family.build([("user", "warm-up")])[0].text),
             prefixes=prompts.shared_starts() if settings.reuse_policy_prefix and family.policy_prefix else (),
         )
         engine = ENGINES[settings.engine](spec, stage)
         log.info(
-            "llama_guard: %s (%s, %s prompt, %s engine), categories %s",
-            settings.model, family.name, "template" if family.template else "built-in", settings.engine,
+            "llama_guard: %s (%s, prompt %s, %s engine), categories %s",
+            settings.model, family.name, family.prompt_source, settings.engine,
             ",".join(c.code for c in family.categories),
         )
         return cls(settings, family, prompts, engine)

@@ -36,6 +36,7 @@ class PromptFormat(ABC):
         self.settings = settings
         self.tokenizer = tokenizer
         self.template = self._uses_template()
+        self.prompt_source = "template" if self.template else "builtin"  # what the start-up log and decisions say
         self.categories = select(settings, self.offered(config), self.code_rule)
         # What the model writes between the prompt and the answer word (see meta_format).
         self.lead = ""

@@ -134,14 +134,18 @@ def deberta_classifier(
 
 def guard_lm(
     where: Path, family: str = "llama_guard_3", template: str | None = None, *, seed: int = 0,
-    texts: list[str] | None = None, tokenizer_vocab: int = 3000, **size,
+    texts: list[str] | None = None, tokenizer_vocab: int = 3000, tokenizer=None, **size,
 ):
     """A random decoder of the family (Llama for Llama Guard, Gemma 2 for ShieldGemma), tiny
-    unless ``size`` says otherwise, and its tokenizer, saved at ``where``: (model, tokenizer)."""
+    unless ``size`` says otherwise, and its tokenizer (``tokenizer``, or one trained here), saved
+    at ``where``: (model, tokenizer)."""
     import torch
     from transformers import Gemma2Config, Gemma2ForCausalLM, LlamaConfig, LlamaForCausalLM
 
-    tokenizer = guard_tokenizer(where, family, template, vocab_size=tokenizer_vocab, texts=texts)
+    if tokenizer is None:
+        tokenizer = guard_tokenizer(where, family, template, vocab_size=tokenizer_vocab, texts=texts)
+    else:
+        tokenizer.save_pretrained(where)
     shape = dict(
         vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
         num_key_value_heads=2, max_position_embeddings=4096, bos_token_id=tokenizer.bos_token_id,
