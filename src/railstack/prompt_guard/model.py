@@ -7,9 +7,15 @@
 - Long inputs are cut into windows of at most 512 tokens from the token ids (never by decoding
   and re-encoding, which PG2's tokenizer does not round-trip); an input's score is the maximum
   over its windows, and every window goes through the model's micro-batcher.
-- PG1 was evaded by spacing letters out ("I g n o r e"). As Meta's fix does, the text is
-  tokenized with its whitespace removed and a space token is put back between two tokens
-  wherever the original had whitespace between them. PG2's tokenizer handles it itself.
+- PG1 was evaded by spacing letters out ("I g n o r e"). Its input goes through Meta's fix,
+  ``preprocess_text_for_promptguard`` (llama-recipes ``recipes/responsible_ai/prompt_guard/
+  inference.py``, also in LlamaFirewall): the text with its whitespace removed is tokenized, a
+  string is rebuilt from the tokens' strings with one space before each token whose first
+  character followed whitespace in the original, and that string is tokenized as usual. Where
+  Meta's function gives up (its search for a token's string in the squeezed text fails, as when
+  the tokenizer's normalizer changes characters) it returns the text unchanged, spaced letters
+  and all; railstack finds each token from the tokenizer's offsets instead, so the defence holds
+  there too. PG2's tokenizer handles spacing itself.
 - Scores (not verdicts) are cached per model by a digest of the exact text, so a threshold
   change never reuses a stale verdict and two models never share an entry.
 """
@@ -59,7 +65,6 @@ class PromptGuard:
         self.prefix, self.suffix = _special_tokens(self.tokenizer)
         self.body = MAX_TOKENS - len(self.prefix) - len(self.suffix)
         self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
-        self.space_id = self._space_token() if self.scheme == "pg1" else None
         self.cache = ScoreCache(settings.cache_size)
         self.batcher: Batcher[tuple[int, ...], list[float]] = Batcher(
             f"prompt-guard:{settings.model}",
@@ -72,29 +77,38 @@ class PromptGuard:
         self.probabilities([self._with_specials(self.token_ids("warm-up"))])  # first forward off the request path
         log.info("prompt_guard: loaded %s (%s) on %s in %s", settings.model, self.scheme, self.device, self.precision)
 
-    def _space_token(self) -> int:
-        space = self.tokenizer.convert_tokens_to_ids("\u2581")
-        if space is None or space == self.tokenizer.unk_token_id:
-            raise NotPromptGuard(f"prompt_guard: {self.settings.model!r}: PG1's tokenizer has no space token")
-        return space
-
     def token_ids(self, text: str) -> list[int]:
-        """The text's token ids, without special tokens; for PG1 with the whitespace defence."""
-        if self.scheme != "pg1":
-            return self.tokenizer(text, add_special_tokens=False)["input_ids"]
-        kept = [i for i, ch in enumerate(text) if not ch.isspace()]
+        """The text's token ids, without special tokens; for PG1 after Meta's whitespace defence."""
+        if self.scheme == "pg1":
+            text = self._respaced(text)
+        return self.tokenizer(text, add_special_tokens=False)["input_ids"]
+
+    def _respaced(self, text: str) -> str:
+        """The string Meta's ``preprocess_text_for_promptguard`` makes of the text.
+
+        Meta locates each token by searching for its string in the squeezed text, and on any
+        failure returns the original text: the spaced-out letters then reach the model as they
+        came, an evasion the guardrail would let through without a word. The tokenizer's offsets
+        say where each token is without a search, so the result is Meta's wherever Meta's search
+        lands on the token's own characters, and the defence still applies where it would fail.
+        """
+        kept = [i for i, ch in enumerate(text) if not ch.isspace()]  # str.isspace, as Meta's
         squeezed = "".join(text[i] for i in kept)
         encoded = self.tokenizer(squeezed, add_special_tokens=False, return_offsets_mapping=True)
-        ids: list[int] = []
-        previous_end: Optional[int] = None  # in the original text
-        for token, (start, end) in zip(encoded["input_ids"], encoded["offset_mapping"]):
-            if end > start:
-                first, last = kept[start], kept[end - 1]
-                if previous_end is not None and any(ch.isspace() for ch in text[previous_end:first]):
-                    ids.append(self.space_id)
-                previous_end = last + 1
-            ids.append(token)
-        return ids
+        parts: list[str] = []
+        at = 0  # in the squeezed text: where the current token starts
+        for token, (start, end) in zip(encoded.tokens(), encoded["offset_mapping"]):
+            piece = self.tokenizer.convert_tokens_to_string([token])
+            # A bare word-start token ("▁") is an empty string: Meta places it where the previous
+            # token ended, so it takes the following character's space, as that token will too.
+            if piece:
+                at = start
+            if at < len(kept) and kept[at] > 0 and text[kept[at] - 1].isspace():
+                parts.append(" ")
+            parts.append(piece)
+            if piece:
+                at = end
+        return "".join(parts)
 
     def windows(self, text: str) -> list[tuple[int, ...]]:
         """Model inputs of at most 512 tokens that cover the text's tokens, each once, in order."""
