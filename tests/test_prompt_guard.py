@@ -78,7 +78,7 @@ async def test_long_input_windows_cover_every_token_once_and_the_score_is_their_
 
 def metas_preprocessing(tokenizer, text: str) -> tuple[str, bool]:
     """Meta's ``preprocess_text_for_promptguard``, transcribed here apart from railstack's code:
-    meta-llama/llama-recipes, recipes/responsible_ai/prompt_guard/inference.py (the same function
+    meta-llama/llama-cookbook, end-to-end-use-cases/responsible_ai/prompt_guard/inference.py (the same function
     is ``PromptGuard._preprocess_text_for_promptguard`` in meta-llama/PurpleLlama,
     LlamaFirewall/src/llamafirewall/scanners/promptguard_utils.py). The string it returns, and
     whether it got through: on any exception Meta returns the text unchanged."""

@@ -26,7 +26,7 @@ class PromptFormat(ABC):
     marker: ClassVar[str]  # a special token only this family's tokenizers have
     unsafe: ClassVar[str]  # the answer word of a violation
     safe: ClassVar[str]
-    wrap: ClassVar[str]  # one user turn in the family's chat format, with the generation prompt; {} is the turn
+    wrap: ClassVar[str]  # what surrounds the prompt text ({}) up to where the answer starts
     decodes: ClassVar[bool]  # whether an unsafe answer goes on with a category line
     policy_prefix: ClassVar[bool]  # whether the prompts of a judged role share a start long enough to cache
     renders_template: ClassVar[bool]  # whether the checkpoint's chat template can build the prompts

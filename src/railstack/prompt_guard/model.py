@@ -8,10 +8,10 @@
   and re-encoding, which PG2's tokenizer does not round-trip); an input's score is the maximum
   over its windows, and every window goes through the model's micro-batcher.
 - PG1 was evaded by spacing letters out ("I g n o r e"). Its input goes through Meta's fix,
-  ``preprocess_text_for_promptguard`` (llama-recipes ``recipes/responsible_ai/prompt_guard/
-  inference.py``, also in LlamaFirewall): the text with its whitespace removed is tokenized, a
-  string is rebuilt from the tokens' strings with one space before each token whose first
-  character followed whitespace in the original, and that string is tokenized as usual. Where
+  ``preprocess_text_for_promptguard`` (llama-cookbook ``end-to-end-use-cases/responsible_ai/
+  prompt_guard/inference.py``, also in LlamaFirewall): the text with its whitespace removed is
+  tokenized, a string is rebuilt from the tokens' strings with one space before each token whose
+  first character followed whitespace in the original, and that string is tokenized as usual. Where
   Meta's function gives up (its search for a token's string in the squeezed text fails, as when
   the tokenizer's normalizer changes characters) it returns the text unchanged, spaced letters
   and all; railstack finds each token from the tokenizer's offsets instead, so the defence holds
