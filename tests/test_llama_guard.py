@@ -139,10 +139,9 @@ def test_the_pasted_llama_guard_3_text_to_the_character(checkpoints):
 
 def test_meta_tokenizers_answer_words_and_decision_position(checkpoints):
     for which, header_end, blank, safe, unsafe in (("lg3", 128007, 271, 19193, 39257),
-                                                   ("lg4", "<|header_end|>", 368, 60411, 72110)):
+                                                   ("lg4", 200006, 368, 60411, 72110)):
         model = guard(checkpoints[which])
         tokenizer = model.prompts.tokenizer
-        header_end = tokenizer.convert_tokens_to_ids(header_end) if isinstance(header_end, str) else header_end
         for word, expected in (("safe", safe), ("unsafe", unsafe), ("\n\n", blank)):
             assert tokenizer(word, add_special_tokens=False)["input_ids"] == [expected]
         assert tuple(model.prompts.encoder.answer) == (unsafe, safe)

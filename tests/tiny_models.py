@@ -58,18 +58,25 @@ META_TOKENIZERS = {
 
 
 @functools.lru_cache(maxsize=None)
-def _meta_tokenizer_json(family: str) -> str:
+def _meta(family: str):
+    """Meta's own tokenizer (llama_models' tiktoken ``Tokenizer``) of the family, its file's hash checked."""
     import importlib
 
     import llama_models
-    from transformers.convert_slow_tokenizer import TikTokenConverter
 
     folder, digest = META_TOKENIZERS[family]
     path = Path(llama_models.__file__).parent / folder / "tokenizer.model"
     found = hashlib.sha256(path.read_bytes()).hexdigest()
     if found != digest:
         raise RuntimeError(f"{path} has sha256 {found}, not Meta's published {digest}")
-    meta = importlib.import_module(f"llama_models.{folder}.tokenizer").Tokenizer(path)
+    return importlib.import_module(f"llama_models.{folder}.tokenizer").Tokenizer(path), path
+
+
+@functools.lru_cache(maxsize=None)
+def _meta_tokenizer_json(family: str) -> str:
+    from transformers.convert_slow_tokenizer import TikTokenConverter
+
+    meta, path = _meta(family)
     specials = sorted(meta.special_tokens, key=meta.special_tokens.get)
     converted = TikTokenConverter(str(path), pattern=meta.model._pat_str, extra_special_tokens=specials).converted()
     return converted.to_str()
@@ -90,15 +97,7 @@ def meta_tokenizer(family: str, template: str | None = None):
 
 def meta_encode(family: str, text: str) -> list[int]:
     """``text`` (special tokens spelled out) as Meta's own tokenizer code encodes it."""
-    import importlib
-
-    import llama_models
-
-    folder, _ = META_TOKENIZERS[family]
-    meta = importlib.import_module(f"llama_models.{folder}.tokenizer").Tokenizer
-    return meta(Path(llama_models.__file__).parent / folder / "tokenizer.model").encode(
-        text, bos=False, eos=False, allowed_special="all"
-    )
+    return _meta(family)[0].encode(text, bos=False, eos=False, allowed_special="all")
 
 
 def llama_guard(
