@@ -227,12 +227,27 @@ async def test_stream_consumers_that_stop_iterating_stop_their_generations(rails
     assert main_model.abandoned == CLIENTS
 
 
-async def test_a_stream_closed_by_its_consumer_has_stopped_its_generation_when_aclose_returns(rails, main_model):
+async def test_a_stream_its_consumer_closes_stops_its_generation(rails, main_model):
     stream = rails.stream_async(messages=ASK)
     assert await anext(stream)
     await stream.aclose()
     await settles(main_model)
     assert main_model.abandoned == 1
+
+
+async def test_a_stream_closed_or_dropped_unread_stops_its_generation(rails, main_model):
+    closed = rails.stream_async(messages=ASK)  # NeMo starts the generation here, not at the first read
+    while main_model.active < 1:
+        await asyncio.sleep(0.02)
+    await closed.aclose()
+    await settles(main_model)
+
+    dropped = rails.stream_async(messages=ASK)
+    while main_model.active < 1:
+        await asyncio.sleep(0.02)
+    del dropped
+    await settles(main_model)
+    assert main_model.calls == main_model.abandoned == 2
 
 
 async def test_cancelled_stream_consumers_stop_their_generations_and_queued_ones_never_start(rails, main_model):

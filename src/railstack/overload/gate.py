@@ -112,7 +112,42 @@ def stream_until_consumer_leaves(start: Callable[[], AsyncIterator[Any]]) -> Asy
     calls = MainCalls.of_current_request()
     with request.derive(main_calls=calls):
         inner = start()
-    return _consumed(inner, calls)
+    return _Stream(inner, calls)
+
+
+class _Stream:
+    """NeMo's stream, read through ``_consumed``. NeMo starts the generation when the stream is
+    opened, not at its first read, and a generator never read runs no clean-up: a stream closed
+    or dropped unread ends its generation here."""
+
+    def __init__(self, inner: AsyncIterator[Any], calls: MainCalls):
+        self._inner, self._calls = inner, calls
+        self._reads = _consumed(inner, calls)
+        self._read = False
+
+    def __aiter__(self) -> "_Stream":
+        return self
+
+    def __anext__(self) -> Any:
+        self._read = True
+        return self._reads.__anext__()
+
+    async def aclose(self) -> None:
+        if not self._read and not self._calls.ended:
+            running = self._calls.end()
+            if running:
+                await asyncio.wait(running)
+            await _close(self._inner)
+        await self._reads.aclose()
+
+    def __del__(self) -> None:
+        if self._read or self._calls.ended:
+            return
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            return  # dropped outside its event loop's thread: nothing here may touch its tasks
+        self._calls.end()
 
 
 async def _consumed(inner: AsyncIterator[Any], calls: MainCalls) -> AsyncIterator[Any]:
