@@ -183,11 +183,13 @@ def model_runtime(rail: str, path: Path, **settings) -> Runtime:
 
 def forget(model):
     """The loopback main model as a fresh one is: default answers, nothing recorded, and a base
-    URL (``name``) no client has used yet."""
+    URL (``name``) no client has used yet. ``active`` is the server's live count: a generation an
+    earlier test left running still ends, and is still counted until it does."""
     fresh = type(model)()
     for field in dataclasses.fields(model):
-        if field.name not in ("port", "_server", "_thread", "name"):
+        if field.name not in ("port", "_server", "_thread", "name", "active"):
             setattr(model, field.name, getattr(fresh, field.name))
+    model.peak_active = model.active
     model.name = f"t{int(model.name[1:]) + 1}"
     return model
 

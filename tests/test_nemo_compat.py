@@ -130,6 +130,31 @@ def test_models_set_up_around_the_init_llms_railstack_wraps_are_refused(monkeypa
     assert "ungated" in exc.problem
 
 
+def test_a_stream_whose_generation_starts_after_the_stream_async_call_is_refused(monkeypatch):
+    """A NeMo that started a stream's generation on its first read, not in ``stream_async``,
+    would start it outside what railstack sets around that call: a stream dropped by its
+    consumer would go on generating."""
+    stream_async = LLMRails.stream_async
+
+    def lazy(self, *args, **kwargs):
+        async def on_first_read():
+            async for chunk in stream_async(self, *args, **kwargs):
+                yield chunk
+
+        return on_first_read()
+
+    monkeypatch.setattr(LLMRails, "stream_async", lazy)
+    exc = refused(load_railstack_config, "LLMRails.stream_async")
+    assert "saw [None, None]" in exc.problem and "keep its main model generating" in exc.problem
+
+
+def test_a_blocked_stream_that_ends_with_an_error_frame_railstack_does_not_know_is_refused(monkeypatch):
+    """A NeMo whose error frame looked otherwise would leave a blocked stream's generation running."""
+    monkeypatch.setattr(compat, "_STREAM_ENDING_ERRORS", frozenset({"content_blocked"}))
+    exc = refused(load_railstack_config, "the error frame that ends a blocked stream")
+    assert "{'stream': False, 'blocked stream': False}" in exc.problem
+
+
 def test_subflows_marked_otherwise_in_parsed_flows_are_refused(monkeypatch):
     """A NeMo parser that marked a subflow on the flow instead of in a meta element (its
     runtime reads both) would make railstack count the rails of every library subflow that

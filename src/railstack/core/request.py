@@ -24,7 +24,7 @@ class RequestContext:
     input_decisions: Optional[list[Decision]] = None
     clock: Optional[BudgetClock] = None  # the latency budgets of this request
     held_main: Optional[str] = None  # the main stage whose slot the HTTP layer holds for it
-    main_calls: Any = None  # railstack.overload.MainCalls of a speculative start
+    main_calls: Any = None  # railstack.overload.gate.MainCalls: what ending the request (or its stream) cancels
 
 
 _current: contextvars.ContextVar[Optional[RequestContext]] = contextvars.ContextVar("railstack_request", default=None)

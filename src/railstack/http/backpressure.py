@@ -10,6 +10,7 @@ from railstack.core.request import current_decisions, derive, request_id
 from railstack.core.types import Shed
 from railstack.http.asgi import REQUEST_KEY, config_id_of, is_chat, replaying
 from railstack.http.errors import send_json, shed_response
+from railstack.overload.gate import MainCalls
 from railstack.overload.stages import Stage
 
 log = logging.getLogger("railstack.http")
@@ -38,9 +39,12 @@ def _rail_shed_as_503(send: Callable) -> Callable:
 
 class BackpressureMiddleware:
     """An admitted request takes a slot of its config's main stage at the door, or is shed with
-    503 and Retry-After; a client that goes away leaves the queue or frees its slot; a request a
-    classifier engine's stage shed also gets 503. Sits inside ``AdmissionMiddleware``: only
-    requests their client's quota admits queue."""
+    503 and Retry-After; a request a classifier engine's stage shed also gets 503. A client that
+    goes away leaves the queue, or has its generation cancelled: the request's NeMo work and
+    every main-model call it started (NeMo streams from a task of its own, which cancelling the
+    request does not reach). Its slot goes back once those calls have stopped, not when the
+    client left: the stage bounds what the main model runs. Sits inside ``AdmissionMiddleware``:
+    only requests their client's quota admits queue."""
 
     def __init__(
         self,
@@ -57,14 +61,13 @@ class BackpressureMiddleware:
             return await self.app(scope, receive, send)
         send = _rail_shed_as_503(send)
         stage = self.stages.get(config_id_of(scope[REQUEST_KEY], self.default_config_id))
-        if stage is None:
-            return await self.app(scope, receive, send)
 
         body = await receive()  # replayed by the validation layer: the watcher must not take it
         gone = asyncio.Event()
         answered = asyncio.Event()
         request_task = asyncio.current_task()
         watcher = asyncio.ensure_future(_watch_disconnect(receive, gone, answered, request_task))
+        calls = MainCalls()
         taken_at: Optional[float] = None
 
         async def sending(message: dict) -> None:
@@ -77,8 +80,9 @@ class BackpressureMiddleware:
             return {"type": "http.disconnect"}
 
         try:
-            taken_at = await stage.acquire()
-            with derive(held_main=stage.name):
+            if stage is not None:
+                taken_at = await stage.acquire()
+            with derive(held_main=stage.name if stage is not None else None, main_calls=calls):
                 await self.app(scope, replaying(body.get("body", b""), until_gone), sending)
         except Shed as exc:
             log.info("request=%s shed by %s: %s", request_id(), exc.stage, exc.reason)
@@ -88,12 +92,27 @@ class BackpressureMiddleware:
             if not gone.is_set():
                 raise
             request_task.uncancel()  # the watcher's doing: the client went away, nothing to answer
-            where = "queued for" if taken_at is None else "in"
-            log.info("request=%s client went away %s %s", request_id(), where, stage.name)
+            if stage is None:
+                where = "during its answer"
+            else:
+                where = f"queued for {stage.name}" if taken_at is None else f"in {stage.name}"
+            log.info("request=%s client went away %s", request_id(), where)
         finally:
             watcher.cancel()
-            if taken_at is not None:
-                stage.release(taken_at)
+            # Whatever ended the request, nothing of its generation may run on: a stream NeMo
+            # still feeds, a main-model call its client no longer waits for.
+            running = calls.end()
+            if running or taken_at is not None:
+                # Shielded: the slot must go back once they have stopped, even if this task is
+                # cancelled while it waits.
+                await asyncio.shield(_release_when_stopped(running, stage, taken_at))
+
+
+async def _release_when_stopped(running: list[asyncio.Task], stage: Optional[Stage], taken_at: Optional[float]) -> None:
+    if running:
+        await asyncio.wait(running)
+    if stage is not None and taken_at is not None:
+        stage.release(taken_at)
 
 
 async def _watch_disconnect(

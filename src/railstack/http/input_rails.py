@@ -87,20 +87,21 @@ class InputRailsMiddleware:
         decide. Its response is held back until they pass; a block cancels the main-model calls and
         NeMo, and the client gets the refusal instead, never a byte of the answer."""
         held = _Held(send)
-        calls = MainCalls()
+        # The speculative calls only: a block ends them, and the refusal NeMo says next is not one.
+        calls = MainCalls.of_current_request()
         with derive(main_calls=calls):  # NeMo's task, and the main-model calls it starts, see it
             nemo_task = asyncio.ensure_future(self.app(*_sending(scope, _without_input_rails(nemo), receive), held.send))
         try:
             more, blocker = await dear()
         except BaseException:
-            calls.cancel()
+            calls.end()
             nemo_task.cancel()
             await asyncio.gather(nemo_task, return_exceptions=True)
             raise
         if blocker is None:
             await held.release()
             return await nemo_task
-        calls.cancel()
+        calls.end()
         nemo_task.cancel()
         await asyncio.gather(nemo_task, return_exceptions=True)
         metrics.SPECULATIVE_CANCELLED.inc()

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import importlib.metadata
+import json
 import logging
 import sys
 from typing import Any, Callable, Iterator, Optional
@@ -90,6 +91,26 @@ def streamed_answer_in_full(events: Optional[list], config: Any) -> bool:
     return events is not None and streaming_handler_active() and bool(getattr(streaming, "enabled", False))
 
 
+# The error frames NeMo ends a stream with (its server's ``ChunkError`` types): an output rail's
+# block, a failed generation.
+_STREAM_ENDING_ERRORS = frozenset({"generation_error", "downstream_error", "guardrails_violation"})
+
+
+def ends_stream(chunk: Any) -> bool:
+    """Whether ``chunk`` is the error frame NeMo ends a stream with. Nothing follows it, but
+    NeMo's iterator only stops once the stream's generation task has run to its end."""
+    body = chunk
+    if isinstance(chunk, str):
+        if not chunk.startswith('{"error"'):
+            return False
+        try:
+            body = json.loads(chunk)
+        except ValueError:
+            return False
+    error = body.get("error") if isinstance(body, dict) else None
+    return isinstance(error, dict) and error.get("type") in _STREAM_ENDING_ERRORS
+
+
 def check_chunks_before_sending(config: Any) -> None:
     """A chunk NeMo streams before its output rails judge it reaches the client even when they block it."""
     config.rails.output.streaming.stream_first = False
@@ -142,6 +163,19 @@ def wrap_generate(app: Any, around: Callable[[], Any]) -> None:
             return await generate(*args, **kwargs)
 
     app.generate_async = wrapped
+
+
+def wrap_stream(app: Any, around: Callable[[Callable[[], Any]], Any]) -> None:
+    """Give each ``stream_async`` call of ``app`` to ``around`` as the callable that makes NeMo's
+    iterator: NeMo starts the stream's generation task in that call (a plain function), so the
+    context ``around`` sets while calling it is the task's."""
+    stream = app.stream_async
+
+    @functools.wraps(stream)
+    def wrapped(*args: Any, **kwargs: Any) -> Any:
+        return around(lambda: stream(*args, **kwargs))
+
+    app.stream_async = wrapped
 
 
 def config_path(app: Any) -> str:

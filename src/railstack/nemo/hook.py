@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import functools
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
-from railstack.core import Runtime, runtimes
+from railstack.core import Runtime, request, runtimes
 from railstack.core.request import one_request
 from railstack.nemo import compat
 from railstack.nemo.flows import add_pack_flows, config_settings, rails_named_in_flows
 from railstack.nemo.selfcheck import selfcheck
+from railstack.overload.gate import stream_until_consumer_leaves
 
 
 def init(app: Any) -> None:
@@ -44,7 +47,8 @@ def init(app: Any) -> None:
     _gate_main_model(app, runtime)
     # For the latency budgets each generate_async call of a Python caller is one request;
     # behind the HTTP layer the HTTP request already is.
-    compat.wrap_generate(app, one_request)
+    compat.wrap_generate(app, _one_generation)
+    compat.wrap_stream(app, stream_until_consumer_leaves)
     compat.keep_railstack_log()
     if not runtime.settings.logging.nemo_verbose:
         compat.quiet_verbose_log()
@@ -69,6 +73,17 @@ def _refuse_unguarded_serving(app: Any) -> None:
         f"`railstack serve {server.rails_config_path}`, or point --config at a directory of configs whose "
         "config.py says `from railstack.http.install import init`."
     )
+
+
+@contextlib.contextmanager
+def _one_generation() -> Iterator[None]:
+    """One generate_async call. The task running it belongs to the request's ``MainCalls``:
+    for a stream it is NeMo's generation task, which ending the stream must cancel."""
+    req = request.current()
+    if req is not None and req.main_calls is not None:
+        req.main_calls.add(asyncio.current_task())
+    with one_request():
+        yield
 
 
 class UnguardedServing(RuntimeError):

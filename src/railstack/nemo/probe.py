@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, AsyncIterator, Optional
 
 from railstack.nemo import compat
+from railstack.overload.gate import stream_until_consumer_leaves
 
 ANSWER = "one two three four five six seven"
 LEAK = "BLOCKME"
@@ -80,6 +81,9 @@ class Observed:
     main_calls_wrapped: int = 0
     main_calls_made: int = 0
     generations_wrapped: int = 0
+    streams_wrapped: int = 0
+    stream_marks: list[Optional[int]] = field(default_factory=list)  # _stream_mark, as each main-model stream saw it
+    ended_by_error: dict[str, bool] = field(default_factory=dict)  # per stream phase: ends_stream(its last chunk)
     models: tuple[Any, ...] = ()  # the fakes, in the order the probe gives them
 
     def rail_calls(self, phase: str, source: str) -> list[RailCall]:
@@ -91,6 +95,9 @@ class Observed:
 
 # How the probe's config.py finds what to record into: NeMo calls it from inside LLMRails().
 _observing: ContextVar[Optional[Observed]] = ContextVar("railstack_nemo_probe", default=None)
+# Set while stream_async is called: the generation task it starts must see it (railstack ends a
+# stream's generation through what that task sees).
+_stream_mark: ContextVar[Optional[int]] = ContextVar("railstack_nemo_probe_stream", default=None)
 
 
 class _WrappedModel:
@@ -109,6 +116,7 @@ class _WrappedModel:
 
     async def stream_async(self, prompt: Any, *, stop: Optional[list] = None, **kwargs: Any) -> AsyncIterator[Any]:
         self._seen.main_calls_wrapped += 1
+        self._seen.stream_marks.append(_stream_mark.get())
         async for chunk in self._inner.stream_async(prompt, stop=stop, **kwargs):
             yield chunk
 
@@ -141,14 +149,32 @@ def init(app: Any) -> None:
         seen.generations_wrapped += 1
         yield
 
+    def stream(start: Any) -> Any:
+        seen.streams_wrapped += 1
+
+        def marked() -> Any:
+            token = _stream_mark.set(seen.streams_wrapped)
+            try:
+                return start()
+            finally:
+                _stream_mark.reset(token)
+
+        # Read the way railstack's hook has a stream read, so that the chunk checks are proven there.
+        return stream_until_consumer_leaves(marked)
+
     app.register_action(railstack_probe, name="railstack_probe")
     compat.check_chunks_before_sending(app.config)
     compat.after_model_setup(app, model_set)
     compat.wrap_generate(app, generation)
+    compat.wrap_stream(app, stream)
 
 
 async def _streamed(rails: Any) -> str:
-    return "".join([c async for c in rails.stream_async(messages=[{"role": "user", "content": "probe"}])])
+    chunks = [c async for c in rails.stream_async(messages=[{"role": "user", "content": "probe"}])]
+    seen = _observing.get()
+    if seen is not None and chunks:
+        seen.ended_by_error[seen.phase] = compat.ends_stream(chunks[-1])
+    return "".join(chunks)
 
 
 async def _generated(rails: Any, messages: list[dict]) -> str:

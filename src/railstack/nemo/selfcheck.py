@@ -157,6 +157,10 @@ def _judge_blocked_stream(seen: probe.Observed) -> None:
         raise IncompatibleNeMo(
             hook, "a chunk the output rails blocked reached the client although railstack set stream_first to false"
         )
+    if seen.ended_by_error != {"stream": False, "blocked stream": True}:
+        raise IncompatibleNeMo("streaming output rails (the error frame that ends a blocked stream)", (
+            f"whether each stream's last chunk was the error frame NeMo ends a stream with: {seen.ended_by_error}, not "
+            "False for the allowed stream and True for the blocked one: a blocked stream's generation would run on"))
 
 
 def _judge_plain(seen: probe.Observed) -> None:
@@ -203,6 +207,12 @@ def _judge_main_model(seen: probe.Observed) -> None:
         raise IncompatibleNeMo("LLMRails.generate_async", (
             f"{seen.generations_wrapped} of {len(probe.PHASES)} answers ran through the generate_async railstack "
             "wraps; their requests would escape railstack's latency budgets"))
+    streams = [phase for phase in probe.PHASES if "stream" in phase]
+    if seen.streams_wrapped != len(streams) or seen.stream_marks != list(range(1, len(streams) + 1)):
+        raise IncompatibleNeMo("LLMRails.stream_async", (
+            f"of {len(streams)} streams, {seen.streams_wrapped} ran through the stream_async railstack wraps, and "
+            f"their main-model calls saw {seen.stream_marks} of the context set while stream_async was called, not "
+            f"{list(range(1, len(streams) + 1))}: a stream whose consumer left would keep its main model generating"))
 
 
 def _incompatible_in(exc: Optional[BaseException]) -> Optional[IncompatibleNeMo]:

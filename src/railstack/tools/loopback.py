@@ -3,8 +3,10 @@
 It answers ``/v1/chat/completions`` (streaming and not, ``n`` choices, ``usage`` in the answer and,
 when ``stream_options.include_usage`` asks, in a last chunk of its own), counts its calls, keeps
 the request bodies and arrival times, waits ``latency_s`` before the first token (watching for
-the client leaving) and ``token_delay_s`` between streamed tokens, and counts the answers their
-client abandoned, so callers can tell whether, when and how the guarded model was reached.
+the client leaving) and ``token_delay_s`` between streamed tokens, counts the answers their
+client abandoned and the generations under way (requests whose answer it is still waiting on or
+writing; ``active``, and ``peak_active`` the most at once), so callers can tell whether, when and
+how the guarded model was reached, and whether it goes on working for a client that left.
 
     python -m railstack.tools.loopback [PORT] [--latency S] [--token-delay S]
 """
@@ -44,6 +46,12 @@ def start_loopback(app: Any, port: int = 0) -> tuple[uvicorn.Server, threading.T
     return server, thread, sock.getsockname()[1]
 
 
+async def _disconnect(request: Request) -> None:
+    """Returns when the client has gone away (its body was read already)."""
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
+
+
 @dataclass
 class LoopbackModel:
     reply: str = "Paris is the capital of France."
@@ -55,6 +63,8 @@ class LoopbackModel:
     arrived: list[float] = field(default_factory=list)  # time.monotonic() of each request
     abandoned: int = 0  # requests whose client went away before the whole answer was sent
     abandoned_tokens: int = 0  # tokens those answers had streamed by then: generated for nothing
+    active: int = 0  # chat requests under way: from arrival until their answer is written or abandoned
+    peak_active: int = 0  # the most of them at once
     _server: Any = None
     _thread: Any = None
     port: int = 0
@@ -71,12 +81,14 @@ class LoopbackModel:
         body = await request.json()
         self.requests.append(body)
         self.arrived.append(time.monotonic())
-        deadline = time.monotonic() + self.latency_s
-        while time.monotonic() < deadline:  # the time to the first token, watching for the client leaving
-            if await request.is_disconnected():
+        if self.latency_s > 0:  # the time to the first token, watching for the client leaving
+            try:
+                # Told at once, not at the next poll: a client that left is no longer counted active.
+                await asyncio.wait_for(_disconnect(request), self.latency_s)
                 self.abandoned += 1
                 return Response(status_code=499)
-            await asyncio.sleep(min(0.005, max(deadline - time.monotonic(), 0)))
+            except asyncio.TimeoutError:
+                pass
         cid = f"chatcmpl-{uuid.uuid4().hex}"
         model = body.get("model", "main")
         if not body.get("stream"):
@@ -145,8 +157,25 @@ class LoopbackModel:
             ]
         )
 
+    def _counting(self, app: Any) -> Any:
+        """``app``, counting the chat requests under way. Counted around the whole ASGI call, not
+        in the answer's generator: Starlette never starts (nor finalizes) the generator of an
+        answer whose client left before its first byte."""
+
+        async def counted(scope: dict, receive: Any, send: Any) -> None:
+            if scope["type"] != "http" or not scope["path"].endswith("/chat/completions"):
+                return await app(scope, receive, send)
+            self.active += 1  # only the server's own thread (one event loop) changes it
+            self.peak_active = max(self.peak_active, self.active)
+            try:
+                await app(scope, receive, send)
+            finally:
+                self.active -= 1
+
+        return counted
+
     def start(self, port: int = 0) -> "LoopbackModel":
-        self._server, self._thread, self.port = start_loopback(self.app(), port)
+        self._server, self._thread, self.port = start_loopback(self._counting(self.app()), port)
         return self
 
     def stop(self) -> None:
