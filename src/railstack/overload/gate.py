@@ -9,6 +9,7 @@ from typing import Any, AsyncIterator, Optional
 
 from railstack.core import metrics, request
 from railstack.core.types import Shed
+from railstack.overload.health import CallWindow, dependencies
 from railstack.overload.stages import Stage, overloaded_message, stages
 
 
@@ -21,6 +22,11 @@ def main_stage(runtime: Any) -> Optional[Stage]:
     model of every NeMo instance of the config share it."""
     bp = runtime.settings.backpressure
     return stages.get(main_stage_name(runtime.scope), bp.main, bp) if bp.enabled else None
+
+
+def main_model_calls(runtime: Any) -> CallWindow:
+    """The config's recent main-model calls, as health judges them; its gated model records each."""
+    return dependencies.calls("main_model", runtime.scope, runtime.settings.health)
 
 
 class MainCalls:
@@ -48,10 +54,11 @@ class GatedModel:
     answers with a refusal that says why, instead of queueing without bound. It also times
     every main-model call for the metrics. Anything else is the wrapped model's."""
 
-    def __init__(self, inner: Any, stage: Optional[Stage], config: str):
+    def __init__(self, inner: Any, stage: Optional[Stage], config: str, calls: CallWindow):
         object.__setattr__(self, "_inner", inner)
         object.__setattr__(self, "_stage", stage)
         object.__setattr__(self, "_config", config)
+        object.__setattr__(self, "_calls", calls)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._inner, name)
@@ -86,7 +93,7 @@ class GatedModel:
         async with self._turn() as refusal:
             if refusal is not None:
                 return llm_response(refusal)
-            with metrics.MAIN_MODEL_LATENCY.labels(self._config).time():
+            with metrics.MAIN_MODEL_LATENCY.labels(self._config).time(), self._calls.observe():
                 return await self._inner.generate_async(prompt, stop=stop, **kwargs)
 
     async def stream_async(self, prompt: Any, *, stop: Optional[list] = None, **kwargs: Any) -> AsyncIterator[Any]:
@@ -96,6 +103,6 @@ class GatedModel:
             if refusal is not None:
                 yield llm_response_chunk(refusal)
                 return
-            with metrics.MAIN_MODEL_LATENCY.labels(self._config).time():
+            with metrics.MAIN_MODEL_LATENCY.labels(self._config).time(), self._calls.observe():
                 async for chunk in self._inner.stream_async(prompt, stop=stop, **kwargs):
                     yield chunk
