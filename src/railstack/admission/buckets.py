@@ -16,7 +16,7 @@ from typing import Optional, Protocol
 from aiolimiter import AsyncLimiter
 
 from railstack.admission.quota import Limits, Quota, refusal
-from railstack.overload.health import DependencyState, Since
+from railstack.overload.health import DependencyState, Since, Status
 
 log = logging.getLogger("railstack.admission")
 
@@ -175,7 +175,7 @@ class RedisBuckets:
             return Quota(True, None)
         return Quota(False, None, retry_after_s=self.RETRY_EVERY_S, reason="the rate limiter is unavailable", status=503)
 
-    def _outage_status(self) -> str:
+    def _outage_status(self) -> Status:
         # Under "closed" every request is refused while Redis is away: the replica serves nothing.
         return "unhealthy" if self.outage == "closed" else "degraded"
 
