@@ -93,10 +93,11 @@ def fresh_process_state():
     from railstack.admission.service import admissions
     from railstack.core import runtimes
     from railstack.engines.pool import pool
+    from railstack.overload.health import dependencies
     from railstack.overload.stages import stages
 
     def reset():
-        for registry in (admissions, stages, runtimes, pool):
+        for registry in (admissions, stages, runtimes, pool, dependencies):
             registry.reset()
 
     reset()

@@ -22,7 +22,7 @@ from railstack.hallucination.settings import HallucinationSettings
 from railstack.heuristics.settings import HeuristicsSettings
 from railstack.http.settings import RequestLimits
 from railstack.llama_guard.settings import LlamaGuardSettings
-from railstack.overload.settings import BackpressureSettings
+from railstack.overload.settings import BackpressureSettings, HealthSettings
 from railstack.prompt_guard.settings import PromptGuardSettings
 from railstack.topic.settings import TopicSettings
 
@@ -79,6 +79,7 @@ class _Tree(BaseSettings):
     defaults: Defaults = Field(default_factory=Defaults)
     limits: RequestLimits = Field(default_factory=RequestLimits)
     backpressure: BackpressureSettings = Field(default_factory=BackpressureSettings)
+    health: HealthSettings = Field(default_factory=HealthSettings)
     logging: LoggingSettings = Field(default_factory=LoggingSettings)
     latency: LatencySettings = Field(default_factory=LatencySettings)
     # Policy of rails that have no section of their own (your own rails), by rail name.

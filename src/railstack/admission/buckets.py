@@ -16,6 +16,7 @@ from typing import Optional, Protocol
 from aiolimiter import AsyncLimiter
 
 from railstack.admission.quota import Limits, Quota, refusal
+from railstack.overload.health import DependencyState, Since, Status
 
 log = logging.getLogger("railstack.admission")
 
@@ -115,6 +116,7 @@ class RedisBuckets:
     """
 
     RETRY_EVERY_S = 1.0
+    PROBE_KEY = "health-probe"
 
     def __init__(self, url: str, timeout_s: float, outage: str, prefix: str, max_clients: int, max_connections: int = 64):
         import redis.asyncio as redis
@@ -133,26 +135,38 @@ class RedisBuckets:
         self.outages = 0
         self.decisions_during_outage = 0
         self._down_until: Optional[float] = None
+        self._tried_at = float("-inf")  # the last call of Redis, answered or not
+        self._since = Since()
+        self._last_error: Optional[str] = None
+
+    async def _decide(self, key: str, limits: Limits, cost: int) -> Optional[tuple[int, float, float]]:
+        """One decision by Redis; None when Redis gave none (and the outage is noted)."""
+        now = self._tried_at = time.monotonic()
+        try:
+            allowed, rq, tk = await self._script(
+                keys=[f"{self.prefix}:{key}"],
+                args=[limits.request_burst, limits.requests_per_s / 1000, limits.token_burst, limits.tokens_per_s / 1000, cost],
+            )
+        except self._errors as exc:
+            self._last_error = f"{type(exc).__name__}: {exc}"[:300]
+            if self._down_until is None:
+                self.outages += 1
+                self._since.note(self._outage_status(), now)
+                log.warning("Redis at %s unreachable (%s); admission policy during the outage: %s",
+                            redact(self.url), type(exc).__name__, self.outage)
+            self._down_until = now + self.RETRY_EVERY_S
+            return None
+        if self._down_until is not None:
+            log.warning("Redis at %s reachable again", redact(self.url))
+            self._down_until = None
+            self._since.note("healthy", now)
+        return allowed, float(rq), float(tk)
 
     async def acquire(self, key: str, limits: Limits, cost: int) -> Quota:
-        now = time.monotonic()
-        if self._down_until is None or now >= self._down_until:
-            try:
-                allowed, rq, tk = await self._script(
-                    keys=[f"{self.prefix}:{key}"],
-                    args=[limits.request_burst, limits.requests_per_s / 1000, limits.token_burst, limits.tokens_per_s / 1000, cost],
-                )
-            except self._errors as exc:
-                if self._down_until is None:
-                    self.outages += 1
-                    log.warning("Redis at %s unreachable (%s); admission policy during the outage: %s",
-                                _redact(self.url), type(exc).__name__, self.outage)
-                self._down_until = now + self.RETRY_EVERY_S
-            else:
-                if self._down_until is not None:
-                    log.warning("Redis at %s reachable again", _redact(self.url))
-                    self._down_until = None
-                rq, tk = float(rq), float(tk)
+        if self._down_until is None or time.monotonic() >= self._down_until:
+            decided = await self._decide(key, limits, cost)
+            if decided is not None:
+                allowed, rq, tk = decided
                 return Quota(True, limits, rq, tk) if allowed == 1 else refusal(limits, rq, tk, cost)
         self.decisions_during_outage += 1
         if self.outage == "local":
@@ -161,10 +175,29 @@ class RedisBuckets:
             return Quota(True, None)
         return Quota(False, None, retry_after_s=self.RETRY_EVERY_S, reason="the rate limiter is unavailable", status=503)
 
+    def _outage_status(self) -> Status:
+        # Under "closed" every request is refused while Redis is away: the replica serves nothing.
+        return "unhealthy" if self.outage == "closed" else "degraded"
+
+    async def health(self) -> DependencyState:
+        """Redis as admission last found it. With no decision for ``RETRY_EVERY_S`` (no traffic, or
+        none while a load balancer routes around this replica) a decision on a key of its own is
+        asked for, so that an outage shows without traffic and its end shows without waiting for
+        traffic that an unready replica does not get. A decision, not a PING: a Redis that
+        answers but refuses writes (OOM, READONLY) decides nothing either."""
+        if time.monotonic() - self._tried_at >= self.RETRY_EVERY_S:
+            await self._decide(self.PROBE_KEY, Limits(1, 1.0, 1, 1.0), 0)
+        down = self._down_until is not None
+        detail: dict = {"url": redact(self.url), "outage_policy": self.outage, "outages": self.outages}
+        if self._last_error is not None:
+            detail["last_error"] = self._last_error
+        status = self._outage_status() if down else "healthy"
+        return DependencyState("redis", redact(self.url), status, self._since.since, detail)
+
     async def close(self) -> None:
         await self._client.aclose()
 
 
-def _redact(url: str) -> str:
+def redact(url: str) -> str:
     scheme, sep, rest = url.partition("://")
     return f"{scheme}{sep}{rest.rsplit('@', 1)[-1]}" if sep else url

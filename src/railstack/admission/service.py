@@ -7,11 +7,12 @@ import hashlib
 import math
 from typing import Any, Mapping, Optional
 
-from railstack.admission.buckets import BucketStore, LocalBuckets, RedisBuckets
+from railstack.admission.buckets import BucketStore, LocalBuckets, RedisBuckets, redact
 from railstack.admission.quota import Limits, Quota
 from railstack.admission.settings import AdmissionSettings, ClientKeySettings
 from railstack.core import metrics
 from railstack.core.text import Unreadable, message_text
+from railstack.overload.health import dependencies
 
 
 class Admission:
@@ -94,7 +95,7 @@ class Admissions:
         if settings.engine == "redis":
             key: tuple = ("redis", settings.redis_url, settings.redis_timeout_s, settings.redis_outage, settings.key_prefix)
             if key not in self._stores:
-                self._stores[key] = RedisBuckets(
+                store = self._stores[key] = RedisBuckets(
                     settings.redis_url,
                     settings.redis_timeout_s,
                     settings.redis_outage,
@@ -102,6 +103,7 @@ class Admissions:
                     settings.max_clients,
                     settings.redis_max_connections,
                 )
+                dependencies.watch("redis", redact(settings.redis_url), store.health)
             return self._stores[key]
         key = ("local", settings.max_clients)
         if key not in self._stores:

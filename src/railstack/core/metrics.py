@@ -26,3 +26,8 @@ MAIN_MODEL_LATENCY = Histogram(
 SPECULATIVE_CANCELLED = Counter(
     "railstack_speculative_cancelled", "Main-model calls started speculatively and cancelled by a later input rail's block."
 )
+DEPENDENCY_STATE = Gauge(
+    "railstack_dependency_state", "Health of a dependency: 0 healthy, 1 degraded, 2 unhealthy.", ["dependency", "name"]
+)  # dependency: main_model | redis | engine
+STAGE_STATE = Gauge("railstack_stage_state", "Health of a bounded stage: 0 healthy, 1 degraded, 2 overloaded.", ["stage"])
+READY = Gauge("railstack_ready", "1 while /railstack/ready answers 200, else 0.")

@@ -7,6 +7,7 @@ import threading
 from typing import Any, Callable, NamedTuple, Optional, Protocol, Sequence, TypeVar
 
 from railstack.engines.loading import CheckpointError, checkpoint_error
+from railstack.overload.health import dependencies
 from railstack.overload.stages import Stage, stages
 
 Item = TypeVar("Item", contravariant=True)
@@ -41,19 +42,22 @@ class EnginePool:
     def stage(self, runtime: Any, engine: str) -> Optional[Stage]:
         """The bounded stage in front of the engine called ``engine`` (None when backpressure is
         off), one per engine for every config that shares it."""
-        bp = runtime.settings.backpressure
-        wanted = (bp.engines, bp.degraded_at, bp.overloaded_at, bp.retry_after_s) if bp.enabled else None
+        bp, health = runtime.settings.backpressure, runtime.settings.health
+        wanted = (bp.engines, bp.degraded_at, bp.overloaded_at, bp.retry_after_s, health) if bp.enabled else None
         name = f"engine/{engine}"
         with self._lock:
             if name not in self._stages:
-                made = stages.get(name, bp.engines, bp) if bp.enabled else None
+                made = None
+                if bp.enabled:
+                    # The engine's calls all pass its stage: there they are judged for its health.
+                    made = stages.get(name, bp.engines, bp, dependencies.calls("engine", engine, health))
                 self._stages[name] = _StageOwner(made, wanted, runtime.scope)
             stage, settings, owner = self._stages[name]
             if settings != wanted:
                 raise ConflictingStages(
                     f"configs '{owner}' and '{runtime.scope}' share the engine {engine!r} but set different "
-                    "backpressure for it (backpressure.enabled, .engines and the health thresholds): one engine has "
-                    "one stage; give both configs the same settings"
+                    "backpressure for it (backpressure.enabled, .engines, the health thresholds and health): one "
+                    "engine has one stage; give both configs the same settings"
                 )
             return stage
 

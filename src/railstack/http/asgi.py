@@ -11,6 +11,8 @@ from railstack.http.rules import Rejected
 CHAT_PATH = "/v1/chat/completions"
 CHECKS_PATH = "/v1/checks"  # NeMo's rails-only endpoint: validated too
 HEALTH_PATH = "/railstack/health"
+READY_PATH = "/railstack/ready"
+LIVE_PATH = "/railstack/live"
 METRICS_PATH = "/metrics"
 REQUEST_KEY = "railstack.request"  # the parsed, validated body, left in the ASGI scope
 

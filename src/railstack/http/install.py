@@ -10,8 +10,8 @@ single-config mode, and not under ``--prefix``). It
   headers, and a refusal, the end of a stream and the main model's usage the way OpenAI
   clients read them (``railstack.http.responses``), configs that enable admission get a real
   429 with its headers, overload is shed at the door with 503 and Retry-After
-  (``railstack.overload.stages``), and the server answers ``GET /railstack/health`` and
-  ``GET /metrics``.
+  (``railstack.overload.stages``), and the server answers ``GET /railstack/health``,
+  ``/railstack/ready``, ``/railstack/live`` and ``GET /metrics``.
 """
 
 from __future__ import annotations
@@ -71,7 +71,7 @@ def init(app: Any) -> None:
     from railstack.nemo import compat
     from railstack.nemo.flows import input_rails_of, rails_named_in_flows
     from railstack.nemo.selfcheck import selfcheck
-    from railstack.overload.gate import main_stage
+    from railstack.overload.gate import main_model_calls, main_stage
 
     selfcheck.server(app)  # the server refuses to start on a NeMo whose internals moved
     ours = (
@@ -96,6 +96,7 @@ def init(app: Any) -> None:
             input_rails[config_id] = (runtime, names)
         if settings.admission.enabled:
             admissions[config_id] = (admission_registry.get(settings.admission, config_id), settings.policy("admission"))
+        main_model_calls(runtime)  # listed at /railstack/health from the start, before the config's first call
         stage = main_stage(runtime)  # the same stage object the config's main-model gate uses
         if stage is not None:
             stages[config_id] = stage

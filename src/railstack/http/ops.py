@@ -1,31 +1,73 @@
-"""Operations endpoints: health and Prometheus metrics."""
+"""Operations endpoints: health, readiness, liveness and Prometheus metrics."""
 
 from __future__ import annotations
 
 import json
 from typing import Awaitable, Callable
 
-from railstack.http.asgi import HEALTH_PATH, METRICS_PATH
+from railstack.core import metrics
+from railstack.http.asgi import HEALTH_PATH, LIVE_PATH, METRICS_PATH, READY_PATH
 from railstack.http.errors import send_json
+from railstack.overload.health import dependencies
 from railstack.overload.stages import stages
+
+_ORDER = {"healthy": 0, "degraded": 1, "overloaded": 2, "unhealthy": 3}
+_DEPENDENCY_LEVEL = {"healthy": 0, "degraded": 1, "unhealthy": 2}
+_STAGE_LEVEL = {"healthy": 0, "degraded": 1, "overloaded": 2}
+_NO_STORE = [("cache-control", "no-store")]
+
+
+async def report() -> dict:
+    """The process's health: the worst of its stages and dependencies, each of them, and the
+    dependencies that are not healthy, worst first. Publishes the same states as gauges."""
+    stage_status, stage_states = stages.health()
+    found = await dependencies.states()
+    for state in found:
+        metrics.DEPENDENCY_STATE.labels(state.kind, state.name).set(_DEPENDENCY_LEVEL[state.status])
+    for name, state in stage_states.items():
+        metrics.STAGE_STATE.labels(name).set(_STAGE_LEVEL[state["status"]])
+    status = max([stage_status, *(s.status for s in found)], key=_ORDER.__getitem__)
+    metrics.READY.set(status != "unhealthy")
+    by_kind: dict[str, dict] = {}
+    for state in found:
+        by_kind.setdefault(state.kind, {})[state.name] = state.body()
+    problems = [
+        {"dependency": s.kind, "name": s.name, **{k: v for k, v in s.body().items() if k in ("status", "since", "for_s")}}
+        for s in sorted(found, key=lambda s: _ORDER[s.status], reverse=True)
+        if s.status != "healthy"
+    ]
+    return {"status": status, "stages": stage_states, "dependencies": by_kind, "problems": problems}
 
 
 class OpsMiddleware:
-    """``GET /railstack/health``: healthy / degraded / overloaded (503) with each stage's
-    in-flight, queued, admitted and shed counts; ``GET /metrics``: Prometheus text format."""
+    """``GET /railstack/health``: healthy / degraded / overloaded / unhealthy (the last two 503)
+    with each stage's counts and each dependency's state; ``GET /railstack/ready``: 503 while a
+    dependency is unhealthy; ``GET /railstack/live``: 200 while the process serves;
+    ``GET /metrics``: Prometheus text format."""
 
     def __init__(self, app: Callable[..., Awaitable[None]]):
         self.app = app
 
     async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
         if scope["type"] == "http" and scope["method"] in ("GET", "HEAD"):
-            if scope["path"].endswith(HEALTH_PATH):
-                status, states = stages.health()
-                body = json.dumps({"status": status, "stages": states}).encode()
-                return await send_json(send, 503 if status == "overloaded" else 200, body, [("cache-control", "no-store")])
-            if scope["path"].endswith(METRICS_PATH):
+            path = scope["path"]
+            if path.endswith(HEALTH_PATH):
+                body = await report()
+                code = 503 if body["status"] in ("overloaded", "unhealthy") else 200
+                return await send_json(send, code, json.dumps(body).encode(), _NO_STORE)
+            if path.endswith(READY_PATH):
+                # Overload is not unreadiness: an overloaded replica sheds its own excess with 503,
+                # and taking it out of rotation while every replica is busy would leave none.
+                body = await report()
+                ready = body["status"] != "unhealthy"
+                answer = {"ready": ready, "status": body["status"], "problems": body["problems"]}
+                return await send_json(send, 200 if ready else 503, json.dumps(answer).encode(), _NO_STORE)
+            if path.endswith(LIVE_PATH):
+                return await send_json(send, 200, b'{"status": "alive"}', _NO_STORE)
+            if path.endswith(METRICS_PATH):
                 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+                await report()  # the state gauges as of this scrape
                 body = generate_latest()
                 raw = [(b"content-type", CONTENT_TYPE_LATEST.encode()), (b"content-length", str(len(body)).encode())]
                 await send({"type": "http.response.start", "status": 200, "headers": raw})

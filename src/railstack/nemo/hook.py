@@ -103,12 +103,12 @@ def _check_before_streaming(config: Any, runtime: Runtime) -> None:
 def _gate_main_model(app: Any, runtime: Runtime) -> None:
     """Put the main model behind this config's main stage (``railstack.overload``), whatever
     model NeMo's set-up or ``RunnableRails`` gives the instance."""
-    from railstack.overload.gate import GatedModel, main_stage
+    from railstack.overload.gate import GatedModel, main_model_calls, main_stage
 
     stage = main_stage(runtime)
 
     def gate() -> None:
         if app.llm is not None and not isinstance(app.llm, GatedModel):
-            compat.replace_main_model(app, GatedModel(app.llm, stage, runtime.scope))
+            compat.replace_main_model(app, GatedModel(app.llm, stage, runtime.scope, main_model_calls(runtime)))
 
     compat.after_model_setup(app, gate)

@@ -11,6 +11,7 @@ from typing import Any, AsyncIterator, Callable, Optional
 
 from railstack.core import metrics, request
 from railstack.core.types import Shed
+from railstack.overload.health import CallWindow, dependencies
 from railstack.overload.stages import Stage, overloaded_message, stages
 
 
@@ -23,6 +24,11 @@ def main_stage(runtime: Any) -> Optional[Stage]:
     model of every NeMo instance of the config share it."""
     bp = runtime.settings.backpressure
     return stages.get(main_stage_name(runtime.scope), bp.main, bp) if bp.enabled else None
+
+
+def main_model_calls(runtime: Any) -> CallWindow:
+    """The config's recent main-model calls, as health judges them; its gated model records each."""
+    return dependencies.calls("main_model", runtime.scope, runtime.settings.health)
 
 
 class MainCalls:
@@ -216,10 +222,11 @@ class GatedModel:
     answers with a refusal that says why, instead of queueing without bound. It also times
     every main-model call for the metrics. Anything else is the wrapped model's."""
 
-    def __init__(self, inner: Any, stage: Optional[Stage], config: str):
+    def __init__(self, inner: Any, stage: Optional[Stage], config: str, calls: CallWindow):
         object.__setattr__(self, "_inner", inner)
         object.__setattr__(self, "_stage", stage)
         object.__setattr__(self, "_config", config)
+        object.__setattr__(self, "_calls", calls)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._inner, name)
@@ -254,7 +261,7 @@ class GatedModel:
         async with self._turn() as refusal:
             if refusal is not None:
                 return llm_response(refusal)
-            with metrics.MAIN_MODEL_LATENCY.labels(self._config).time():
+            with metrics.MAIN_MODEL_LATENCY.labels(self._config).time(), self._calls.observe():
                 return await self._inner.generate_async(prompt, stop=stop, **kwargs)
 
     def stream_async(self, prompt: Any, *, stop: Optional[list] = None, **kwargs: Any) -> AsyncIterator[Any]:
@@ -273,7 +280,7 @@ class GatedModel:
                 return
             inner = self._inner.stream_async(prompt, stop=stop, **kwargs)
             try:
-                with metrics.MAIN_MODEL_LATENCY.labels(self._config).time():
+                with metrics.MAIN_MODEL_LATENCY.labels(self._config).time(), self._calls.observe():
                     async for chunk in inner:
                         yield chunk
             finally:

@@ -21,6 +21,7 @@ import aiologic
 
 from railstack.core import metrics
 from railstack.core.types import Shed
+from railstack.overload.health import CallWindow
 from railstack.overload.settings import BackpressureSettings, StageSettings
 
 Health = Literal["healthy", "degraded", "overloaded"]
@@ -42,10 +43,13 @@ class StageState:
 
 
 class Stage:
-    def __init__(self, name: str, settings: StageSettings, thresholds: BackpressureSettings):
+    def __init__(
+        self, name: str, settings: StageSettings, thresholds: BackpressureSettings, calls: Optional[CallWindow] = None
+    ):
         self.name = name
         self.settings = settings
         self.thresholds = thresholds
+        self.calls = calls  # where the calls made in ``slot()`` are judged (an engine's health)
         self._slots = aiologic.Semaphore(settings.max_concurrency)
         self._lock = threading.Lock()
         self.in_flight = 0
@@ -112,7 +116,8 @@ class Stage:
     async def slot(self) -> AsyncIterator[None]:
         taken_at = await self.acquire()
         try:
-            yield
+            with self.calls.observe() if self.calls is not None else contextlib.nullcontext():
+                yield
         finally:
             self.release(taken_at)
 
@@ -138,14 +143,16 @@ class Stages:
     def __init__(self) -> None:
         self._stages: dict[str, Stage] = {}
 
-    def get(self, name: str, settings: StageSettings, thresholds: BackpressureSettings) -> Stage:
+    def get(
+        self, name: str, settings: StageSettings, thresholds: BackpressureSettings, calls: Optional[CallWindow] = None
+    ) -> Stage:
         """The stage called ``name``, made on first use. A later config that names the same stage
         with other limits gets a fresh one: limits are not merged silently. (An engine's stage is
         shared by every config that shares the engine: ``railstack.engines.pool`` refuses a
         conflict instead.)"""
         current = self._stages.get(name)
-        if current is None or current.settings != settings or current.thresholds != thresholds:
-            current = self._stages[name] = Stage(name, settings, thresholds)
+        if current is None or current.settings != settings or current.thresholds != thresholds or current.calls is not calls:
+            current = self._stages[name] = Stage(name, settings, thresholds, calls)
         return current
 
     def health(self) -> tuple[Health, dict[str, dict]]:
