@@ -9,6 +9,7 @@ from typing import Any
 from railstack.core import Runtime, runtimes
 from railstack.core.request import one_request
 from railstack.nemo import compat
+from railstack.nemo.conversations import ConversationCache
 from railstack.nemo.flows import add_pack_flows, config_settings, rails_named_in_flows
 from railstack.nemo.selfcheck import selfcheck
 
@@ -45,6 +46,10 @@ def init(app: Any) -> None:
     # For the latency budgets each generate_async call of a Python caller is one request;
     # behind the HTTP layer the HTTP request already is.
     compat.wrap_generate(app, one_request)
+    memory = runtime.settings.memory
+    compat.bound_events_history(
+        app, lambda kept: ConversationCache(memory.conversation_cache_size, memory.conversation_cache_ttl_s, kept)
+    )
     compat.keep_railstack_log()
     if not runtime.settings.logging.nemo_verbose:
         compat.quiet_verbose_log()
