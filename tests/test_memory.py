@@ -100,7 +100,7 @@ class Events:
 @pytest.fixture
 def clock(monkeypatch):
     now = [1000.0]
-    monkeypatch.setattr(conversations.time, "monotonic", lambda: now[0])
+    monkeypatch.setattr(conversations, "monotonic", lambda: now[0])
     return now
 
 
@@ -137,6 +137,22 @@ async def test_an_idle_cache_lets_expired_conversations_go_without_a_request():
         await asyncio.sleep(0.05)
         gc.collect()
     assert freed() is None
+
+
+async def test_the_hallucination_rails_samples_of_a_conversation_go_with_its_age(clock):
+    from railstack.hallucination.samples import Samples
+
+    samples, draws = Samples(size=256, ttl_s=60), []
+
+    async def draw():
+        draws.append(1)
+        return ["an answer sampled about the conversation"], 1
+
+    await samples.get("conversation", draw)
+    clock[0] += 59
+    assert (await samples.get("conversation", draw))[1] == 0 and len(draws) == 1
+    clock[0] += 2
+    assert (await samples.get("conversation", draw))[1] == 1 and len(draws) == 2
 
 
 def test_memory_settings_parse_with_defaults():

@@ -59,5 +59,9 @@ class MemorySettings(Strict):
         default=1000, ge=0, le=1_000_000, description="conversations' events kept at most (the oldest go first)"
     )
     conversation_cache_ttl_s: float = Field(
-        default=600.0, gt=0, le=7 * 86400, description="a conversation's events are dropped this long after its last turn"
+        default=600.0,
+        gt=0,
+        le=7 * 86400,
+        description="what is kept of a conversation (NeMo's events, the hallucination rail's samples) is dropped "
+        "this long after its last turn",
     )

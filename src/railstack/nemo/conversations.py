@@ -1,17 +1,19 @@
-"""NeMo's per-conversation events cache, bounded by size and age (``memory`` settings)."""
+"""What is kept of a conversation after its request (NeMo's events cache, the hallucination
+rail's samples), bounded by size and age (``memory`` settings)."""
 
 from __future__ import annotations
 
 import asyncio
 import threading
-import time
 from collections import OrderedDict
+from time import monotonic
 from typing import Any, Iterator, MutableMapping, Optional
 
 
 class ConversationCache(MutableMapping[str, Any]):
     """What NeMo's ``events_history_cache`` holds (a conversation's messages as a key, its events
-    as the value), at most ``size`` entries, none older than ``ttl_s``.
+    as the value), or other per-conversation values: at most ``size`` entries, none older than
+    ``ttl_s``.
 
     Age counts from an entry's write: each turn of a conversation writes a new key (the whole
     conversation so far), so a conversation in use stays young and the oldest written is the one
@@ -28,7 +30,7 @@ class ConversationCache(MutableMapping[str, Any]):
             self[key] = value
 
     def __setitem__(self, key: str, value: Any) -> None:
-        now = time.monotonic()
+        now = monotonic()
         with self._lock:
             self._entries.pop(key, None)
             if self.size:
@@ -40,12 +42,12 @@ class ConversationCache(MutableMapping[str, Any]):
 
     def __getitem__(self, key: str) -> Any:
         with self._lock:
-            self._expire(time.monotonic())
+            self._expire(monotonic())
             return self._entries[key][1]
 
     def __contains__(self, key: object) -> bool:
         with self._lock:
-            self._expire(time.monotonic())
+            self._expire(monotonic())
             return key in self._entries
 
     def __delitem__(self, key: str) -> None:
@@ -54,12 +56,12 @@ class ConversationCache(MutableMapping[str, Any]):
 
     def __iter__(self) -> Iterator[str]:
         with self._lock:
-            self._expire(time.monotonic())
+            self._expire(monotonic())
             return iter(list(self._entries))
 
     def __len__(self) -> int:
         with self._lock:
-            self._expire(time.monotonic())
+            self._expire(monotonic())
             return len(self._entries)
 
     def _expire(self, now: float) -> None:
@@ -80,11 +82,11 @@ class ConversationCache(MutableMapping[str, Any]):
         with self._lock:
             oldest = next(iter(self._entries.values()), None)
         if oldest is not None:
-            due = max(0.0, oldest[0] + self.ttl_s - time.monotonic()) + 0.01
+            due = max(0.0, oldest[0] + self.ttl_s - monotonic()) + 0.01
             self._sweep = (loop, loop.call_later(due, self._swept))
 
     def _swept(self) -> None:
         self._sweep = None
         with self._lock:
-            self._expire(time.monotonic())
+            self._expire(monotonic())
         self._sweep_later()
