@@ -144,7 +144,7 @@ def wrap_generate(app: Any, around: Callable[[], Any]) -> None:
     app.generate_async = wrapped
 
 
-def bound_events_history(app: Any, bounded: Callable[[dict], Any]) -> None:
+def bound_events_history(app: Any, bounded: Callable[[Any], Any]) -> None:
     """Keep ``app``'s per-conversation events (NeMo's ``events_history_cache``: a dict it reads
     with ``in`` and ``[]`` and writes with ``[]=``, keyed by the conversation so far) in
     ``bounded(the dict NeMo had)``. NeMo's server assigns the instance a new dict after building

@@ -7,7 +7,7 @@ import asyncio
 import threading
 from collections import OrderedDict
 from time import monotonic
-from typing import Any, Iterator, MutableMapping, Optional
+from typing import Any, Iterator, Mapping, MutableMapping, Optional
 
 
 class ConversationCache(MutableMapping[str, Any]):
@@ -20,7 +20,7 @@ class ConversationCache(MutableMapping[str, Any]):
     least likely to be continued. Expired entries go at every read and write and, when no request
     comes, from a timer on the event loop that wrote them."""
 
-    def __init__(self, size: int, ttl_s: float, kept: Optional[dict] = None):
+    def __init__(self, size: int, ttl_s: float, kept: Optional[Mapping[str, Any]] = None):
         self.size = size
         self.ttl_s = ttl_s
         self._entries: OrderedDict[str, tuple[float, Any]] = OrderedDict()
