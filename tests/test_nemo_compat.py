@@ -74,7 +74,7 @@ def test_the_self_check_passes_on_the_installed_nemo_once_per_process(probes):
     load_railstack_config()
     load_railstack_config()
     assert probes == [1]
-    # Its measured cost: one minimal LLMRails (NeMo parses its whole Colang library) and four answers.
+    # Its measured cost: one minimal LLMRails (NeMo parses its whole Colang library) and five answers.
     assert 0 < selfcheck.seconds["rails"] < 3
 
 
@@ -202,3 +202,31 @@ def test_a_server_app_that_skips_its_middleware_stack_refuses_to_start(monkeypat
 
     monkeypatch.setattr(type(api.app), "__call__", straight_to_the_routes)
     refused(lambda: start_server(server_root), "middleware_stack")
+
+
+def test_a_conversation_cache_that_is_not_a_dict_is_refused(monkeypatch):
+    monkeypatch.setattr(LLMRails, "events_history_cache", property(lambda self: None, lambda self, value: None), raising=False)
+    exc = refused(load_railstack_config, "LLMRails.events_history_cache")
+    assert "a NoneType, not the dict" in exc.problem
+
+
+def test_conversations_kept_where_railstack_does_not_bound_them_are_refused(monkeypatch):
+    """A NeMo whose instances ignored the cache railstack puts in place (kept their conversations
+    in one of their own) would grow with every conversation again."""
+    monkeypatch.setattr(LLMRails, "events_history_cache", property(lambda self: {}, lambda self, value: None), raising=False)
+    exc = refused(load_railstack_config, "LLMRails.events_history_cache")
+    assert "no longer keeps a conversation's events in the cache railstack bounds" in exc.problem
+
+
+def test_a_cache_nemo_swaps_for_a_dict_of_its_own_is_refused(monkeypatch):
+    """A NeMo that copied the cache into a new dict at each turn would leave railstack's bound behind."""
+    generate = LLMRails.generate_async
+
+    async def copying(self, *args, **kwargs):
+        answer = await generate(self, *args, **kwargs)
+        self.events_history_cache = dict(self.events_history_cache)
+        return answer
+
+    monkeypatch.setattr(LLMRails, "generate_async", copying)
+    exc = refused(load_railstack_config, "LLMRails.events_history_cache")
+    assert "(dict), not at most the 1 railstack allows" in exc.problem

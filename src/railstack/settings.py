@@ -17,7 +17,7 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 from pydantic_settings import SettingsError as EnvParseError
 
 from railstack.admission.settings import AdmissionSettings
-from railstack.core.settings import Defaults, Policy, RailPolicy, SettingsError, Strict
+from railstack.core.settings import Defaults, MemorySettings, Policy, RailPolicy, SettingsError, Strict
 from railstack.hallucination.settings import HallucinationSettings
 from railstack.heuristics.settings import HeuristicsSettings
 from railstack.http.settings import RequestLimits
@@ -81,6 +81,7 @@ class _Tree(BaseSettings):
     backpressure: BackpressureSettings = Field(default_factory=BackpressureSettings)
     health: HealthSettings = Field(default_factory=HealthSettings)
     logging: LoggingSettings = Field(default_factory=LoggingSettings)
+    memory: MemorySettings = Field(default_factory=MemorySettings)
     latency: LatencySettings = Field(default_factory=LatencySettings)
     # Policy of rails that have no section of their own (your own rails), by rail name.
     rails: dict[str, RailPolicy] = Field(default_factory=dict)

@@ -1,4 +1,5 @@
-"""The building blocks of the settings tree: strict sections and a rail's own policy."""
+"""The building blocks of the settings tree: strict sections, a rail's own policy, and the bounds
+on what NeMo keeps per conversation (``memory``)."""
 
 from __future__ import annotations
 
@@ -44,3 +45,23 @@ def have_words(terms: list[str]) -> list[str]:
     if empty:
         raise ValueError(f"terms must contain a letter or digit: {empty!r}")
     return terms
+
+
+class MemorySettings(Strict):
+    """Bounds on NeMo's per-conversation events cache (``LLMRails.events_history_cache``): NeMo
+    keeps each conversation's events, with its text, so that the next turn of that conversation
+    reuses them, and never drops one; at a steady rate of distinct conversations the process grows
+    without end."""
+
+    # 0 keeps none: every turn's events are rebuilt from its messages (NeMo's path for a
+    # conversation it has not seen), and no conversation text outlives its request.
+    conversation_cache_size: int = Field(
+        default=1000, ge=0, le=1_000_000, description="conversations' events kept at most (the oldest go first)"
+    )
+    conversation_cache_ttl_s: float = Field(
+        default=600.0,
+        gt=0,
+        le=7 * 86400,
+        description="what is kept of a conversation (NeMo's events, the hallucination rail's samples) is dropped "
+        "this long after its last turn",
+    )

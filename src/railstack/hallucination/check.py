@@ -16,7 +16,8 @@ def resources(runtime: Runtime) -> tuple[Any, Any]:
     from railstack.hallucination.nli import NLI, engine_key
     from railstack.hallucination.samples import Samples
 
-    return pool.get(runtime, "hallucination", engine_key(runtime.settings.hallucination), NLI), Samples()
+    nli = pool.get(runtime, "hallucination", engine_key(runtime.settings.hallucination), NLI)
+    return nli, Samples(ttl_s=runtime.settings.memory.conversation_cache_ttl_s)
 
 
 def _context_text(ctx: CheckContext) -> str:

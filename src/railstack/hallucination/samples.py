@@ -4,26 +4,26 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections import OrderedDict
 from typing import Any
 
 from railstack.nemo import compat
+from railstack.nemo.conversations import ConversationCache
 
 
 class Samples:
-    """Answers sampled from the main model, kept per conversation (a small LRU), so the checks
-    of one streamed answer's chunks share one set."""
+    """Answers sampled from the main model, kept per conversation (at most ``size``, none past
+    ``ttl_s``: they hold the model's text about it), so the checks of one streamed answer's
+    chunks share one set."""
 
-    def __init__(self, size: int = 256):
-        self.size = size
-        self._kept: OrderedDict[str, list[str]] = OrderedDict()
+    def __init__(self, size: int = 256, ttl_s: float = 600.0):
+        self._kept = ConversationCache(size, ttl_s)
         self._pending: dict[str, asyncio.Future] = {}
 
     async def get(self, key: str, draw: Any) -> tuple[list[str], int]:
         """The samples for ``key`` and how many main-model calls this call made."""
-        if key in self._kept:
-            self._kept.move_to_end(key)
-            return self._kept[key], 0
+        kept = self._kept.get(key)
+        if kept is not None:
+            return kept, 0
         if key in self._pending:
             return await asyncio.shield(self._pending[key]), 0
         future = asyncio.get_running_loop().create_future()
@@ -40,8 +40,6 @@ class Samples:
             self._pending.pop(key, None)
         future.set_result(samples)
         self._kept[key] = samples
-        while len(self._kept) > self.size:
-            self._kept.popitem(last=False)
         return samples, calls
 
 

@@ -178,6 +178,33 @@ def wrap_stream(app: Any, around: Callable[[Callable[[], Any]], Any]) -> None:
     app.stream_async = wrapped
 
 
+def bound_events_history(app: Any, bounded: Callable[[Any], Any]) -> None:
+    """Keep ``app``'s per-conversation events (NeMo's ``events_history_cache``: a dict it reads
+    with ``in`` and ``[]`` and writes with ``[]=``, keyed by the conversation so far) in
+    ``bounded(the dict NeMo had)``. NeMo's server assigns the instance a new dict after building
+    it (its ``_get_rails``), after a config's ``init``: the bound is put back before each
+    ``generate_async`` (``stream_async`` makes one too) that finds another in its place."""
+    kept = getattr(app, "events_history_cache", None)
+    if not isinstance(kept, dict):
+        raise IncompatibleNeMo(
+            "LLMRails.events_history_cache",
+            f"a {type(kept).__name__}, not the dict of conversations railstack bounds: memory would grow with every conversation",
+        )
+    cache = bounded(kept)
+    app.events_history_cache = cache
+    generate = app.generate_async
+
+    @functools.wraps(generate)
+    async def wrapped(*args: Any, **kwargs: Any) -> Any:
+        nonlocal cache
+        if app.events_history_cache is not cache:
+            cache = bounded(app.events_history_cache)
+            app.events_history_cache = cache
+        return await generate(*args, **kwargs)
+
+    app.generate_async = wrapped
+
+
 def config_path(app: Any) -> str:
     return (app.config.config_path or "").split(",")[0].strip()
 

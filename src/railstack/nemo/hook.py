@@ -11,6 +11,7 @@ from typing import Any, Iterator
 from railstack.core import Runtime, request, runtimes
 from railstack.core.request import one_request
 from railstack.nemo import compat
+from railstack.nemo.conversations import ConversationCache
 from railstack.nemo.flows import add_pack_flows, config_settings, rails_named_in_flows
 from railstack.nemo.selfcheck import selfcheck
 from railstack.overload.gate import stream_until_consumer_leaves
@@ -49,6 +50,10 @@ def init(app: Any) -> None:
     # behind the HTTP layer the HTTP request already is.
     compat.wrap_generate(app, _one_generation)
     compat.wrap_stream(app, stream_until_consumer_leaves)
+    memory = runtime.settings.memory
+    compat.bound_events_history(
+        app, lambda kept: ConversationCache(memory.conversation_cache_size, memory.conversation_cache_ttl_s, kept)
+    )
     compat.keep_railstack_log()
     if not runtime.settings.logging.nemo_verbose:
         compat.quiet_verbose_log()

@@ -1,8 +1,8 @@
 """What the installed NeMo does with the hooks railstack relies on, observed on a minimal
 LLMRails: a config dir written for the probe, whose config.py hooks in through the same compat
 calls as railstack's ``init``, driven with fake main models through a streamed answer, a
-streamed answer its output rail blocks, a plain answer and an answer after ``update_llm``.
-This module only records; ``railstack.nemo.selfcheck`` judges."""
+streamed answer its output rail blocks, a plain answer, that conversation's next turn and an
+answer after ``update_llm``. This module only records; ``railstack.nemo.selfcheck`` judges."""
 
 from __future__ import annotations
 
@@ -16,12 +16,14 @@ from pathlib import Path
 from typing import Any, AsyncIterator, Optional
 
 from railstack.nemo import compat
+from railstack.nemo.conversations import ConversationCache
 from railstack.overload.gate import stream_until_consumer_leaves
 
 ANSWER = "one two three four five six seven"
 LEAK = "BLOCKME"
 BLOCKED_ANSWER = f"alpha beta gamma {LEAK} delta epsilon"
 PLAIN_ANSWER = "a plain answer"
+CONTINUED_ANSWER = "the next turn's answer"
 UPDATED_ANSWER = "an answer from the swapped-in model"
 HISTORY = [
     {"role": "system", "content": "probe system"},
@@ -29,7 +31,9 @@ HISTORY = [
     {"role": "assistant", "content": "probe assistant"},
     {"role": "user", "content": "probe user two"},
 ]
-PHASES = ("stream", "blocked stream", "generate", "updated")
+CONTINUED = [*HISTORY, {"role": "assistant", "content": PLAIN_ANSWER}, {"role": "user", "content": "probe user three"}]
+PHASES = ("stream", "blocked stream", "generate", "continued", "updated")
+CACHE_SIZE = 1
 _TIMEOUT_S = 10.0
 
 _CONFIG_YML = """\
@@ -85,12 +89,33 @@ class Observed:
     stream_marks: list[Optional[int]] = field(default_factory=list)  # _stream_mark, as each main-model stream saw it
     ended_by_error: dict[str, bool] = field(default_factory=dict)  # per stream phase: ends_stream(its last chunk)
     models: tuple[Any, ...] = ()  # the fakes, in the order the probe gives them
+    cache_writes: list[str] = field(default_factory=list)  # the phase of each write NeMo made to railstack's cache
+    cache_reads: list[str] = field(default_factory=list)  # the phase of each entry NeMo found there
+    cache_at_end: Any = None  # the instance's events_history_cache after the last phase
 
     def rail_calls(self, phase: str, source: str) -> list[RailCall]:
         return [c for c in self.calls.get(phase, []) if c.source == source]
 
     def models_set(self, phase: str) -> list[Any]:
         return [model for when, model in self.models_seen if when == phase]
+
+
+class _RecordedCache(ConversationCache):
+    """railstack's bound on NeMo's conversation cache (``CACHE_SIZE`` entries), counting what NeMo
+    wrote to it and found in it."""
+
+    def __init__(self, seen: Observed, kept: dict):
+        self._seen = seen
+        super().__init__(CACHE_SIZE, 3600.0, kept)
+
+    def __setitem__(self, key: str, value: Any) -> None:
+        self._seen.cache_writes.append(self._seen.phase)
+        super().__setitem__(key, value)
+
+    def __getitem__(self, key: str) -> Any:
+        value = super().__getitem__(key)
+        self._seen.cache_reads.append(self._seen.phase)
+        return value
 
 
 # How the probe's config.py finds what to record into: NeMo calls it from inside LLMRails().
@@ -167,6 +192,7 @@ def init(app: Any) -> None:
     compat.after_model_setup(app, model_set)
     compat.wrap_generate(app, generation)
     compat.wrap_stream(app, stream)
+    compat.bound_events_history(app, lambda kept: _RecordedCache(seen, kept))
 
 
 async def _streamed(rails: Any) -> str:
@@ -190,17 +216,22 @@ async def observe() -> Observed:
 
     seen = Observed()
     _observing.set(seen)
-    seen.models = (FakeLLMModel(responses=[ANSWER, BLOCKED_ANSWER, PLAIN_ANSWER]), FakeLLMModel(responses=[UPDATED_ANSWER]))
+    seen.models = (
+        FakeLLMModel(responses=[ANSWER, BLOCKED_ANSWER, PLAIN_ANSWER, CONTINUED_ANSWER]),
+        FakeLLMModel(responses=[UPDATED_ANSWER]),
+    )
     answer = {
         "stream": _streamed,
         "blocked stream": _streamed,
         "generate": functools.partial(_generated, messages=HISTORY),
+        "continued": functools.partial(_generated, messages=CONTINUED),
         "updated": functools.partial(_generated, messages=[{"role": "user", "content": "probe"}]),
     }
     with tempfile.TemporaryDirectory(prefix="railstack-nemo-probe-") as root:
         for name, text in (("config.yml", _CONFIG_YML), ("probe.co", _FLOWS_CO), ("config.py", _CONFIG_PY)):
             (Path(root) / name).write_text(text)
         rails = LLMRails(RailsConfig.from_path(root), llm=seen.models[0])
+        rails.events_history_cache = {}  # as NeMo's server does to each instance it builds (its _get_rails)
         for phase in PHASES:
             seen.phase = phase
             if phase == "updated":
@@ -213,4 +244,5 @@ async def observe() -> Observed:
                     f"the self-check's {phase} answer from a fake model did not finish within {_TIMEOUT_S:.0f} s",
                 ) from None
     seen.main_calls_made = sum(model.inference_count for model in seen.models)
+    seen.cache_at_end = rails.events_history_cache
     return seen

@@ -186,6 +186,26 @@ def _judge_plain(seen: probe.Observed) -> None:
         )
 
 
+def _judge_conversation_cache(seen: probe.Observed) -> None:
+    hook = "LLMRails.events_history_cache"
+    if seen.received["continued"] != probe.CONTINUED_ANSWER:
+        raise IncompatibleNeMo(
+            "LLMRails.generate_async", f"a conversation's next turn was answered {seen.received['continued']!r}"
+        )
+    if "generate" not in seen.cache_writes:
+        raise IncompatibleNeMo(hook, (
+            "NeMo no longer keeps a conversation's events in the cache railstack bounds (put back after the "
+            "instance's cache was replaced, as NeMo's server does): railstack cannot bound what it keeps instead"))
+    if "continued" not in seen.cache_reads:
+        raise IncompatibleNeMo(hook, "the next turn of a conversation did not find its events in the cache railstack bounds")
+    cache = seen.cache_at_end
+    if not isinstance(cache, probe.ConversationCache) or len(cache) > probe.CACHE_SIZE:
+        held = len(cache) if hasattr(cache, "__len__") else "?"
+        raise IncompatibleNeMo(hook, (
+            f"after {len(seen.cache_writes)} conversations' writes it holds {held} entries ({type(cache).__name__}), "
+            f"not at most the {probe.CACHE_SIZE} railstack allows: memory would grow with every conversation"))
+
+
 def _judge_main_model(seen: probe.Observed) -> None:
     first, swapped = seen.models
     built = seen.models_set("build")
@@ -237,7 +257,7 @@ def _prove_rails() -> None:
         raise IncompatibleNeMo(
             "LLMRails", f"building and driving a minimal LLMRails failed: {type(exc).__name__}: {exc}"
         ) from exc
-    for judge in (_judge_stream, _judge_blocked_stream, _judge_plain, _judge_main_model):
+    for judge in (_judge_stream, _judge_blocked_stream, _judge_plain, _judge_conversation_cache, _judge_main_model):
         judge(seen)
 
 
