@@ -24,7 +24,9 @@ class RequestContext:
     input_decisions: Optional[list[Decision]] = None
     clock: Optional[BudgetClock] = None  # the latency budgets of this request
     held_main: Optional[str] = None  # the main stage whose slot the HTTP layer holds for it
-    main_calls: Any = None  # railstack.overload.MainCalls of a speculative start
+    main_calls: Any = None  # railstack.overload.MainCalls to stop: a speculative start's, the deadline's
+    # What the main model's calls raised, for the HTTP layer to answer with the upstream's status.
+    main_failures: Optional[list[BaseException]] = None
 
 
 _current: contextvars.ContextVar[Optional[RequestContext]] = contextvars.ContextVar("railstack_request", default=None)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import weakref
-from typing import Any, AsyncIterator, Optional
+from typing import Any, AsyncIterator, Iterator, Optional
 
 from railstack.core import metrics, request
 from railstack.core.types import Shed
@@ -24,21 +24,26 @@ def main_stage(runtime: Any) -> Optional[Stage]:
 
 
 class MainCalls:
-    """The tasks running one request's main-model calls, so that a speculative start can stop
-    them: NeMo streams from a task of its own, which cancelling the request does not reach."""
+    """The tasks running one request's main-model calls, so that a speculative start or the
+    request's deadline can stop them: NeMo streams from a task of its own, which cancelling the
+    request does not reach."""
 
     def __init__(self) -> None:
         self._tasks: "weakref.WeakSet[asyncio.Task]" = weakref.WeakSet()
+        self.made = 0  # calls started, finished or not
 
     def add(self, task: Optional["asyncio.Task"]) -> None:
+        self.made += 1
         if task is not None:
             self._tasks.add(task)
 
-    def cancel(self) -> int:
-        """Cancel the calls still running; how many there were."""
+    def cancel(self, spare: Optional["asyncio.Task"] = None) -> int:
+        """Cancel the calls still running, but one made from ``spare`` (a task its caller cancels
+        itself); how many were running."""
         running = [t for t in self._tasks if not t.done()]
         for task in running:
-            task.cancel()
+            if task is not spare:
+                task.cancel()
         return len(running)
 
 
@@ -59,6 +64,18 @@ class GatedModel:
     def __setattr__(self, name: str, value: Any) -> None:
         # RunnableRails switches the model's ``streaming`` flag: it must reach the real model.
         setattr(self._inner, name, value)
+
+    @contextlib.contextmanager
+    def _noting_failures(self) -> Iterator[None]:
+        """What a call raises is also kept for the HTTP layer, which answers the client with the
+        main model's own status (NeMo's server says 500 for an unreachable or hung model)."""
+        try:
+            yield
+        except Exception as exc:
+            req = request.current()
+            if req is not None and req.main_failures is not None:
+                req.main_failures.append(exc)
+            raise
 
     @contextlib.asynccontextmanager
     async def _turn(self) -> AsyncIterator[Optional[str]]:
@@ -86,7 +103,7 @@ class GatedModel:
         async with self._turn() as refusal:
             if refusal is not None:
                 return llm_response(refusal)
-            with metrics.MAIN_MODEL_LATENCY.labels(self._config).time():
+            with self._noting_failures(), metrics.MAIN_MODEL_LATENCY.labels(self._config).time():
                 return await self._inner.generate_async(prompt, stop=stop, **kwargs)
 
     async def stream_async(self, prompt: Any, *, stop: Optional[list] = None, **kwargs: Any) -> AsyncIterator[Any]:
@@ -96,6 +113,6 @@ class GatedModel:
             if refusal is not None:
                 yield llm_response_chunk(refusal)
                 return
-            with metrics.MAIN_MODEL_LATENCY.labels(self._config).time():
+            with self._noting_failures(), metrics.MAIN_MODEL_LATENCY.labels(self._config).time():
                 async for chunk in self._inner.stream_async(prompt, stop=stop, **kwargs):
                     yield chunk
