@@ -63,7 +63,7 @@ def rules_of(config: Any, settings: RailstackSettings) -> Any:
 
 def init(app: Any) -> None:
     from railstack.admission.service import admissions as admission_registry
-    from railstack.core import Runtime, UnknownRails, runtimes
+    from railstack.core import Runtime, runtimes
     from railstack.http.admission import AdmissionMiddleware
     from railstack.http.backpressure import BackpressureMiddleware
     from railstack.http.decisions import DecisionsMiddleware
@@ -90,13 +90,15 @@ def init(app: Any) -> None:
         name, base_url, api_key = compat.main_model_of(config)
         main_models[config_id] = (MainModel(name, base_url, settings.limits.request_timeout_s), api_key)
         runtime: Runtime = runtimes.get(settings, config_id)
-        try:
-            # Now, not on the config's first request: every rail's model loads whole (or the server
-            # does not start), output rails' too.
-            runtime.prepare(rails_named_in_flows(config))
-        except UnknownRails:
-            # Rails of the config's own actions.py register when NeMo loads the config.
+        named = rails_named_in_flows(config)
+        # Rails of the config's own actions.py register when NeMo loads the config.
+        own = Runtime.unknown(named)
+        if own:
             log.info("config '%s' names rails its own actions define; they load with the config", config_id)
+        # Now, not on the config's first request: every rail's model loads whole (or the server
+        # does not start), output rails' too; the pack's rails of a config with rails of its own
+        # too (a model that cannot load would otherwise fail its first request with a bare 500).
+        runtime.prepare([n for n in named if n not in own])
         names = input_rails_of(config)
         if names:
             input_rails[config_id] = (runtime, names)
