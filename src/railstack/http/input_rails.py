@@ -8,7 +8,7 @@ import json
 from typing import Awaitable, Callable, Optional
 
 from railstack.core import Decision, Runtime, Tier, UnknownRails, fields, metrics
-from railstack.core.request import derive
+from railstack.core.request import current, derive
 from railstack.core.text import Unreadable, dialogue_of
 from railstack.http.asgi import REQUEST_KEY, config_id_of, context, is_chat, replaying, with_body
 from railstack.http.params import forwarded, passed
@@ -87,7 +87,9 @@ class InputRailsMiddleware:
         decide. Its response is held back until they pass; a block cancels the main-model calls and
         NeMo, and the client gets the refusal instead, never a byte of the answer."""
         held = _Held(send)
-        calls = MainCalls()
+        # The request deadline's, where it has one: either stops this request's main-model calls.
+        req = current()
+        calls = req.main_calls if req is not None and req.main_calls is not None else MainCalls()
         with derive(main_calls=calls):  # NeMo's task, and the main-model calls it starts, see it
             nemo_task = asyncio.ensure_future(self.app(*_sending(scope, _without_input_rails(nemo), receive), held.send))
         try:

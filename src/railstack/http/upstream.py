@@ -145,13 +145,12 @@ class _Response:
 
     async def answer(self, answer: Answer) -> None:
         """``answer`` in place of whatever is left of the response."""
-        self._log(answer)
-        if not self.started:
-            self.finished = True
-            return await send_json(self._send, answer.status, answer.body, list(answer.headers))
         if self.finished:
             return
+        self._log(answer)
         self.finished = True
+        if not self.started:
+            return await send_json(self._send, answer.status, answer.body, list(answer.headers))
         # A stream ends with the error as an event; an answer not streamed cannot change its status.
         end = answer.event() + b"data: [DONE]\n\n" if self.stream else b""
         await self._send({"type": "http.response.body", "body": end, "more_body": False})
