@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from typing import Optional
 
 from starlette.requests import Request
-from starlette.responses import JSONResponse, StreamingResponse
+from starlette.responses import HTMLResponse, JSONResponse, StreamingResponse
 from starlette.routing import Route
 
 from railstack.tools.loopback import LoopbackModel, main, start_loopback
@@ -39,22 +39,26 @@ class MainModelDouble(LoopbackModel):
 
     Faults: ``fail_status`` answers every chat request with that status and an OpenAI error body
     saying ``fail_message``; ``drop`` breaks the connection off (a stream after its first token);
+    ``not_openai`` answers 200 with a web page, as a base_url that names some other server gets;
     a large ``latency_s`` is a model that hangs."""
 
     name: str = "t0"
     fail_status: Optional[int] = None
     fail_message: str = "the model is not feeling well"
     drop: bool = False
+    not_openai: bool = False
 
     @property
     def base_url(self) -> str:
         return f"http://127.0.0.1:{self.port}/{self.name}/v1"
 
     async def _chat(self, request: Request):
-        if self.fail_status is None and not self.drop:
+        if self.fail_status is None and not self.drop and not self.not_openai:
             return await super()._chat(request)
         body = await request.json()
         self.requests.append(body)
+        if self.not_openai:
+            return HTMLResponse("<html><body>Welcome to nginx!</body></html>")
         if self.fail_status is not None:
             error = {"message": self.fail_message, "type": "test_error", "code": "test_fault", "param": None}
             return JSONResponse({"error": error}, status_code=self.fail_status)

@@ -9,7 +9,7 @@ import time
 import openai
 import pytest
 
-from support import chat, free_port, railstack_config, serving, sse_events, streamed_text
+from support import chat, free_port, rail_flow, railstack_config, serving, sse_events, streamed_text
 
 DEADLINE_S = 1.5  # the test config's limits.request_timeout_s; its main model's timeout is 60 s
 CONFIG = "faulty"
@@ -142,6 +142,29 @@ def test_an_answer_the_main_model_breaks_off_gets_502(client, main_model):
     assert took < 15 and in_flight() == 0
 
 
+def test_an_endpoint_that_is_no_openai_server_gets_502(client, main_model):
+    # (Streamed, NeMo's client reads no event from a web page and ends the stream empty: no error to say.)
+    main_model.not_openai = True
+    res, took = ask(client, stream=False)
+    message = error_of(res, 502, "bad_gateway", "main_model_bad_response")
+    assert message.startswith(f"The main model 'main' at 127.0.0.1:{main_model.port} sent an answer that is not OpenAI's chat format: ")
+    assert took < 15 and in_flight() == 0
+
+
+def test_the_main_models_own_timeout_gets_504(tmp_path, monkeypatch, main_model):
+    monkeypatch.setenv("MAIN_MODEL_BASE_URL", main_model.base_url)
+    root = faulty_root(tmp_path, "http://unused/v1")
+    yml = root / CONFIG / "config.yml"  # its client gives up after 0.5 s, well before the deadline of 30 s
+    yml.write_text(yml.read_text().replace("timeout: 60", "timeout: 0.5").replace("request_timeout_s: 1.5", "request_timeout_s: 30"))
+    main_model.latency_s = 600
+    with serving(root) as client:
+        res, took = ask(client, stream=False)
+        assert in_flight() == 0
+    message = error_of(res, 504, "gateway_timeout", "main_model_timeout")
+    assert message == f"The main model 'main' at 127.0.0.1:{main_model.port} did not answer in time: ReadTimeout."
+    assert took < 15
+
+
 @pytest.mark.parametrize("stream", [False, True])
 def test_a_main_model_that_is_down_gets_502_naming_its_host_and_the_cause(tmp_path, monkeypatch, stream, caplog):
     port = free_port()  # nothing listens there
@@ -201,3 +224,60 @@ def test_the_openai_sdk_raises_an_api_status_error_with_the_status_and_message(c
     assert err.value.status_code == status and err.value.code == code
     assert f"'main' at 127.0.0.1:{main_model.port}" in err.value.message and says in err.value.message
     assert in_flight() == 0
+
+
+def test_a_stream_the_main_model_breaks_off_raises_an_api_error_in_the_sdk(client, main_model):
+    main_model.drop = True
+    sdk = openai.OpenAI(base_url="http://testserver/v1", api_key="x", max_retries=0, http_client=client)
+    got = []
+    with pytest.raises(openai.APIError) as err:
+        for chunk in sdk.chat.completions.create(model="main", messages=[{"role": "user", "content": "Hello"}], stream=True,
+                                                 extra_body={"guardrails": {"config_id": CONFIG}}):
+            got.append(chunk.choices[0].delta.content if chunk.choices else None)
+    assert got[0] == "Partial"
+    assert err.value.message.startswith(f"The main model 'main' at 127.0.0.1:{main_model.port} broke off its answer")
+
+
+# --- a model rail whose model fails --------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def guarded_root(tmp_path_factory, loopback):
+    from tiny_models import prompt_guard
+
+    base = tmp_path_factory.mktemp("pg-fails")
+    checkpoint = prompt_guard(base / "pg2", version=2)
+    root = base / "configs"
+    railstack_config(root / "pg", loopback.base_url, ["railstack heuristics", "railstack prompt guard"],
+                     f'{{prompt_guard: {{model: "{checkpoint}", device: cpu, precision: fp32}}}}')
+    (root / "config.py").write_text("from railstack.http.install import init  # noqa: F401\n")
+    return root
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_a_model_rail_whose_model_raises_blocks_naming_the_rail(serve, guarded_root, main_model, monkeypatch, stream):
+    from railstack.prompt_guard.model import PromptGuard
+
+    async def broken(self, text):
+        raise RuntimeError("CUDA error: out of memory")
+
+    with serve(guarded_root, warm=["pg"]) as client:
+        monkeypatch.setattr(PromptGuard, "scores", broken)
+        res = client.post("/v1/chat/completions", json=chat("pg", "What is the capital of France?", stream=stream))
+    assert res.status_code == 200
+    assert "Blocked by the prompt_guard rail: the check raised RuntimeError (fail-closed)" in res.text
+    assert res.headers["x-railstack-decisions"] == "heuristics=allow,prompt_guard=block"
+    assert main_model.calls == 0
+
+
+def test_a_model_that_cannot_load_stops_the_server_even_where_the_config_has_rails_of_its_own(tmp_path, main_model):
+    # The config's own rail ("mine", of its actions) is unknown when the server starts; the pack's
+    # model rail still loads then, instead of failing the config's first request with a bare 500.
+    root = tmp_path / "configs"
+    config = railstack_config(root / "mixed", main_model.base_url, ["railstack heuristics", "railstack prompt guard"],
+                              f'{{prompt_guard: {{model: "{tmp_path / "not-downloaded"}"}}}}', output=["mine output"])
+    (config / "flows.co").write_text(rail_flow("mine", "mine output"))
+    (root / "config.py").write_text("from railstack.http.install import init  # noqa: F401\n")
+    with pytest.raises(RuntimeError, match="prompt_guard: cannot load model '.*not-downloaded'"):
+        with serving(root):
+            pass
