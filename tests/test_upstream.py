@@ -281,3 +281,11 @@ def test_a_model_that_cannot_load_stops_the_server_even_where_the_config_has_rai
     with pytest.raises(RuntimeError, match="prompt_guard: cannot load model '.*not-downloaded'"):
         with serving(root):
             pass
+
+
+@pytest.mark.parametrize("value", [0, -1, "soon"])
+def test_a_bad_request_timeout_is_a_startup_error_naming_the_key(value):
+    from railstack.settings import SettingsError, parse_settings
+
+    with pytest.raises(SettingsError, match=r"custom_data\.railstack\.limits\.request_timeout_s: "):
+        parse_settings({"railstack": {"limits": {"request_timeout_s": value}}})
