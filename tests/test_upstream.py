@@ -183,8 +183,12 @@ def test_a_main_model_that_is_down_gets_502_naming_its_host_and_the_cause(tmp_pa
 def test_the_startup_probe_says_to_add_v1_to_a_base_url_without_it(tmp_path, monkeypatch, main_model, caplog):
     without_v1 = main_model.base_url.removesuffix("/v1")
     monkeypatch.setenv("MAIN_MODEL_BASE_URL", without_v1)
-    with caplog.at_level(logging.WARNING, logger="railstack"), serving(faulty_root(tmp_path, "http://unused/v1")):
-        pass
+    with caplog.at_level(logging.WARNING, logger="railstack"), serving(faulty_root(tmp_path, "http://unused/v1")) as client:
+        res, _ = ask(client, stream=False)
+    # The main model's 404 (NeMo posts to {base_url}/chat/completions), not one of railstack's routes.
+    message = error_of(res, 404, "not_found_error", "main_model_rejected")
+    assert message.startswith(f"The main model 'main' at 127.0.0.1:{main_model.port} answered HTTP 404: Not Found (")
+    assert main_model.calls == 0
     probe = [r.getMessage() for r in caplog.records if r.getMessage().startswith("main model of config(s)")]
     assert probe == [
         f"main model of config(s) {CONFIG} at {without_v1}: GET {without_v1}/models answered HTTP 404: it does not look "
