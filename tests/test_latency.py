@@ -138,3 +138,18 @@ async def test_the_output_budget_is_per_answer():
     assert outcome.is_blocked and "output latency budget (0.2 s)" in outcome.reason
     roomy = runtime_of({"latency": {"output_budget_s": 1.0}})
     assert not (await run(roomy, ["slow_check"], source="output", text="An answer.")).is_blocked
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_the_request_deadline_stops_a_speculative_main_model_call_that_hangs(root, serve, main_model, stream):
+    main_model.latency_s = 600
+    with serve(root, warm=["spec"], RAILSTACK__LATENCY__SPECULATIVE_START="true", RAILSTACK__LIMITS__REQUEST_TIMEOUT_S="1.5") as client:
+        start = time.monotonic()
+        res = client.post("/v1/chat/completions", json=chat("spec", "What is the capital of France?", stream=stream))
+        took = time.monotonic() - start
+    assert res.status_code == 504 and res.json()["error"]["code"] == "request_timeout"
+    assert 1.5 <= took < 15  # the main model's own timeout is 60 s
+    deadline = time.monotonic() + 5  # its call was cancelled: the model saw its client go
+    while main_model.abandoned < 1 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert main_model.abandoned == 1

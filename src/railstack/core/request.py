@@ -25,6 +25,8 @@ class RequestContext:
     clock: Optional[BudgetClock] = None  # the latency budgets of this request
     held_main: Optional[str] = None  # the main stage whose slot the HTTP layer holds for it
     main_calls: Any = None  # railstack.overload.gate.MainCalls: what ending the request (or its stream) cancels
+    # What the main model's calls raised, for the HTTP layer to answer with the upstream's status.
+    main_failures: Optional[list[BaseException]] = None
 
 
 _current: contextvars.ContextVar[Optional[RequestContext]] = contextvars.ContextVar("railstack_request", default=None)

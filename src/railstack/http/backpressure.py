@@ -67,7 +67,7 @@ class BackpressureMiddleware:
         answered = asyncio.Event()
         request_task = asyncio.current_task()
         watcher = asyncio.ensure_future(_watch_disconnect(receive, gone, answered, request_task))
-        calls = MainCalls()
+        calls = MainCalls.of_current_request()  # the deadline's, when it ends them, ends these too
         taken_at: Optional[float] = None
 
         async def sending(message: dict) -> None:

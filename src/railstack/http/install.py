@@ -10,8 +10,11 @@ single-config mode, and not under ``--prefix``). It
   headers, and a refusal, the end of a stream and the main model's usage the way OpenAI
   clients read them (``railstack.http.responses``), configs that enable admission get a real
   429 with its headers, overload is shed at the door with 503 and Retry-After
-  (``railstack.overload.stages``), and the server answers ``GET /railstack/health``,
-  ``/railstack/ready``, ``/railstack/live`` and ``GET /metrics``.
+  (``railstack.overload.stages``), each request has a deadline and a failing main model is
+  answered with its real status (``railstack.http.upstream``), and the server answers
+  ``GET /railstack/health``, ``/railstack/ready``, ``/railstack/live`` and ``GET /metrics``;
+- asks each config's main model for its models once, and warns of one that is unreachable or
+  does not look OpenAI-compatible.
 """
 
 from __future__ import annotations
@@ -60,13 +63,14 @@ def rules_of(config: Any, settings: RailstackSettings) -> Any:
 
 def init(app: Any) -> None:
     from railstack.admission.service import admissions as admission_registry
-    from railstack.core import Runtime, UnknownRails, runtimes
+    from railstack.core import Runtime, runtimes
     from railstack.http.admission import AdmissionMiddleware
     from railstack.http.backpressure import BackpressureMiddleware
     from railstack.http.decisions import DecisionsMiddleware
     from railstack.http.input_rails import InputRailsMiddleware
     from railstack.http.ops import OpsMiddleware
     from railstack.http.responses import ResponsesMiddleware
+    from railstack.http.upstream import MainModel, UpstreamMiddleware, probe_main_models
     from railstack.http.validation import ValidationMiddleware
     from railstack.nemo import compat
     from railstack.nemo.flows import input_rails_of, rails_named_in_flows
@@ -76,21 +80,25 @@ def init(app: Any) -> None:
     selfcheck.server(app)  # the server refuses to start on a NeMo whose internals moved
     ours = (
         AdmissionMiddleware, BackpressureMiddleware, DecisionsMiddleware, InputRailsMiddleware, OpsMiddleware,
-        ResponsesMiddleware, ValidationMiddleware,
+        ResponsesMiddleware, UpstreamMiddleware, ValidationMiddleware,
     )
 
     configs = validate_configs(Path(app.rails_config_path))
     log.info("railstack settings valid for configs: %s", ", ".join(configs))
-    admissions, stages, input_rails = {}, {}, {}
+    admissions, stages, input_rails, main_models = {}, {}, {}, {}
     for config_id, (config, settings) in configs.items():
+        name, base_url, api_key = compat.main_model_of(config)
+        main_models[config_id] = (MainModel(name, base_url, settings.limits.request_timeout_s), api_key)
         runtime: Runtime = runtimes.get(settings, config_id)
-        try:
-            # Now, not on the config's first request: every rail's model loads whole (or the server
-            # does not start), output rails' too.
-            runtime.prepare(rails_named_in_flows(config))
-        except UnknownRails:
-            # Rails of the config's own actions.py register when NeMo loads the config.
+        named = rails_named_in_flows(config)
+        # Rails of the config's own actions.py register when NeMo loads the config.
+        own = Runtime.unknown(named)
+        if own:
             log.info("config '%s' names rails its own actions define; they load with the config", config_id)
+        # Now, not on the config's first request: every rail's model loads whole (or the server
+        # does not start), output rails' too; the pack's rails of a config with rails of its own
+        # too (a model that cannot load would otherwise fail its first request with a bare 500).
+        runtime.prepare([n for n in named if n not in own])
         names = input_rails_of(config)
         if names:
             input_rails[config_id] = (runtime, names)
@@ -108,6 +116,7 @@ def init(app: Any) -> None:
         if admissions:
             stack = AdmissionMiddleware(stack, admissions, default)
             log.info("railstack admission answers HTTP for configs: %s", ", ".join(admissions))
+        stack = UpstreamMiddleware(stack, {config_id: model for config_id, (model, _) in main_models.items()}, default)
         stack = ValidationMiddleware(
             stack,
             {config_id: rules_of(config, settings) for config_id, (config, settings) in configs.items()},
@@ -117,6 +126,7 @@ def init(app: Any) -> None:
         return OpsMiddleware(DecisionsMiddleware(ResponsesMiddleware(stack)))
 
     compat.wrap_asgi_stack(app, layers, ours)
+    probe_main_models(main_models)
     # Everything loaded so far (NeMo, LangChain, torch, the rails' models) lives as long as the
     # process. Frozen, the collector stops rescanning it: full collections over that heap
     # otherwise stall the event loop for hundreds of milliseconds under load, shed answers too.

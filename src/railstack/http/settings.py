@@ -1,4 +1,4 @@
-"""What one chat request may hold: ``custom_data.railstack.limits``."""
+"""What one chat request may hold, and how long it may take: ``custom_data.railstack.limits``."""
 
 from __future__ import annotations
 
@@ -12,6 +12,14 @@ class RequestLimits(Strict):
 
     max_body_bytes: int = Field(default=4_000_000, gt=0)
     body_timeout_s: float = Field(default=30.0, gt=0, description="a body still arriving after this gets 408")
+    # The packaged configs give the main model's client a 60 s timeout; NeMo retries a timed-out
+    # try (max_retries) and knows no total. A few seconds over one try leaves room for the rails
+    # and the queue, and keeps a hung main model from holding a client for minutes.
+    request_timeout_s: float = Field(
+        default=65.0, gt=0, le=3600,
+        description="a request not answered in full this long after its body arrived gets 504 "
+        "(a stream that started: an error event ends it)",
+    )
     # NeMo spends about 5 ms of CPU per message turning a conversation into events.
     max_messages: int = Field(default=100, gt=0)
     max_message_chars: int = Field(default=100_000, gt=0)

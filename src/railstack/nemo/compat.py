@@ -13,8 +13,10 @@ import functools
 import importlib.metadata
 import json
 import logging
+import os
 import sys
-from typing import Any, Callable, Iterator, Optional
+from dataclasses import dataclass
+from typing import Any, Callable, Iterator, Literal, Optional
 
 from nemoguardrails.actions import action  # noqa: F401 - the decorator of the one railstack action
 from nemoguardrails.actions.rail_outcome import RailOutcome, TransformTarget  # noqa: F401
@@ -250,6 +252,68 @@ async def chat_choices(endpoint: tuple[Any, str], messages: list[dict], **params
     client, model = endpoint
     response = await client.chat_completion(model, messages, **params)
     return [(c.get("message") or {}).get("content") or "" for c in response.body.get("choices", [])]
+
+
+@dataclass(frozen=True)
+class MainModelFailure:
+    """Why a call of the main model failed, from the error NeMo's OpenAI-compatible client raised."""
+
+    kind: Literal["unreachable", "connection_lost", "timeout", "bad_response", "status"]
+    message: str  # the main model's own message, or the transport's cause
+    status: Optional[int] = None  # the HTTP status the main model answered (kind "status")
+    error_type: Optional[str] = None  # the type, code and param of the main model's error body
+    code: Optional[str] = None
+    param: Optional[str] = None
+    retry_after_s: Optional[float] = None
+
+
+def _cause(exc: BaseException) -> str:
+    """``ConnectError: All connection attempts failed``; httpx's timeouts say nothing but their name."""
+    text = str(exc).strip()
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def main_model_failure(exc: BaseException) -> Optional[MainModelFailure]:
+    """What went wrong with the main model, when ``exc`` (as the model's ``generate_async`` or
+    ``stream_async`` raised it) is a failure of the main model's endpoint; None for any other."""
+    import httpx
+    from nemoguardrails.exceptions import (
+        LLMClientError, LLMConnectionError, LLMRateLimitError, LLMResponseValidationError, LLMTimeoutError,
+    )
+
+    cause = exc.__cause__
+    if isinstance(exc, LLMTimeoutError):
+        return MainModelFailure("timeout", _cause(cause) if cause is not None else exc.error_message)
+    if isinstance(exc, LLMConnectionError):
+        return MainModelFailure("unreachable", _cause(cause) if cause is not None else exc.error_message)
+    if isinstance(exc, LLMResponseValidationError):
+        return MainModelFailure("bad_response", exc.error_message)
+    if isinstance(exc, LLMClientError) and 400 <= exc.status_code < 600:
+        retry_after = exc.retry_after_seconds if isinstance(exc, LLMRateLimitError) else None
+        code = exc.error_code if isinstance(exc.error_code, str) else None
+        error_type = exc.error_type if isinstance(exc.error_type, str) else None
+        param = exc.param if isinstance(exc.param, str) else None
+        return MainModelFailure("status", exc.error_message, exc.status_code, error_type, code, param, retry_after)
+    # The client lets a connection that breaks off mid-answer through as httpx raised it.
+    if isinstance(exc, httpx.TimeoutException):
+        return MainModelFailure("timeout", _cause(exc))
+    if isinstance(exc, httpx.TransportError):
+        return MainModelFailure("connection_lost", _cause(exc))
+    return None
+
+
+def main_model_of(config: Any) -> tuple[str, Optional[str], Optional[str]]:
+    """The config's main model as NeMo's server calls it: its name, base URL (``MAIN_MODEL_BASE_URL``
+    overrides the configured one, as the server does; None: the provider's own) and API key."""
+    main = next((m for m in config.models if m.type == "main"), None)
+    parameters = dict(main.parameters or {}) if main is not None else {}
+    base_url = os.environ.get("MAIN_MODEL_BASE_URL") or parameters.get("base_url")
+    api_key = parameters.get("api_key")
+    return (
+        main.model if main is not None and main.model else "main",
+        base_url if isinstance(base_url, str) and base_url else None,
+        api_key if isinstance(api_key, str) else None,
+    )
 
 
 # -- the server ----------------------------------------------------------------------------------

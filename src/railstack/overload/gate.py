@@ -7,7 +7,7 @@ import asyncio
 import contextlib
 import contextvars
 import weakref
-from typing import Any, AsyncIterator, Callable, Optional
+from typing import Any, AsyncIterator, Callable, Iterator, Optional
 
 from railstack.core import metrics, request
 from railstack.core.types import Shed
@@ -44,6 +44,7 @@ class MainCalls:
         self._streams: "weakref.WeakKeyDictionary[Any, asyncio.Task]" = weakref.WeakKeyDictionary()
         self._parent = parent
         self._ended = False
+        self.made = 0  # main-model calls started, finished or not (the deadline's answer says if any)
 
     @classmethod
     def of_current_request(cls) -> "MainCalls":
@@ -54,12 +55,14 @@ class MainCalls:
     def ended(self) -> bool:
         return self._ended
 
-    def add(self, task: Optional["asyncio.Task"]) -> None:
+    def add(self, task: Optional["asyncio.Task"], *, call: bool = False) -> None:
+        """A task of the generation; ``call``: one calling the main model."""
+        self.made += call
         if task is None:
             return
         self._tasks.add(task)
         if self._parent is not None:
-            self._parent.add(task)
+            self._parent.add(task, call=call)
         if self._ended and not task.cancelling():
             # Started after its client left (NeMo's input rails were still running): it must not
             # reach the model. Its next await raises.
@@ -235,11 +238,23 @@ class GatedModel:
         # RunnableRails switches the model's ``streaming`` flag: it must reach the real model.
         setattr(self._inner, name, value)
 
+    @contextlib.contextmanager
+    def _noting_failures(self) -> Iterator[None]:
+        """What a call raises is also kept for the HTTP layer, which answers the client with the
+        main model's own status (NeMo's server says 500 for an unreachable or hung model)."""
+        try:
+            yield
+        except Exception as exc:
+            req = request.current()
+            if req is not None and req.main_failures is not None:
+                req.main_failures.append(exc)
+            raise
+
     @contextlib.asynccontextmanager
     async def _turn(self) -> AsyncIterator[Optional[str]]:
         req = request.current()
         if req is not None and req.main_calls is not None:
-            req.main_calls.add(asyncio.current_task())
+            req.main_calls.add(asyncio.current_task(), call=True)
         stage = self._stage
         # The HTTP layer took the request's slot at the door: do not queue it twice.
         if stage is None or (req is not None and req.held_main == stage.name):
@@ -261,7 +276,7 @@ class GatedModel:
         async with self._turn() as refusal:
             if refusal is not None:
                 return llm_response(refusal)
-            with metrics.MAIN_MODEL_LATENCY.labels(self._config).time(), self._calls.observe():
+            with self._noting_failures(), metrics.MAIN_MODEL_LATENCY.labels(self._config).time(), self._calls.observe():
                 return await self._inner.generate_async(prompt, stop=stop, **kwargs)
 
     def stream_async(self, prompt: Any, *, stop: Optional[list] = None, **kwargs: Any) -> AsyncIterator[Any]:
@@ -280,7 +295,7 @@ class GatedModel:
                 return
             inner = self._inner.stream_async(prompt, stop=stop, **kwargs)
             try:
-                with metrics.MAIN_MODEL_LATENCY.labels(self._config).time(), self._calls.observe():
+                with self._noting_failures(), metrics.MAIN_MODEL_LATENCY.labels(self._config).time(), self._calls.observe():
                     async for chunk in inner:
                         yield chunk
             finally:
