@@ -52,6 +52,9 @@ async def _disconnect(request: Request) -> None:
         pass
 
 
+_SETTLE_TURNS = 20  # event-loop turns: enough for a closed connection's answer to unwind
+
+
 @dataclass
 class LoopbackModel:
     reply: str = "Paris is the capital of France."
@@ -165,6 +168,12 @@ class LoopbackModel:
         async def counted(scope: dict, receive: Any, send: Any) -> None:
             if scope["type"] != "http" or not scope["path"].endswith("/chat/completions"):
                 return await app(scope, receive, send)
+            # A client that let a generation go before sending this request has closed its
+            # connection already, but this server may read that close after the new request
+            # (the event loop serves ready sockets in their own order): let what is pending run
+            # first, so that the count is of generations under way, not of this server's lag.
+            for _ in range(_SETTLE_TURNS):
+                await asyncio.sleep(0)
             self.active += 1  # only the server's own thread (one event loop) changes it
             self.peak_active = max(self.peak_active, self.active)
             try:
