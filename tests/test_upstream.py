@@ -1,7 +1,8 @@
 """Faults of the main model, seen from outside (``railstack.http.upstream``): down, hanging,
 answering 4xx/5xx, breaking its stream off. Each answer has the gateway's status and an OpenAI
-error body that names the main model, comes well before the main model's own 60 s timeout, and
-leaves no backpressure slot behind."""
+error body that names the main model, comes well before the main model's own 60 s timeout,
+shows at /railstack/health as the main model's failure, and leaves no backpressure slot and no
+generation at the main model behind."""
 
 import logging
 import time
@@ -33,10 +34,11 @@ def client(serve, root):
         yield c
 
 
-def in_flight() -> int:
-    """The slots of the served config's main stage in use, once the request's last layer has
-    unwound. The stage is the one the served app's backpressure layer holds: the registry is
-    reset around each test, the app kept up."""
+def left_behind(model=None) -> tuple[int, int]:
+    """The slots of the served config's main stage in use and the generations still running at
+    the loopback ``model`` (None: no model listens), once the request's last layer has unwound
+    and the model has seen its connection end. The stage is the one the served app's
+    backpressure layer holds: the registry is reset around each test, the app kept up."""
     from nemoguardrails.server import api
 
     from railstack.http.backpressure import BackpressureMiddleware
@@ -47,10 +49,14 @@ def in_flight() -> int:
     stage = layer.stages[CONFIG]
     deadline = time.monotonic() + 5
     while True:
-        count = stage.in_flight
-        if count == 0 or time.monotonic() > deadline:
-            return count
+        counts = stage.in_flight, model.active if model is not None else 0
+        if counts == (0, 0) or time.monotonic() > deadline:
+            return counts
         time.sleep(0.02)
+
+
+def main_model_health(client) -> str:
+    return client.get("/railstack/health").json()["dependencies"]["main_model"][CONFIG]["status"]
 
 
 def ask(client, stream: bool):
@@ -80,12 +86,10 @@ def test_a_hanging_main_model_gets_504_at_the_request_deadline_and_frees_its_slo
     assert message == (f"The request did not finish within its deadline of {DEADLINE_S:g} s (limits.request_timeout_s); "
                        f"it had reached the main model 'main' at 127.0.0.1:{main_model.port}.")
     assert DEADLINE_S <= took < 15  # NeMo alone: 60 s per try
-    assert in_flight() == 0
     # The main-model call was cancelled: its connection closed, which the model saw.
-    wait_until = time.monotonic() + 5
-    while main_model.abandoned < 1 and time.monotonic() < wait_until:
-        time.sleep(0.02)
+    assert left_behind(main_model) == (0, 0)
     assert main_model.abandoned == 1
+    assert main_model_health(client) == "degraded"  # a model that hangs is no healthy one
 
 
 def test_a_stream_that_outlives_the_deadline_ends_with_an_error_event(client, main_model):
@@ -96,7 +100,9 @@ def test_a_stream_that_outlives_the_deadline_ends_with_an_error_event(client, ma
     assert streamed_text(res, errors=True).startswith("word word")  # what came before the deadline
     assert events[-1]["error"]["code"] == "request_timeout" and events[-1]["error"]["type"] == "gateway_timeout"
     assert res.text.rstrip().endswith("data: [DONE]")
-    assert in_flight() == 0
+    assert left_behind(main_model) == (0, 0)
+    assert main_model.abandoned == 1  # the rest of the answer was not generated for nobody
+    assert main_model_health(client) == "degraded"
 
 
 @pytest.mark.parametrize("stream", [False, True])
@@ -112,7 +118,8 @@ def test_a_main_model_error_status_is_passed_on_as_a_gateway_would(client, main_
     message = error_of(res, status, error_type, code)
     assert message == (f"The main model 'main' at 127.0.0.1:{main_model.port} answered HTTP {upstream}: "
                        "the model is not feeling well")
-    assert took < 15 and in_flight() == 0
+    assert took < 15 and left_behind(main_model) == (0, 0)
+    assert main_model_health(client) == "degraded"
 
 
 def test_a_main_model_404_says_it_is_the_main_models_not_railstacks(client, main_model):
@@ -131,7 +138,8 @@ def test_a_stream_the_main_model_breaks_off_ends_with_a_502_error_event(client, 
     error = sse_events(res)[-1]["error"]
     assert (error["type"], error["code"]) == ("bad_gateway", "main_model_connection_lost")
     assert error["message"].startswith(f"The main model 'main' at 127.0.0.1:{main_model.port} broke off its answer: ")
-    assert in_flight() == 0
+    assert left_behind(main_model) == (0, 0)
+    assert main_model_health(client) == "degraded"
 
 
 def test_an_answer_the_main_model_breaks_off_gets_502(client, main_model):
@@ -139,7 +147,8 @@ def test_an_answer_the_main_model_breaks_off_gets_502(client, main_model):
     res, took = ask(client, stream=False)
     message = error_of(res, 502, "bad_gateway", "main_model_connection_lost")
     assert message.startswith(f"The main model 'main' at 127.0.0.1:{main_model.port} broke off its answer: ")
-    assert took < 15 and in_flight() == 0
+    assert took < 15 and left_behind(main_model) == (0, 0)
+    assert main_model_health(client) == "degraded"
 
 
 def test_an_endpoint_that_is_no_openai_server_gets_502(client, main_model):
@@ -148,7 +157,7 @@ def test_an_endpoint_that_is_no_openai_server_gets_502(client, main_model):
     res, took = ask(client, stream=False)
     message = error_of(res, 502, "bad_gateway", "main_model_bad_response")
     assert message.startswith(f"The main model 'main' at 127.0.0.1:{main_model.port} sent an answer that is not OpenAI's chat format: ")
-    assert took < 15 and in_flight() == 0
+    assert took < 15 and left_behind(main_model) == (0, 0)
 
 
 def test_the_main_models_own_timeout_gets_504(tmp_path, monkeypatch, main_model):
@@ -159,7 +168,8 @@ def test_the_main_models_own_timeout_gets_504(tmp_path, monkeypatch, main_model)
     main_model.latency_s = 600
     with serving(root) as client:
         res, took = ask(client, stream=False)
-        assert in_flight() == 0
+        assert left_behind(main_model) == (0, 0)
+        assert main_model_health(client) == "degraded"
     message = error_of(res, 504, "gateway_timeout", "main_model_timeout")
     assert message == f"The main model 'main' at 127.0.0.1:{main_model.port} did not answer in time: ReadTimeout."
     assert took < 15
@@ -172,9 +182,11 @@ def test_a_main_model_that_is_down_gets_502_naming_its_host_and_the_cause(tmp_pa
     with caplog.at_level(logging.WARNING, logger="railstack"), serving(faulty_root(tmp_path, "http://unused/v1")) as client:
         started = [r.getMessage() for r in caplog.records]
         res, took = ask(client, stream)
+        assert left_behind() == (0, 0)
+        assert main_model_health(client) == "degraded"
     message = error_of(res, 502, "bad_gateway", "main_model_unreachable")
     assert message == f"The main model 'main' at 127.0.0.1:{port} is unreachable: ConnectError: All connection attempts failed"
-    assert took < 15 and in_flight() == 0
+    assert took < 15
     # The start-up probe said so once, before any request.
     probe = [m for m in started if m.startswith(f"main model of config(s) {CONFIG} at http://127.0.0.1:{port}/v1: ")]
     assert len(probe) == 1 and "ConnectError" in probe[0]
@@ -227,7 +239,7 @@ def test_the_openai_sdk_raises_an_api_status_error_with_the_status_and_message(c
     assert time.monotonic() - start < 15
     assert err.value.status_code == status and err.value.code == code
     assert f"'main' at 127.0.0.1:{main_model.port}" in err.value.message and says in err.value.message
-    assert in_flight() == 0
+    assert left_behind(main_model) == (0, 0)
 
 
 def test_a_stream_the_main_model_breaks_off_raises_an_api_error_in_the_sdk(client, main_model):

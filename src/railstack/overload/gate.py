@@ -44,6 +44,7 @@ class MainCalls:
         self._streams: "weakref.WeakKeyDictionary[Any, asyncio.Task]" = weakref.WeakKeyDictionary()
         self._parent = parent
         self._ended = False
+        self._expired = False
         self.made = 0  # main-model calls started, finished or not (the deadline's answer says if any)
 
     @classmethod
@@ -54,6 +55,17 @@ class MainCalls:
     @property
     def ended(self) -> bool:
         return self._ended
+
+    @property
+    def expired(self) -> bool:
+        """The request's deadline ended it (a child's calls are its parent's request's)."""
+        return self._expired or (self._parent is not None and self._parent.expired)
+
+    def expire(self) -> list["asyncio.Task"]:
+        """``end``, for the request's deadline: a main-model call it cuts short is one the model
+        did not answer in time, unlike one whose client left."""
+        self._expired = True
+        return self.end()
 
     def add(self, task: Optional["asyncio.Task"], *, call: bool = False) -> None:
         """A task of the generation; ``call``: one calling the main model."""
@@ -225,7 +237,7 @@ class GatedModel:
     answers with a refusal that says why, instead of queueing without bound. It also times
     every main-model call for the metrics. Anything else is the wrapped model's."""
 
-    def __init__(self, inner: Any, stage: Optional[Stage], config: str, calls: CallWindow):
+    def __init__(self, inner: Any, stage: Optional[Stage], config: str, calls: Callable[[], CallWindow]):
         object.__setattr__(self, "_inner", inner)
         object.__setattr__(self, "_stage", stage)
         object.__setattr__(self, "_config", config)
@@ -249,6 +261,21 @@ class GatedModel:
             if req is not None and req.main_failures is not None:
                 req.main_failures.append(exc)
             raise
+
+    @contextlib.contextmanager
+    def _observed(self) -> Iterator[None]:
+        """The call, recorded in the window health reports (looked up per call: the registry's,
+        whatever replaced it since). A call the request's deadline cut short is the model not
+        answering in time: without it a model that hangs every request stays healthy."""
+        window = self._calls()
+        with window.observe():
+            try:
+                yield
+            except (asyncio.CancelledError, GeneratorExit):
+                req = request.current()
+                if req is not None and req.main_calls is not None and req.main_calls.expired:
+                    window.record(TimeoutError("no answer within the request's deadline"))
+                raise
 
     @contextlib.asynccontextmanager
     async def _turn(self) -> AsyncIterator[Optional[str]]:
@@ -276,7 +303,7 @@ class GatedModel:
         async with self._turn() as refusal:
             if refusal is not None:
                 return llm_response(refusal)
-            with self._noting_failures(), metrics.MAIN_MODEL_LATENCY.labels(self._config).time(), self._calls.observe():
+            with self._noting_failures(), metrics.MAIN_MODEL_LATENCY.labels(self._config).time(), self._observed():
                 return await self._inner.generate_async(prompt, stop=stop, **kwargs)
 
     def stream_async(self, prompt: Any, *, stop: Optional[list] = None, **kwargs: Any) -> AsyncIterator[Any]:
@@ -295,7 +322,7 @@ class GatedModel:
                 return
             inner = self._inner.stream_async(prompt, stop=stop, **kwargs)
             try:
-                with self._noting_failures(), metrics.MAIN_MODEL_LATENCY.labels(self._config).time(), self._calls.observe():
+                with self._noting_failures(), metrics.MAIN_MODEL_LATENCY.labels(self._config).time(), self._observed():
                     async for chunk in inner:
                         yield chunk
             finally:
