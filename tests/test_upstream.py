@@ -10,7 +10,7 @@ import time
 import openai
 import pytest
 
-from support import chat, free_port, rail_flow, railstack_config, serving, sse_events, streamed_text
+from support import WARM_UP, chat, free_port, rail_flow, railstack_config, serving, sse_events, streamed_text
 
 DEADLINE_S = 1.5  # the test config's limits.request_timeout_s; its main model's timeout is 60 s
 CONFIG = "faulty"
@@ -271,18 +271,31 @@ def guarded_root(tmp_path_factory, loopback):
 
 
 @pytest.mark.parametrize("stream", [False, True])
-def test_a_model_rail_whose_model_raises_blocks_naming_the_rail(serve, guarded_root, main_model, monkeypatch, stream):
-    from railstack.prompt_guard.model import PromptGuard
+def test_a_model_rail_whose_model_raises_blocks_naming_the_rail(guarded_root, main_model, monkeypatch, stream):
+    from railstack.core import runtimes
 
-    async def broken(self, text):
-        raise RuntimeError("CUDA error: out of memory")
+    monkeypatch.setenv("MAIN_MODEL_BASE_URL", main_model.base_url)
+    # An app of the test's own: the engine's stage and health window are in this test's registries.
+    with serving(guarded_root) as client:
+        assert client.post("/v1/checks", json=chat("pg", WARM_UP)).status_code == 200
+        (runtime,) = runtimes._runtimes.values()
 
-    with serve(guarded_root, warm=["pg"]) as client:
-        monkeypatch.setattr(PromptGuard, "scores", broken)
+        def broken(batch):
+            raise RuntimeError("CUDA error: out of memory")
+
+        # The engine's own forward pass raises, where its stage judges its calls.
+        monkeypatch.setattr(runtime.resources["prompt_guard"].batcher, "forward", broken)
+        start = time.monotonic()
         res = client.post("/v1/chat/completions", json=chat("pg", "What is the capital of France?", stream=stream))
-    assert res.status_code == 200
+        took = time.monotonic() - start
+        health = client.get("/railstack/health").json()
+    assert res.status_code == 200 and took < 15
     assert "Blocked by the prompt_guard rail: the check raised RuntimeError (fail-closed)" in res.text
     assert res.headers["x-railstack-decisions"] == "heuristics=allow,prompt_guard=block"
+    ((name, engine),) = health["dependencies"]["engine"].items()
+    assert (engine["status"], engine["failures"], engine["last_error"]) == (
+        "degraded", 1, "RuntimeError: CUDA error: out of memory")
+    assert {stage: state["in_flight"] for stage, state in health["stages"].items()} == {f"engine/{name}": 0, "pg/main": 0}
     assert main_model.calls == 0
 
 
