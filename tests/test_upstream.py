@@ -122,6 +122,16 @@ def test_a_main_model_error_status_is_passed_on_as_a_gateway_would(client, main_
     assert main_model_health(client) == "degraded"
 
 
+@pytest.mark.parametrize("stream", [False, True])
+def test_a_main_models_429_keeps_its_retry_after(client, main_model, stream):
+    # A client that retries at once would only add to the load of a model that said when to come back.
+    main_model.fail_status, main_model.retry_after = 429, "7"
+    res, _ = ask(client, stream)
+    error_of(res, 429, "test_error", "test_fault")
+    assert res.headers["retry-after"] == "7"
+    assert left_behind(main_model) == (0, 0)
+
+
 def test_a_main_model_404_says_it_is_the_main_models_not_railstacks(client, main_model):
     main_model.fail_status, main_model.fail_message = 404, "Not Found"
     res, _ = ask(client, stream=False)
