@@ -106,20 +106,21 @@ def test_a_stream_that_outlives_the_deadline_ends_with_an_error_event(client, ma
 
 
 @pytest.mark.parametrize("stream", [False, True])
-@pytest.mark.parametrize("upstream, status, error_type, code", [
-    (400, 400, "test_error", "test_fault"),
-    (429, 429, "test_error", "test_fault"),
-    (500, 502, "bad_gateway", "main_model_error"),
-    (503, 502, "bad_gateway", "main_model_error"),
+@pytest.mark.parametrize("upstream, status, error_type, code, health", [
+    (400, 400, "test_error", "test_fault", "healthy"),  # the request's fault: the model answered it
+    (429, 429, "test_error", "test_fault", "degraded"),
+    (500, 502, "bad_gateway", "main_model_error", "degraded"),
+    (503, 502, "bad_gateway", "main_model_error", "degraded"),
 ])
-def test_a_main_model_error_status_is_passed_on_as_a_gateway_would(client, main_model, stream, upstream, status, error_type, code):
+def test_a_main_model_error_status_is_passed_on_as_a_gateway_would(client, main_model, stream, upstream, status, error_type,
+                                                                    code, health):
     main_model.fail_status = upstream
     res, took = ask(client, stream)
     message = error_of(res, status, error_type, code)
     assert message == (f"The main model 'main' at 127.0.0.1:{main_model.port} answered HTTP {upstream}: "
                        "the model is not feeling well")
     assert took < 15 and left_behind(main_model) == (0, 0)
-    assert main_model_health(client) == "degraded"
+    assert main_model_health(client) == health
 
 
 @pytest.mark.parametrize("stream", [False, True])

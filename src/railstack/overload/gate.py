@@ -231,6 +231,13 @@ async def _close(inner: AsyncIterator[Any]) -> None:
             await close()
 
 
+def _the_requests_fault(exc: Exception) -> bool:
+    from railstack.nemo.compat import main_model_failure
+
+    failure = main_model_failure(exc)
+    return failure is not None and failure.kind == "status" and failure.status in (400, 413, 422)
+
+
 class GatedModel:
     """A config's main model behind its main stage, for calls that do not come through
     railstack's HTTP layer (``generate_async``, ``stream_async``, ``RunnableRails``): a shed call
@@ -266,16 +273,21 @@ class GatedModel:
     def _observed(self) -> Iterator[None]:
         """The call, recorded in the window health reports (looked up per call: the registry's,
         whatever replaced it since). A call the request's deadline cut short is the model not
-        answering in time: without it a model that hangs every request stays healthy."""
+        answering in time: without it a model that hangs every request stays healthy. A request
+        the model refused as malformed or too long is the model answering: counted as failures,
+        a few such requests of one client would take the replica out of rotation."""
         window = self._calls()
-        with window.observe():
-            try:
-                yield
-            except (asyncio.CancelledError, GeneratorExit):
-                req = request.current()
-                if req is not None and req.main_calls is not None and req.main_calls.expired:
-                    window.record(TimeoutError("no answer within the request's deadline"))
-                raise
+        try:
+            yield
+        except (asyncio.CancelledError, GeneratorExit):
+            req = request.current()
+            if req is not None and req.main_calls is not None and req.main_calls.expired:
+                window.record(TimeoutError("no answer within the request's deadline"))
+            raise
+        except Exception as exc:
+            window.record(None if _the_requests_fault(exc) else exc)
+            raise
+        window.record(None)
 
     @contextlib.asynccontextmanager
     async def _turn(self) -> AsyncIterator[Optional[str]]:
