@@ -38,13 +38,14 @@ class MainModelDouble(LoopbackModel):
     own. ``forget`` in support.py gives the model a new name.
 
     Faults: ``fail_status`` answers every chat request with that status and an OpenAI error body
-    saying ``fail_message``; ``drop`` breaks the connection off (a stream after its first token);
+    saying ``fail_message`` (and ``retry_after`` as its Retry-After header); ``drop`` breaks the connection off (a stream after its first token);
     ``not_openai`` answers 200 with a web page, as a base_url that names some other server gets;
     a large ``latency_s`` is a model that hangs."""
 
     name: str = "t0"
     fail_status: Optional[int] = None
     fail_message: str = "the model is not feeling well"
+    retry_after: Optional[str] = None
     drop: bool = False
     not_openai: bool = False
 
@@ -61,7 +62,8 @@ class MainModelDouble(LoopbackModel):
             return HTMLResponse("<html><body>Welcome to nginx!</body></html>")
         if self.fail_status is not None:
             error = {"message": self.fail_message, "type": "test_error", "code": "test_fault", "param": None}
-            return JSONResponse({"error": error}, status_code=self.fail_status)
+            headers = {"retry-after": self.retry_after} if self.retry_after is not None else None
+            return JSONResponse({"error": error}, status_code=self.fail_status, headers=headers)
         if not body.get("stream"):
             return _cut_short
 

@@ -23,7 +23,9 @@ LONG_ANSWER = " ".join(f"word{i}" for i in range(200))
 TOKEN_DELAY_S = 0.05  # 200 tokens: about 10 s an answer
 SETTLE_S = 3.0  # how long the model may take to stop after the last client left: a wide margin on ~1 s
 
-STAGE = f"{{backpressure: {{main: {{max_concurrency: {N}, max_queue: 64, max_wait_s: 60}}}}}}"
+BACKPRESSURE = f"backpressure: {{main: {{max_concurrency: {N}, max_queue: 64, max_wait_s: 60}}}}"
+STAGE = f"{{{BACKPRESSURE}}}"
+DEADLINE_S = 1.5  # config `dl`'s limits.request_timeout_s
 
 
 def output_flow(rails: str) -> str:
@@ -67,13 +69,16 @@ async def blocks_word7(text, ctx):
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     """A real `nemoguardrails server`: config `bp` has a main stage of N slots, config `out` the
-    same and a streaming output rail that blocks the answer's 8th word."""
+    same and a streaming output rail that blocks the answer's 8th word, config `dl` the same
+    stage and a request deadline of DEADLINE_S."""
     from main_model import MainModelDouble
 
     model = MainModelDouble().start()
     root = tmp_path_factory.mktemp("disconnects")
     (root / "config.py").write_text("from railstack.http.install import init  # noqa: F401\n")
     railstack_config(root / "bp", model.base_url, ["railstack heuristics"], STAGE)
+    railstack_config(root / "dl", model.base_url, ["railstack heuristics"],
+                     f"{{limits: {{request_timeout_s: {DEADLINE_S}}}, {BACKPRESSURE}}}")
     out = railstack_config(
         root / "out", model.base_url, ["railstack heuristics"], STAGE,
         output=["check output"], streaming="{enabled: true, chunk_size: 5, context_size: 0}",
@@ -82,7 +87,7 @@ def server(tmp_path_factory):
     (out / "output.co").write_text(output_flow("blocks_word7"))
     running = Server(root, cwd=root, env=server_env(model))
     try:
-        for config_id in ("bp", "out"):  # built through the rails-only endpoint: no main-model call
+        for config_id in ("bp", "out", "dl"):  # built through the rails-only endpoint: no main-model call
             assert httpx.post(f"{running.url}/v1/checks", json=chat(config_id, "Hi"), timeout=60).status_code == 200
         yield running, model
     finally:
@@ -171,6 +176,31 @@ async def test_a_stream_its_output_rail_blocked_stops_its_generation(fresh):
     assert "guardrails_violation" in res.text
     assert model.abandoned == 1  # its upstream stream was closed long before the answer's end
     assert await in_flight(srv, "out") == 0
+
+
+@pytest.mark.slow
+async def test_clients_that_leave_about_when_the_deadline_fires_leave_nothing_behind(fresh):
+    srv, model = fresh
+    model.latency_s = 600  # each request is ended by its client leaving or by its deadline, whichever is first
+    logged = len(srv.output())
+
+    async def leave_after(wait, stream):
+        async with httpx.AsyncClient(base_url=srv.url) as client:
+            try:
+                res = await asyncio.wait_for(client.post("/v1/chat/completions", json=chat("dl", "Hello", stream=stream)), wait)
+            except asyncio.TimeoutError:
+                return "left"
+            assert res.json()["error"]["code"] == "request_timeout"
+            return res.status_code
+
+    # N reach the model, the rest wait for a slot: both kinds meet the deadline and the clients leaving.
+    waits = [DEADLINE_S + d for d in (-0.3, -0.1, -0.02, 0, 0.02, 0.1, 1.5)]
+    ended = await asyncio.gather(*(leave_after(wait, stream) for wait in waits for stream in (False, True)))
+    await settles(model)
+
+    assert set(ended) == {"left", 504}  # the first to leave left before it, the last were answered by it
+    assert await in_flight(srv, "dl") == 0
+    assert "Traceback" not in srv.output()[logged:]
 
 
 # --- through LLMRails.stream_async and generate_async --------------------------------------

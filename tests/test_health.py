@@ -176,17 +176,34 @@ def test_main_model_down_makes_the_replica_unhealthy_until_it_answers_again(conf
 
 # --- Redis -----------------------------------------------------------------------------------
 
-REDIS_CLOSED = """    admission:
+REDIS = """    admission:
       enabled: true
       engine: redis
       redis_url: {url}
-      redis_outage: closed
+      redis_outage: {policy}
       default_tier: {{requests_per_minute: 1, request_burst: 2}}
 """
 
+# While Redis is away, what each policy answers (local: each client's local bucket, a burst of
+# two) and how the replica's health reads.
+OUTAGES = [("closed", {503}, "unhealthy", 503), ("local", {200, 429}, "degraded", 200), ("open", {200}, "degraded", 200)]
 
-def test_redis_down_under_closed_is_unhealthy_and_its_return_restores_redis_limits(configs, serve, redis_server):
-    with serve(limited_configs(configs, REDIS_CLOSED.format(url=redis_server.url))) as client:
+
+def refusal_says(res) -> None:
+    """A refusal is railstack's, with its body and when to retry; an answer is the main model's."""
+    if res.status_code == 200:
+        return
+    error = res.json()["error"]
+    code = {429: "rate_limit_exceeded", 503: "rate_limiter_unavailable"}[res.status_code]
+    assert error["code"] == code and error["message"], error
+    assert int(res.headers["retry-after"]) >= 1
+
+
+@pytest.mark.parametrize("policy, during, status, ready", OUTAGES)
+def test_redis_killed_and_restarted_under_load_follows_its_policy_then_limits_from_redis_again(
+    configs, serve, main_model, redis_server, policy, during, status, ready
+):
+    with serve(limited_configs(configs, REDIS.format(url=redis_server.url, policy=policy))) as client:
         assert post(client, "ann").status_code == 200
         code, body = states(client)
         assert code == 200 and body["dependencies"]["redis"][redis_server.url]["status"] == "healthy"
@@ -196,38 +213,48 @@ def test_redis_down_under_closed_is_unhealthy_and_its_return_restores_redis_limi
         def load(who):
             before, after = [], []
             while len(after) < 3:
-                (after if killed.is_set() else before).append(post(client, who).status_code)
+                got = after if killed.is_set() else before  # picked before its request goes out
+                start = time.monotonic()
+                res = post(client, who)
+                refusal_says(res)
+                got.append((res.status_code, time.monotonic() - start))
             return before, after
 
-        with ThreadPoolExecutor(4) as pool:  # killed under load: from then on every request refused, none failing
+        with ThreadPoolExecutor(4) as pool:  # killed under load: no request fails, each answered at once
             running = [pool.submit(load, f"c{i}") for i in range(4)]
             time.sleep(0.1)
             redis_server.stop()
             killed.set()
             results = [r.result(timeout=30) for r in running]
-        assert {code for before, _ in results for code in before} <= {200, 429, 503}
-        assert [after for _, after in results] == [[503] * 3] * 4  # each list is picked before its request goes out
+        assert {code for before, _ in results for code, _ in before} <= {200, 429, 503}
+        assert {code for _, after in results for code, _ in after} <= during
+        assert max(took for _, after in results for _, took in after) < 5  # the store's timeout is 0.25 s
+        if policy == "closed":
+            assert [[code for code, _ in after] for _, after in results] == [[503] * 3] * 4
         code, body = states(client)
-        assert code == 503 and body["status"] == "unhealthy"
+        assert (code, body["status"]) == (503 if status == "unhealthy" else 200, status)
         down = body["dependencies"]["redis"][redis_server.url]
-        assert (down["status"], down["outage_policy"]) == ("unhealthy", "closed")
+        assert (down["status"], down["outage_policy"]) == (status, policy)
         assert "Error" in down["last_error"]
         assert body["problems"][0]["dependency"] == "redis"
-        assert states(client, "/railstack/ready")[0] == 503
+        assert body["stages"]["no-models/main"]["in_flight"] == 0 and main_model.active == 0
+        assert states(client, "/railstack/ready")[0] == ready
         metrics = client.get("/metrics").text
-        assert gauge(metrics, "railstack_dependency_state", dependency="redis", name=redis_server.url) == 2
+        assert gauge(metrics, "railstack_dependency_state", dependency="redis", name=redis_server.url) == (
+            2 if status == "unhealthy" else 1)
 
         redis_server.start()  # empty: every client's buckets start full again
         returned = time.monotonic()
         # Health finds Redis back by itself: a replica out of rotation gets no traffic to find it with.
-        while states(client, "/railstack/ready")[0] != 200:
+        while states(client)[1]["dependencies"]["redis"][redis_server.url]["status"] != "healthy":
             assert time.monotonic() - returned < 5, states(client)
             time.sleep(0.05)
         assert time.monotonic() - returned < 3  # about a second: the store's retry interval
         code, body = states(client)
-        assert code == 200 and body["dependencies"]["redis"][redis_server.url]["status"] == "healthy"
-        # The limits are Redis's again: a burst of two, then 429 (not 503, not unlimited).
-        assert [post(client, "bob").status_code for _ in range(3)] == [200, 200, 429]
+        assert code == 200 and body["status"] == "healthy" and states(client, "/railstack/ready")[0] == 200
+        # The limits are Redis's again: a burst of two, then 429, for a client whose local bucket
+        # ran dry in the outage too (not 503, not unlimited, not the local bucket's 429).
+        assert [post(client, "c0").status_code for _ in range(3)] == [200, 200, 429]
         assert time.monotonic() - returned < 5
 
 

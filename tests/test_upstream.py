@@ -1,7 +1,8 @@
 """Faults of the main model, seen from outside (``railstack.http.upstream``): down, hanging,
 answering 4xx/5xx, breaking its stream off. Each answer has the gateway's status and an OpenAI
-error body that names the main model, comes well before the main model's own 60 s timeout, and
-leaves no backpressure slot behind."""
+error body that names the main model, comes well before the main model's own 60 s timeout,
+shows at /railstack/health as the main model's failure, and leaves no backpressure slot and no
+generation at the main model behind."""
 
 import logging
 import time
@@ -9,7 +10,7 @@ import time
 import openai
 import pytest
 
-from support import chat, free_port, rail_flow, railstack_config, serving, sse_events, streamed_text
+from support import WARM_UP, chat, free_port, rail_flow, railstack_config, serving, sse_events, streamed_text
 
 DEADLINE_S = 1.5  # the test config's limits.request_timeout_s; its main model's timeout is 60 s
 CONFIG = "faulty"
@@ -33,10 +34,11 @@ def client(serve, root):
         yield c
 
 
-def in_flight() -> int:
-    """The slots of the served config's main stage in use, once the request's last layer has
-    unwound. The stage is the one the served app's backpressure layer holds: the registry is
-    reset around each test, the app kept up."""
+def left_behind(model=None) -> tuple[int, int]:
+    """The slots of the served config's main stage in use and the generations still running at
+    the loopback ``model`` (None: no model listens), once the request's last layer has unwound
+    and the model has seen its connection end. The stage is the one the served app's
+    backpressure layer holds: the registry is reset around each test, the app kept up."""
     from nemoguardrails.server import api
 
     from railstack.http.backpressure import BackpressureMiddleware
@@ -47,10 +49,14 @@ def in_flight() -> int:
     stage = layer.stages[CONFIG]
     deadline = time.monotonic() + 5
     while True:
-        count = stage.in_flight
-        if count == 0 or time.monotonic() > deadline:
-            return count
+        counts = stage.in_flight, model.active if model is not None else 0
+        if counts == (0, 0) or time.monotonic() > deadline:
+            return counts
         time.sleep(0.02)
+
+
+def main_model_health(client) -> str:
+    return client.get("/railstack/health").json()["dependencies"]["main_model"][CONFIG]["status"]
 
 
 def ask(client, stream: bool):
@@ -80,12 +86,10 @@ def test_a_hanging_main_model_gets_504_at_the_request_deadline_and_frees_its_slo
     assert message == (f"The request did not finish within its deadline of {DEADLINE_S:g} s (limits.request_timeout_s); "
                        f"it had reached the main model 'main' at 127.0.0.1:{main_model.port}.")
     assert DEADLINE_S <= took < 15  # NeMo alone: 60 s per try
-    assert in_flight() == 0
     # The main-model call was cancelled: its connection closed, which the model saw.
-    wait_until = time.monotonic() + 5
-    while main_model.abandoned < 1 and time.monotonic() < wait_until:
-        time.sleep(0.02)
+    assert left_behind(main_model) == (0, 0)
     assert main_model.abandoned == 1
+    assert main_model_health(client) == "degraded"  # a model that hangs is no healthy one
 
 
 def test_a_stream_that_outlives_the_deadline_ends_with_an_error_event(client, main_model):
@@ -96,23 +100,37 @@ def test_a_stream_that_outlives_the_deadline_ends_with_an_error_event(client, ma
     assert streamed_text(res, errors=True).startswith("word word")  # what came before the deadline
     assert events[-1]["error"]["code"] == "request_timeout" and events[-1]["error"]["type"] == "gateway_timeout"
     assert res.text.rstrip().endswith("data: [DONE]")
-    assert in_flight() == 0
+    assert left_behind(main_model) == (0, 0)
+    assert main_model.abandoned == 1  # the rest of the answer was not generated for nobody
+    assert main_model_health(client) == "degraded"
 
 
 @pytest.mark.parametrize("stream", [False, True])
-@pytest.mark.parametrize("upstream, status, error_type, code", [
-    (400, 400, "test_error", "test_fault"),
-    (429, 429, "test_error", "test_fault"),
-    (500, 502, "bad_gateway", "main_model_error"),
-    (503, 502, "bad_gateway", "main_model_error"),
+@pytest.mark.parametrize("upstream, status, error_type, code, health", [
+    (400, 400, "test_error", "test_fault", "healthy"),  # the request's fault: the model answered it
+    (429, 429, "test_error", "test_fault", "degraded"),
+    (500, 502, "bad_gateway", "main_model_error", "degraded"),
+    (503, 502, "bad_gateway", "main_model_error", "degraded"),
 ])
-def test_a_main_model_error_status_is_passed_on_as_a_gateway_would(client, main_model, stream, upstream, status, error_type, code):
+def test_a_main_model_error_status_is_passed_on_as_a_gateway_would(client, main_model, stream, upstream, status, error_type,
+                                                                    code, health):
     main_model.fail_status = upstream
     res, took = ask(client, stream)
     message = error_of(res, status, error_type, code)
     assert message == (f"The main model 'main' at 127.0.0.1:{main_model.port} answered HTTP {upstream}: "
                        "the model is not feeling well")
-    assert took < 15 and in_flight() == 0
+    assert took < 15 and left_behind(main_model) == (0, 0)
+    assert main_model_health(client) == health
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_a_main_models_429_keeps_its_retry_after(client, main_model, stream):
+    # A client that retries at once would only add to the load of a model that said when to come back.
+    main_model.fail_status, main_model.retry_after = 429, "7"
+    res, _ = ask(client, stream)
+    error_of(res, 429, "test_error", "test_fault")
+    assert res.headers["retry-after"] == "7"
+    assert left_behind(main_model) == (0, 0)
 
 
 def test_a_main_model_404_says_it_is_the_main_models_not_railstacks(client, main_model):
@@ -131,7 +149,8 @@ def test_a_stream_the_main_model_breaks_off_ends_with_a_502_error_event(client, 
     error = sse_events(res)[-1]["error"]
     assert (error["type"], error["code"]) == ("bad_gateway", "main_model_connection_lost")
     assert error["message"].startswith(f"The main model 'main' at 127.0.0.1:{main_model.port} broke off its answer: ")
-    assert in_flight() == 0
+    assert left_behind(main_model) == (0, 0)
+    assert main_model_health(client) == "degraded"
 
 
 def test_an_answer_the_main_model_breaks_off_gets_502(client, main_model):
@@ -139,7 +158,8 @@ def test_an_answer_the_main_model_breaks_off_gets_502(client, main_model):
     res, took = ask(client, stream=False)
     message = error_of(res, 502, "bad_gateway", "main_model_connection_lost")
     assert message.startswith(f"The main model 'main' at 127.0.0.1:{main_model.port} broke off its answer: ")
-    assert took < 15 and in_flight() == 0
+    assert took < 15 and left_behind(main_model) == (0, 0)
+    assert main_model_health(client) == "degraded"
 
 
 def test_an_endpoint_that_is_no_openai_server_gets_502(client, main_model):
@@ -148,7 +168,7 @@ def test_an_endpoint_that_is_no_openai_server_gets_502(client, main_model):
     res, took = ask(client, stream=False)
     message = error_of(res, 502, "bad_gateway", "main_model_bad_response")
     assert message.startswith(f"The main model 'main' at 127.0.0.1:{main_model.port} sent an answer that is not OpenAI's chat format: ")
-    assert took < 15 and in_flight() == 0
+    assert took < 15 and left_behind(main_model) == (0, 0)
 
 
 def test_the_main_models_own_timeout_gets_504(tmp_path, monkeypatch, main_model):
@@ -159,7 +179,8 @@ def test_the_main_models_own_timeout_gets_504(tmp_path, monkeypatch, main_model)
     main_model.latency_s = 600
     with serving(root) as client:
         res, took = ask(client, stream=False)
-        assert in_flight() == 0
+        assert left_behind(main_model) == (0, 0)
+        assert main_model_health(client) == "degraded"
     message = error_of(res, 504, "gateway_timeout", "main_model_timeout")
     assert message == f"The main model 'main' at 127.0.0.1:{main_model.port} did not answer in time: ReadTimeout."
     assert took < 15
@@ -172,9 +193,11 @@ def test_a_main_model_that_is_down_gets_502_naming_its_host_and_the_cause(tmp_pa
     with caplog.at_level(logging.WARNING, logger="railstack"), serving(faulty_root(tmp_path, "http://unused/v1")) as client:
         started = [r.getMessage() for r in caplog.records]
         res, took = ask(client, stream)
+        assert left_behind() == (0, 0)
+        assert main_model_health(client) == "degraded"
     message = error_of(res, 502, "bad_gateway", "main_model_unreachable")
     assert message == f"The main model 'main' at 127.0.0.1:{port} is unreachable: ConnectError: All connection attempts failed"
-    assert took < 15 and in_flight() == 0
+    assert took < 15
     # The start-up probe said so once, before any request.
     probe = [m for m in started if m.startswith(f"main model of config(s) {CONFIG} at http://127.0.0.1:{port}/v1: ")]
     assert len(probe) == 1 and "ConnectError" in probe[0]
@@ -227,7 +250,7 @@ def test_the_openai_sdk_raises_an_api_status_error_with_the_status_and_message(c
     assert time.monotonic() - start < 15
     assert err.value.status_code == status and err.value.code == code
     assert f"'main' at 127.0.0.1:{main_model.port}" in err.value.message and says in err.value.message
-    assert in_flight() == 0
+    assert left_behind(main_model) == (0, 0)
 
 
 def test_a_stream_the_main_model_breaks_off_raises_an_api_error_in_the_sdk(client, main_model):
@@ -259,18 +282,31 @@ def guarded_root(tmp_path_factory, loopback):
 
 
 @pytest.mark.parametrize("stream", [False, True])
-def test_a_model_rail_whose_model_raises_blocks_naming_the_rail(serve, guarded_root, main_model, monkeypatch, stream):
-    from railstack.prompt_guard.model import PromptGuard
+def test_a_model_rail_whose_model_raises_blocks_naming_the_rail(guarded_root, main_model, monkeypatch, stream):
+    from railstack.core import runtimes
 
-    async def broken(self, text):
-        raise RuntimeError("CUDA error: out of memory")
+    monkeypatch.setenv("MAIN_MODEL_BASE_URL", main_model.base_url)
+    # An app of the test's own: the engine's stage and health window are in this test's registries.
+    with serving(guarded_root) as client:
+        assert client.post("/v1/checks", json=chat("pg", WARM_UP)).status_code == 200
+        (runtime,) = runtimes._runtimes.values()
 
-    with serve(guarded_root, warm=["pg"]) as client:
-        monkeypatch.setattr(PromptGuard, "scores", broken)
+        def broken(batch):
+            raise RuntimeError("CUDA error: out of memory")
+
+        # The engine's own forward pass raises, where its stage judges its calls.
+        monkeypatch.setattr(runtime.resources["prompt_guard"].batcher, "forward", broken)
+        start = time.monotonic()
         res = client.post("/v1/chat/completions", json=chat("pg", "What is the capital of France?", stream=stream))
-    assert res.status_code == 200
+        took = time.monotonic() - start
+        health = client.get("/railstack/health").json()
+    assert res.status_code == 200 and took < 15
     assert "Blocked by the prompt_guard rail: the check raised RuntimeError (fail-closed)" in res.text
     assert res.headers["x-railstack-decisions"] == "heuristics=allow,prompt_guard=block"
+    ((name, engine),) = health["dependencies"]["engine"].items()
+    assert (engine["status"], engine["failures"], engine["last_error"]) == (
+        "degraded", 1, "RuntimeError: CUDA error: out of memory")
+    assert {stage: state["in_flight"] for stage, state in health["stages"].items()} == {f"engine/{name}": 0, "pg/main": 0}
     assert main_model.calls == 0
 
 

@@ -187,7 +187,7 @@ class UpstreamMiddleware:
             # main-model call is stopped at once, not after the model's own timeout. The request's
             # own task first, so that ending the calls does not cancel it a second time.
             task.cancel()
-            calls.end()
+            calls.expire()
 
         timer = asyncio.get_running_loop().call_later(model.deadline_s, expire)
         try:

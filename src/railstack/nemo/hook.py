@@ -114,6 +114,6 @@ def _gate_main_model(app: Any, runtime: Runtime) -> None:
 
     def gate() -> None:
         if app.llm is not None and not isinstance(app.llm, GatedModel):
-            compat.replace_main_model(app, GatedModel(app.llm, stage, runtime.scope, main_model_calls(runtime)))
+            compat.replace_main_model(app, GatedModel(app.llm, stage, runtime.scope, lambda: main_model_calls(runtime)))
 
     compat.after_model_setup(app, gate)

@@ -44,6 +44,7 @@ class MainCalls:
         self._streams: "weakref.WeakKeyDictionary[Any, asyncio.Task]" = weakref.WeakKeyDictionary()
         self._parent = parent
         self._ended = False
+        self._expired = False
         self.made = 0  # main-model calls started, finished or not (the deadline's answer says if any)
 
     @classmethod
@@ -54,6 +55,17 @@ class MainCalls:
     @property
     def ended(self) -> bool:
         return self._ended
+
+    @property
+    def expired(self) -> bool:
+        """The request's deadline ended it (a child's calls are its parent's request's)."""
+        return self._expired or (self._parent is not None and self._parent.expired)
+
+    def expire(self) -> list["asyncio.Task"]:
+        """``end``, for the request's deadline: a main-model call it cuts short is one the model
+        did not answer in time, unlike one whose client left."""
+        self._expired = True
+        return self.end()
 
     def add(self, task: Optional["asyncio.Task"], *, call: bool = False) -> None:
         """A task of the generation; ``call``: one calling the main model."""
@@ -219,13 +231,20 @@ async def _close(inner: AsyncIterator[Any]) -> None:
             await close()
 
 
+def _the_requests_fault(exc: Exception) -> bool:
+    from railstack.nemo.compat import main_model_failure
+
+    failure = main_model_failure(exc)
+    return failure is not None and failure.kind == "status" and failure.status in (400, 413, 422)
+
+
 class GatedModel:
     """A config's main model behind its main stage, for calls that do not come through
     railstack's HTTP layer (``generate_async``, ``stream_async``, ``RunnableRails``): a shed call
     answers with a refusal that says why, instead of queueing without bound. It also times
     every main-model call for the metrics. Anything else is the wrapped model's."""
 
-    def __init__(self, inner: Any, stage: Optional[Stage], config: str, calls: CallWindow):
+    def __init__(self, inner: Any, stage: Optional[Stage], config: str, calls: Callable[[], CallWindow]):
         object.__setattr__(self, "_inner", inner)
         object.__setattr__(self, "_stage", stage)
         object.__setattr__(self, "_config", config)
@@ -249,6 +268,26 @@ class GatedModel:
             if req is not None and req.main_failures is not None:
                 req.main_failures.append(exc)
             raise
+
+    @contextlib.contextmanager
+    def _observed(self) -> Iterator[None]:
+        """The call, recorded in the window health reports (looked up per call: the registry's,
+        whatever replaced it since). A call the request's deadline cut short is the model not
+        answering in time: without it a model that hangs every request stays healthy. A request
+        the model refused as malformed or too long is the model answering: counted as failures,
+        a few such requests of one client would take the replica out of rotation."""
+        window = self._calls()
+        try:
+            yield
+        except (asyncio.CancelledError, GeneratorExit):
+            req = request.current()
+            if req is not None and req.main_calls is not None and req.main_calls.expired:
+                window.record(TimeoutError("no answer within the request's deadline"))
+            raise
+        except Exception as exc:
+            window.record(None if _the_requests_fault(exc) else exc)
+            raise
+        window.record(None)
 
     @contextlib.asynccontextmanager
     async def _turn(self) -> AsyncIterator[Optional[str]]:
@@ -276,7 +315,7 @@ class GatedModel:
         async with self._turn() as refusal:
             if refusal is not None:
                 return llm_response(refusal)
-            with self._noting_failures(), metrics.MAIN_MODEL_LATENCY.labels(self._config).time(), self._calls.observe():
+            with self._noting_failures(), metrics.MAIN_MODEL_LATENCY.labels(self._config).time(), self._observed():
                 return await self._inner.generate_async(prompt, stop=stop, **kwargs)
 
     def stream_async(self, prompt: Any, *, stop: Optional[list] = None, **kwargs: Any) -> AsyncIterator[Any]:
@@ -295,7 +334,7 @@ class GatedModel:
                 return
             inner = self._inner.stream_async(prompt, stop=stop, **kwargs)
             try:
-                with self._noting_failures(), metrics.MAIN_MODEL_LATENCY.labels(self._config).time(), self._calls.observe():
+                with self._noting_failures(), metrics.MAIN_MODEL_LATENCY.labels(self._config).time(), self._observed():
                     async for chunk in inner:
                         yield chunk
             finally:
