@@ -34,23 +34,11 @@ sys.path.insert(0, str(REPO / "tests"))
 
 import httpx  # noqa: E402
 
-from support import Server, free_port, main_model_yaml, railstack_config  # noqa: E402
+from support import Server, main_model_process, main_model_yaml, railstack_config  # noqa: E402
 
 QUESTION = "What is the capital of France? Answer in one short sentence, please."
 def main_model(latency: float) -> tuple[subprocess.Popen, str]:
-    port = free_port()
-    proc = subprocess.Popen(
-        [sys.executable, str(REPO / "tests" / "main_model.py"), str(port), "--latency", str(latency)],
-        stdout=subprocess.DEVNULL,
-    )
-    url = f"http://127.0.0.1:{port}/v1"
-    for _ in range(100):
-        try:
-            httpx.get(f"{url}/models", timeout=1)
-            return proc, url
-        except httpx.TransportError:
-            time.sleep(0.1)
-    raise RuntimeError("the loopback main model did not start")
+    return main_model_process(str(REPO / "tests" / "main_model.py"), "--latency", str(latency))
 
 
 def railstack_root(base: Path, url: str, stage: str) -> Path:

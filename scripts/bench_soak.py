@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import subprocess
 import sys
 import tempfile
 import time
@@ -34,24 +33,11 @@ sys.path.insert(0, str(REPO / "tests"))
 
 import httpx  # noqa: E402
 
-from support import Server, free_port, railstack_config  # noqa: E402
+from support import Server, main_model_process, railstack_config  # noqa: E402
 
 SAMPLE_S = 30.0
 CALLED_OUT_MIN = (1, 5, 10)
 FILLER = "Please keep the answer short and plain, without lists or headings. " * 3
-
-
-def main_model() -> tuple[subprocess.Popen, str]:
-    port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "railstack.tools.loopback", str(port)], stdout=subprocess.DEVNULL)
-    url = f"http://127.0.0.1:{port}/v1"
-    for _ in range(100):
-        try:
-            httpx.get(f"{url}/models", timeout=1)
-            return proc, url
-        except httpx.TransportError:
-            time.sleep(0.1)
-    raise RuntimeError("the loopback main model did not start")
 
 
 def configs_root(base: Path, url: str) -> Path:
@@ -130,7 +116,7 @@ def main() -> None:
         parser.error("--minutes must be at least 1.5: growth is measured from minute 1")
 
     overrides = {k: v for k, v in os.environ.items() if k.startswith("RAILSTACK__")}
-    model, url = main_model()
+    model, url = main_model_process("-m", "railstack.tools.loopback")
     try:
         with tempfile.TemporaryDirectory(prefix="railstack-soak-") as base:
             env = {**os.environ, "MAIN_MODEL_BASE_URL": url}

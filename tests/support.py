@@ -194,6 +194,22 @@ def forget(model):
     return model
 
 
+def main_model_process(*args: str) -> tuple[subprocess.Popen, str]:
+    """A loopback main model in a process of its own (``python *args PORT``, e.g. ``-m
+    railstack.tools.loopback``), once it answers: the process and its base URL."""
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, *args, str(port)], stdout=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}/v1"
+    for _ in range(100):
+        try:
+            httpx.get(f"{url}/models", timeout=1)
+            return proc, url
+        except httpx.TransportError:
+            time.sleep(0.1)
+    proc.kill()
+    raise RuntimeError("the loopback main model did not start")
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -8,7 +8,7 @@ import json
 from typing import Awaitable, Callable, Optional
 
 from railstack.core import Decision, Runtime, Tier, UnknownRails, fields, metrics
-from railstack.core.request import current, derive
+from railstack.core.request import derive
 from railstack.core.text import Unreadable, dialogue_of
 from railstack.http.asgi import REQUEST_KEY, config_id_of, context, is_chat, replaying, with_body
 from railstack.http.params import forwarded, passed
