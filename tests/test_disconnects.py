@@ -289,26 +289,24 @@ async def test_cancelled_stream_consumers_stop_their_generations_and_queued_ones
 
     consumers = [asyncio.ensure_future(read_all()) for _ in range(N + 2)]
     await reading.wait()
-    while main_model.active < N:  # both slots busy; the other two wait for one
-        await asyncio.sleep(0.02)
-    for consumer in consumers:
-        consumer.cancel()
-    await asyncio.gather(*consumers, return_exceptions=True)
-    await settles(main_model)
-
-    assert main_model.calls == N
-    assert main_model.peak_active <= N
-    assert main_model.abandoned == N
+    await cancel_once_the_slots_are_busy(consumers, main_model)
 
 
 async def test_cancelled_generate_async_calls_stop_their_generations(rails, main_model):
     main_model.latency_s = 10.0
-    calls = [asyncio.ensure_future(rails.generate_async(messages=ASK)) for _ in range(N + 2)]
+    await cancel_once_the_slots_are_busy(
+        [asyncio.ensure_future(rails.generate_async(messages=ASK)) for _ in range(N + 2)], main_model
+    )
+
+
+async def cancel_once_the_slots_are_busy(tasks: list, main_model) -> None:
+    """Cancel ``tasks`` (N + 2 callers) once N of them are at the main model, the other two
+    waiting for a slot: the N generations stop, and the two waiting never start one."""
     while main_model.active < N:
         await asyncio.sleep(0.02)
-    for call in calls:
-        call.cancel()
-    await asyncio.gather(*calls, return_exceptions=True)
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
     await settles(main_model)
 
     assert main_model.calls == N
