@@ -1,4 +1,5 @@
-"""The cheap tier: hidden text, instruction-override phrasing, input length."""
+"""The cheap tier: hidden data, control characters, turn markers, override and extraction
+phrasing, encoded payloads, input length."""
 
 from railstack.core import CheckContext, Runtime, Tier, Verdict, rail
 
@@ -11,4 +12,4 @@ def _matcher(runtime: Runtime):
 
 @rail("heuristics", Tier.CHEAP, resource=_matcher)
 async def heuristics(text: str, ctx: CheckContext) -> Verdict:
-    return ctx.resource.scan(text)
+    return ctx.resource.scan(text, retrieved=ctx.source == "retrieval")

@@ -22,7 +22,10 @@ def matcher(**settings) -> Matcher:
         ("ＩＧＮＯＲＥ ｐｒｅｖｉｏｕｓ", "ignore previous"),  # full-width, NFKC
         ("ig\u200bno\u200dre\u2060 pre\ufeffvious", "ignore previous"),  # zero-width
         ("\u202eignore\u202c \u2066previous\u2069", "ignore previous"),  # bidi controls
-        ("i g n o r e  p r e v i o u s", "ignoreprevious"),  # spaced-out letters; the rules allow no gap
+        ("i g n o r e  p r e v i o u s", "ignore previous"),  # the wider gap between words is kept
+        ("I g n o r e   a l l   p r e v i o u s", "ignore all previous"),
+        ("i  g  n  o  r  e     a  l  l", "ignore all"),  # letters two spaces apart, words five
+        ("i.g.n.o.r.e a.l.l", "ignore all"),  # another separator ends a run too
         ("i\tg\tn\to\tr\te previous", "ignore previous"),
         ("ig\u034fno\ufe0fre pre\u115fvious", "ignore previous"),  # grapheme joiner, variation selector, filler
         ("a" + "\u0301" * 50 + "b", "áb"),  # a flood of combining marks

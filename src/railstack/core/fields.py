@@ -24,6 +24,8 @@ from railstack.core.types import CheckContext, Decision, Tier
 log = logging.getLogger("railstack.decisions")
 
 Field = tuple[str, str]  # (its path, its text)
+# Messages whose text is data from elsewhere (a tool's result), not the client's or the model's words.
+THIRD_PARTY_ROLES = ("tool", "function")
 _IDENTIFIER = re.compile(r"[A-Za-z0-9_$-]{1,64}")
 
 
@@ -98,7 +100,13 @@ def conversation_text(messages: list[dict], params: Iterable[tuple[str, Any]] = 
     """Everything of a chat request that the main model will read, field by field: the messages,
     and the parameters sent with them (``(path, value)``: tools, tool choice, response format...)."""
     params = list(params)
-    texts = [text for _, text in message_fields(messages)]  # a few per message: paths are cheap here
+    texts: list[str] = []
+    third_party: set[int] = set()
+    for message in messages:
+        start = len(texts)
+        texts += (text for _, text in message_fields([message]))  # a few per message: paths are cheap here
+        if message.get("role") in THIRD_PARTY_ROLES:
+            third_party.update(range(start, len(texts)))
     for _, value in params:
         json_texts(value, texts)
 
@@ -108,7 +116,7 @@ def conversation_text(messages: list[dict], params: Iterable[tuple[str, Any]] = 
             found += (at for at, _ in json_fields(value, path))
         return found
 
-    return FieldText(texts, paths)
+    return FieldText(texts, paths, frozenset(third_party))
 
 
 async def decide(runtime: Any, names: list[str], *, text: str, **given: Any) -> tuple[list[Decision], Optional[Decision]]:
@@ -138,12 +146,12 @@ async def _field_of(runtime: Any, blocker: Decision, text: FieldText, given: dic
         blocker.source, runtime.settings, given.get("nemo_context") or {}, dialogue=given.get("dialogue", ()),
         messages=req.messages if req is not None else None,
     )
-    seen: set[str] = set()
-    for path, piece in text.fields:
-        if piece in seen:  # the same text judged the same
+    seen: set[tuple[str, bool]] = set()
+    for piece in text.alone():
+        if (piece, bool(piece.third_party)) in seen:  # the same text judged the same
             continue
-        seen.add(piece)
+        seen.add((piece, bool(piece.third_party)))
         alone = await run_check(rail, piece, ctx, timeout, on_failure, lambda: runtime.resources.get(rail.name))
         if alone.verdict == "block" and not alone.failed:
-            return path
+            return piece.fields[0][0]
     return None

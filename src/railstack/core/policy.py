@@ -78,5 +78,6 @@ async def run_check(
             score=verdict.score,
             latency_ms=(time.perf_counter() - start) * 1000,
             metadata=verdict.metadata,
+            revealed=verdict.revealed,
         )
     return failed(rail, ctx, failure, on_failure, start, metadata)

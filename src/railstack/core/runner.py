@@ -5,6 +5,7 @@ first block) or one by one, as the settings say."""
 from __future__ import annotations
 
 import asyncio
+from dataclasses import replace
 from typing import Any, Callable, Optional
 
 from railstack.core import records
@@ -27,7 +28,12 @@ class Runner:
             if blocker is not None:
                 decisions += [not_run(r, ctx.source, "skipped") for r in members]
                 continue
+            done = len(decisions)
             blocker = await self._tier(members, text, ctx, decisions)
+            # What a tier found hidden, the dearer tiers judge too.
+            revealed = tuple(r for d in decisions[done:] for r in d.revealed)
+            if revealed:
+                ctx = replace(ctx, revealed=ctx.revealed + revealed)
         for decision in decisions:
             records.keep(decision)
         return decisions, blocker

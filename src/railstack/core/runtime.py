@@ -65,6 +65,8 @@ class Runtime:
             source, self.settings, nemo_context or {}, dialogue=dialogue, main_model=main_model,
             deadline=clock.deadline(source, text, limit) if clock is not None else None,
             messages=req.messages if req is not None else None,
+            # Each tier may run in a flow (a call) of its own: what an earlier call revealed counts.
+            revealed=tuple(r for d in req.decisions if d.source == source for r in d.revealed) if req is not None else (),
         )
         return await self.runner.run([registry.get(n) for n in names], text, ctx)
 

@@ -5,11 +5,12 @@ The normalized form is only ever used for matching; the user's message is never 
 
 from __future__ import annotations
 
+import collections
 import functools
 import re
 import unicodedata
 from dataclasses import dataclass
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Callable, Iterator, Optional, Sequence
 
 import regex
 
@@ -42,10 +43,19 @@ _HOMOGLYPHS = {
 }
 _FOLD = str.maketrans(_HOMOGLYPHS)
 
-# Three or more single letters each followed by one separator ("i g n o r e", "i.g.n.o.r.e").
-_SPACED = re.compile(r"(?<![^\W\d_])(?:[^\W\d_][ ._\-*]){2,}[^\W\d_](?![^\W\d_])")
+# Spaced-out letters ("i g n o r e", "i.g.n.o.r.e", "i  g  n"): three or more single letters, one
+# separator after each. The gap that comes up most in a run is the one inside words; any other
+# (wider, or another sign: "i g n o r e   a l l", "i-g-n / a-l-l") is the gap between two words.
+_SPACED = re.compile(r"(?<![^\W\d_])[^\W\d_](?:(?:[ \t._\-*]{1,8}|[ \t]*[/|][ \t]*)[^\W\d_](?![^\W\d_])){2,}")
+_LETTER = re.compile(r"([^\W\d_])")
 _SPACE_RUN = re.compile(r"\s+")
-_SEPARATORS = re.compile(r"[ ._\-*]")
+# What hides or overwrites text on a terminal or a page, and a reader never sees: escape
+# sequences (CSI, OSC up to its terminator, two-character ones), C1 controls, backspace, delete,
+# a carriage return that does not end a line, and every other C0 control but tab and line breaks.
+_CONTROLS = re.compile(
+    r"\x1b\[[0-?]*[ -/]*[@-~]?|\x1b\][^\x07\x1b\x9c]*(?:\x07|\x1b\\|\x9c)?|\x1b[ -~]?"
+    r"|[\x00-\x08\x0e-\x1f\x7f-\x9f]|\r(?!\n)"
+)
 
 
 @dataclass(frozen=True)
@@ -53,33 +63,42 @@ class Normalized:
     text: str
     hidden_chars: int
     invisible_chars: int
+    control_chars: int = 0  # escape sequences and control characters, each counted once
 
 
 def _collapse(match: re.Match[str]) -> str:
-    return _SEPARATORS.sub("", match.group(0))
+    parts = _LETTER.split(match.group(0))  # "", letter, gap, letter, ..., letter, ""
+    letters, gaps = parts[1::2], parts[2:-1:2]
+    inside, count = collections.Counter(gaps).most_common(1)[0]
+    if count < 2:  # no gap repeats ("x. y-z"): not a spaced-out word
+        return match.group(0)
+    return letters[0] + "".join(("" if gap == inside else " ") + letter for gap, letter in zip(gaps, letters[1:]))
 
 
 def normalize(raw: str) -> Normalized:
-    """NFKC, invisible characters and combining marks removed, homoglyphs folded, whitespace
-    collapsed, spaced-out letters joined; a ``FieldText`` field by field.
+    """Control characters and escape sequences turned to spaces, NFKC, invisible characters and
+    combining marks removed, homoglyphs folded, spaced-out letters joined, whitespace collapsed;
+    a ``FieldText`` field by field.
 
     Unicode tag characters (U+E0000..U+E007F) are counted and removed: they carry hidden
     ASCII that a model reads and a person does not see.
     """
     if isinstance(raw, FieldText):
         return raw.normalized()
+    # A space, not nothing: "ignore<BS><BS>all" must not read as one word to the rules.
+    raw, controls = _CONTROLS.subn(" ", raw)
     if raw.isascii():
-        # Every step before the whitespace is a no-op on ASCII (NFKC, casefolding and the
+        # Every step before the letter spacing is a no-op on ASCII (NFKC, casefolding and the
         # character classes above all concern other code points), and the step-by-step path
         # costs ~20 us per call: a request holds hundreds of short fields (a tool schema's).
-        return Normalized(text=_SPACED.sub(_collapse, _SPACE_RUN.sub(" ", raw.lower()).strip()), hidden_chars=0, invisible_chars=0)
+        text = _SPACE_RUN.sub(" ", _SPACED.sub(_collapse, raw.lower())).strip()
+        return Normalized(text=text, hidden_chars=0, invisible_chars=0, control_chars=controls)
     raw, hidden = _TAGS.subn("", raw)
     text, invisible = _INVISIBLE.subn("", raw)
     text = unicodedata.normalize("NFKC", _LONG_EXPANSIONS.sub(" ", text)).casefold()
     text = _MARKS.sub("", text).translate(_FOLD)
-    text = _SPACE_RUN.sub(" ", text).strip()
-    text = _SPACED.sub(_collapse, text)
-    return Normalized(text=text, hidden_chars=hidden, invisible_chars=invisible)
+    text = _SPACE_RUN.sub(" ", _SPACED.sub(_collapse, text)).strip()
+    return Normalized(text=text, hidden_chars=hidden, invisible_chars=invisible, control_chars=controls)
 
 
 # Between two fields' normalized texts. Normalized text is case-folded, so no input yields an
@@ -94,22 +113,38 @@ class FieldText(str):
     a plain string; ``normalize`` keeps the fields apart, so a cheap rail never matches a phrase
     that starts in one field and ends in the next, and ``fields`` says where each text came from
     (``("tools[0].function.description", text)``). ``paths()`` gives the texts' paths, in order:
-    only a blocked request asks, so a passing one never builds them."""
+    only a blocked request asks, so a passing one never builds them. ``third_party`` holds the
+    indices of the texts that came from neither the client nor the model (tool results): rails
+    that judge data more strictly than the client's own words read them apart."""
 
-    def __new__(cls, texts: Sequence[str], paths: Callable[[], Sequence[str]]) -> "FieldText":
+    def __new__(
+        cls, texts: Sequence[str], paths: Callable[[], Sequence[str]], third_party: frozenset[int] = frozenset()
+    ) -> "FieldText":
         self = super().__new__(cls, "\n\n".join(text for text in texts if text))
         self._texts = texts
         self._paths = paths
+        self.third_party = third_party
         self._normalized: Optional[Normalized] = None
         return self
 
     def __reduce__(self) -> tuple:
         # A copy (deepcopy of a context that holds it) must keep the fields, not re-split the text.
-        return FieldText, (self._texts, self._paths)
+        return FieldText, (self._texts, self._paths, self.third_party)
 
     @functools.cached_property
     def fields(self) -> tuple[tuple[str, str], ...]:
         return tuple((path, text) for path, text in zip(self._paths(), self._texts) if text)
+
+    def alone(self) -> Iterator["FieldText"]:
+        """Each field with text as a ``FieldText`` of its own (its path and party kept)."""
+        for i, (path, text) in enumerate(zip(self._paths(), self._texts)):
+            if text:
+                yield FieldText([text], functools.partial(list, [path]), frozenset({0}) if i in self.third_party else frozenset())
+
+    def parties(self) -> tuple[str, list[str]]:
+        """The client's (and the model's) texts joined, and the third-party texts one by one."""
+        own = "\n\n".join(t for i, t in enumerate(self._texts) if t and i not in self.third_party)
+        return own, [t for i, t in enumerate(self._texts) if t and i in self.third_party]
 
     def normalized(self) -> Normalized:
         # Every cheap rail normalizes the same text: once is enough.
@@ -121,6 +156,7 @@ class FieldText(str):
                 text=_FIELD_BREAK.join(n.text for n in each.values() if n.text),
                 hidden_chars=sum(n.hidden_chars for n in counts),
                 invisible_chars=sum(n.invisible_chars for n in counts),
+                control_chars=sum(n.control_chars for n in counts),
             )
         return self._normalized
 

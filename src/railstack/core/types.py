@@ -22,6 +22,16 @@ class Tier(enum.IntEnum):
     LARGE_CLASSIFIER = 3
 
 
+class Revealed(NamedTuple):
+    """Text a cheap rail found inside the message that a reader of its surface does not see (a
+    base64 payload decoded, what invisible characters carry): the dearer tiers judge it too,
+    labelled, so that they judge what the model would read."""
+
+    label: str  # how it was hidden: "base64", "variation selectors"...
+    text: str
+    third_party: bool = False  # it came from a tool result or a retrieved chunk
+
+
 @dataclass(frozen=True)
 class Verdict:
     """What a check decides. ``reason`` names the rule that fired, never the user's text."""
@@ -30,10 +40,11 @@ class Verdict:
     reason: Optional[str] = None
     score: Optional[float] = None
     metadata: dict[str, Any] = field(default_factory=dict)
+    revealed: tuple[Revealed, ...] = ()
 
     @classmethod
-    def allow(cls, *, score: Optional[float] = None, **metadata: Any) -> "Verdict":
-        return cls(False, None, score, metadata)
+    def allow(cls, *, score: Optional[float] = None, revealed: tuple[Revealed, ...] = (), **metadata: Any) -> "Verdict":
+        return cls(False, None, score, metadata, revealed)
 
     @classmethod
     def block(cls, reason: str, *, score: Optional[float] = None, **metadata: Any) -> "Verdict":
@@ -60,6 +71,8 @@ class CheckContext:
     deadline: Optional[Deadline] = None
     # The messages exactly as the client sent them, when railstack's HTTP layer serves the request.
     messages: Optional[list[dict]] = None
+    # What the cheaper tiers that passed found hidden in the text (decoded payloads).
+    revealed: tuple[Revealed, ...] = ()
 
 
 Check = Callable[[str, CheckContext], Awaitable[Verdict]]
@@ -96,9 +109,13 @@ class Decision:
     latency_ms: float
     failed: bool = False
     metadata: dict[str, Any] = field(default_factory=dict)
+    # The user's hidden text, for the later tiers only: never in a record, a log or a response.
+    revealed: tuple[Revealed, ...] = field(default=(), repr=False)
 
     def as_dict(self) -> dict[str, Any]:
-        return {**self.__dict__, "metadata": dict(self.metadata)}
+        record = {**self.__dict__, "metadata": dict(self.metadata)}
+        del record["revealed"]
+        return record
 
 
 class Shed(Exception):

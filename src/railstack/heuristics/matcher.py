@@ -1,101 +1,141 @@
-"""The cheap tier: length cap, hidden text, and an instruction-override blocklist.
+"""The cheap tier: length cap, hidden data, control characters, turn markers, the phrasing
+rules, and the same rules again on whatever the message carries encoded.
 
 It is a prefilter. Its rules target phrasing that benign prompts almost never use, so that
 its false-positive rate stays at or under 1% (``scripts/eval_heuristics.py`` measures it);
-catching paraphrases is the classifier tiers' job.
+catching paraphrases is the classifier tiers' job, and what this tier decodes it hands to them
+(``Verdict.revealed``) so that they judge what the model would read.
 """
 
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from typing import Iterable, Optional
 
-from railstack.core import Verdict
+from railstack.core import Revealed, Verdict
+from railstack.core.text import FieldText, normalize, phrase_pattern
+from railstack.heuristics import decoding, hidden, rules
 from railstack.heuristics.settings import HeuristicsSettings
-from railstack.core.text import normalize, phrase_pattern
 
-_ANY = r"(?:all|any|every|each|the|these|those|my|your|of)"
-_PRIOR = r"(?:previous|prior|preceding|above|earlier|former|foregoing|original|initial|system|developer)"
-_RULES = (
-    r"(?:instructions?|prompts?|rules|directions?|directives?|guidelines|orders"
-    r"|constraints|restrictions|programming|guardrails)"
-)
-_WORD = r"(?:\w+\W+)"  # one arbitrary word; the separator is required so that words cannot be split
+class Rules:
+    """Rules searched as one alternation: one pass over the text instead of one per rule (3 to 20
+    times faster on long text). Without groups, which cost the engine its speed: where it matched,
+    the rules are tried one by one, anchored there. A user's own regular expressions keep their
+    own pass each: their groups and backreferences must not meet ours."""
 
-# Rule id -> pattern over normalized (casefolded, spacing-collapsed) text. ``\W*`` between
-# fixed words also matches text whose spaces were squeezed out. Every repeated part needs
-# a separator, which keeps matching linear (no catastrophic backtracking).
-DEFAULT_RULES: dict[str, str] = {
-    "override-previous-instructions": (
-        rf"\b(?:ignore|disregard|forget|override)\W*(?:{_ANY}\W*){{0,3}}{_PRIOR}\W*{_WORD}?{_RULES}\b"
-    ),
-    "override-instructions-and": (
-        rf"\b(?:ignore|disregard|forget)\W*(?:about\W*)?(?:{_ANY}\W*){{1,3}}{_RULES}\W*"
-        r"(?:you\W*(?:got|were\W*given|received)|and\b|\.|,|:|!)"
-    ),
-    "forget-everything": r"\bforget\W*(?:about\W*)?everything\W*(?:above|before|i\W*(?:said|told\W*you)|so\W*far)",
-    "new-task-focus": r"\b(?:focus|concentrate)\W*(?:now\W*)?on\W*your\W*new\W*(?:task|assignment|instructions?)",
-    "from-now-on-persona": (
-        r"\bfrom\W*now\W*on\W*,?\W*you\W*(?:are\W*going\W*to|will|shall|must)\W*(?:act|be|play|respond|answer|pretend|operate)"
-        rf"\W+{_WORD}{{0,4}}(?:dan|jailbr\w*|unfiltered|uncensored|unrestricted|amoral|two\W*(?:different|separate)|without)\b"
-    ),
-    "amoral-persona": (
-        rf"\b(?:amoral|unfiltered|uncensored|unrestricted|unethical)\W+(?:and\W+{_WORD}|,\W*{_WORD})?"
-        r"(?:ai|chatbot|bot|assistant|language\W*model|persona)\b"
-    ),
-    "freed-from-confines": r"\bfreed\W*from\W*the\W*(?:typical\W*)?(?:confines|restrictions|limitations|rules)",
-    "reveal-system-prompt": (
-        r"\b(?:reveal|show|print|repeat|output|display|leak|disclose|tell\W*me)\W*(?:me\W*)?"
-        r"(?:your\W*(?:full\W*|entire\W*|hidden\W*|secret\W*|original\W*|initial\W*)?"
-        r"|the\W*(?:full|entire|hidden|secret|original|initial)\W*)"
-        r"(?:system\W*prompt|instructions|system\W*message|prompt\W*text)"
-    ),
-    "persona-dan": r"\b(?:do\W*anything\W*now|you\W*are\W*(?:now\W*)?dan\b|dan\W*mode|jailbreak\W*mode)",
-    "developer-mode": r"\b(?:developer\W*mode\W*(?:enabled|on|activated)|enable\W*developer\W*mode)",
-    "no-restrictions-persona": (
-        r"\b(?:free\W*from|without|no\W*longer\W*(?:bound|restricted)\W*by|not\W*bound\W*by)\W*"
-        rf"(?:any\W*)?(?:ethical|moral|openai|content|safety)\W+{_WORD}?(?:restrictions|guidelines|policies|filters|rules)"
-    ),
-    # German instruction overrides, as in the deepset set.
-    "override-previous-instructions-de": (
-        rf"\b(?:ignoriere|ignorieren\W*sie|vergiss|vergessen\W*sie|missachte|abweichend\W*(?:zu|von))\W+{_WORD}{{0,3}}"
-        r"(?:anweisungen|befehle|instruktionen|vorgaben|regeln|aufträge|aufgaben|alles)\b"
-    ),
-}
+    def __init__(self, fixed: Iterable[tuple[str, str]], own: Iterable[tuple[str, str]] = ()):
+        self._each = tuple((rule_id, re.compile(p)) for rule_id, p in fixed)
+        self._any = re.compile("|".join(f"(?:{p.pattern})" for _, p in self._each)) if self._each else None
+        self._own = tuple((rule_id, re.compile(p)) for rule_id, p in own)
+
+    def first(self, text: str) -> Optional[str]:
+        """The rule that matches first in ``text`` (a user's own rules after ours), or None."""
+        match = self._any.search(text) if self._any is not None else None
+        if match is not None:
+            return next(rule_id for rule_id, pattern in self._each if pattern.match(text, match.start()))
+        return next((rule_id for rule_id, pattern in self._own if pattern.search(text)), None)
 
 
 @dataclass(frozen=True)
 class Matcher:
-    rules: tuple[tuple[str, re.Pattern[str]], ...]
-    max_input_chars: int
-    block_hidden_text: bool
+    phrasing: Rules
+    own_markers: Rules
+    third_party_markers: Rules  # the client's markers and the strict ones
+    decode_and_act: Optional[re.Pattern[str]]
+    settings: HeuristicsSettings
 
     @classmethod
     def build(cls, settings: HeuristicsSettings) -> "Matcher":
-        rules: list[tuple[str, str]] = []
-        if settings.default_blocklist:
-            rules += DEFAULT_RULES.items()
-        rules += [(f"phrase:{p}", phrase_pattern(p)) for p in settings.phrases]
-        rules += [(f"pattern:{p}", p) for p in settings.patterns]
+        phrasing: list[tuple[str, str]] = list(rules.PHRASING.items()) if settings.default_blocklist else []
+        phrasing += [(f"phrase:{p}", phrase_pattern(p)) for p in settings.phrases]
+        markers = settings.default_blocklist and settings.turn_markers
+        own_markers = rules.MARKERS_OWN_TURN if markers else {}
         return cls(
-            rules=tuple((rule_id, re.compile(p)) for rule_id, p in rules),
-            max_input_chars=settings.max_input_chars,
-            block_hidden_text=settings.block_hidden_text,
+            phrasing=Rules(phrasing, [(f"pattern:{p}", p) for p in settings.patterns]),
+            own_markers=Rules(own_markers.items()),
+            # Data is held to the client's rules too: a tool result that opens a system turn is no better.
+            third_party_markers=Rules({**own_markers, **(rules.MARKERS_THIRD_PARTY if markers else {})}.items()),
+            decode_and_act=re.compile(rules.DECODE_AND_ACT) if settings.default_blocklist else None,
+            settings=settings,
         )
 
-    def scan(self, text: str) -> Verdict:
-        if len(text) > self.max_input_chars:
+    def scan(self, text: str, retrieved: bool = False) -> Verdict:
+        """``text`` is the client's (a ``FieldText`` says which of its fields are tool results), or,
+        ``retrieved``, all data from elsewhere."""
+        settings = self.settings
+        if len(text) > settings.max_input_chars:
             return Verdict.block(
-                f"input is {len(text)} characters, over the limit of {self.max_input_chars}",
+                f"input is {len(text)} characters, over the limit of {settings.max_input_chars}",
                 rule="max-input-chars",
             )
         norm = normalize(text)
-        if norm.hidden_chars and self.block_hidden_text:
+        channels = hidden.channels(text)
+        if channels and settings.block_hidden_text:
+            return _hidden_data(channels)
+        if norm.control_chars and settings.block_control_chars:
             return Verdict.block(
-                f"hidden text: {norm.hidden_chars} invisible Unicode tag characters",
-                rule="hidden-text",
+                f"{norm.control_chars} control characters or terminal escape sequences (they hide or overwrite text)",
+                rule="control-characters",
             )
-        for rule_id, pattern in self.rules:
-            if pattern.search(norm.text):
-                return Verdict.block(f"matched blocklist rule '{rule_id}'", rule=rule_id)
-        return Verdict.allow(invisible_chars=norm.invisible_chars)
+        own, third_party = ("", [text]) if retrieved else text.parties() if isinstance(text, FieldText) else (text, [])
+        found = self.own_markers.first(own) or next(filter(None, map(self.third_party_markers.first, third_party)), None)
+        if found:
+            return Verdict.block(f"a chat turn marker inside the content (rule '{found}')", rule=found)
+        found = self.phrasing.first(norm.text)
+        if found:
+            return Verdict.block(f"matched blocklist rule '{found}'", rule=found)
+        revealed = self._reveal(own, third_party, norm.text, channels) if settings.decode else []
+        for item in revealed:
+            found = self.phrasing.first(normalize(item.text).text)
+            if found:
+                return Verdict.block(
+                    f"matched blocklist rule '{found}' in {item.label}-decoded text", rule=found, decoded=item.label
+                )
+        # A hidden channel blocks on its own; leetspeak is read as it is, not decoded on request.
+        encoded = [item for item in revealed if item.label not in (*_CHANNELS, "leetspeak")]
+        if encoded and self.decode_and_act is not None and self.decode_and_act.search(norm.text):
+            return Verdict.block(
+                f"asks to decode and act on {encoded[0].label}-encoded text", rule="decode-and-act", decoded=encoded[0].label
+            )
+        facts = {"invisible_chars": norm.invisible_chars}
+        if revealed:
+            facts["decoded"] = [{"encoding": item.label, "chars": len(item.text)} for item in revealed]
+        return Verdict.allow(revealed=_kept(revealed, settings.max_decoded_chars), **facts)
+
+    def _reveal(self, own: str, third_party: list[str], normalized: str, channels: list[hidden.Channel]) -> list[Revealed]:
+        """What the text carries hidden or encoded: the channels' payloads, each party's encoded
+        segments (and segments inside those, one level), the whole text with a word cipher undone."""
+        found: list[Revealed] = [Revealed(c.kind, c.payload) for c in channels if c.payload]
+        for raw, is_third_party in [(own, False), *((t, True) for t in third_party)]:
+            for item in decoding.segments(raw):
+                found.append(Revealed(item.encoding, item.text, is_third_party))
+                found += (
+                    Revealed(f"{inner.encoding} in {item.encoding}", inner.text, is_third_party)
+                    for inner in decoding.segments(item.text)
+                )
+        found += (Revealed(item.encoding, item.text) for item in decoding.ciphers(normalized))
+        return found
+
+
+def _kept(revealed: list[Revealed], budget: int) -> tuple[Revealed, ...]:
+    """The first ``budget`` characters of what was revealed, for the classifier tiers."""
+    kept = []
+    for item in revealed:
+        if budget <= 0:
+            break
+        kept.append(item._replace(text=item.text[:budget]))
+        budget -= len(kept[-1].text)
+    return tuple(kept)
+
+
+_CHANNELS = ("tag characters", "variation selectors", "zero-width characters")
+
+
+def _hidden_data(channels: list[hidden.Channel]) -> Verdict:
+    channel = channels[0]
+    if channel.kind == "tag characters":
+        reason = f"hidden text: {channel.code_points} invisible Unicode tag characters"
+    else:
+        reason = f"hidden data: {channel.code_points} invisible {channel.kind} used as a data channel"
+    return Verdict.block(reason, rule="hidden-text", channel=channel.kind)
