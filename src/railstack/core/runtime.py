@@ -66,7 +66,12 @@ class Runtime:
             deadline=clock.deadline(source, text, limit) if clock is not None else None,
             messages=req.messages if req is not None else None,
         )
-        return await self.runner.run([registry.get(n) for n in names], text, ctx)
+        rails = [registry.get(n) for n in names]
+        if req is None or req.unmetered is None:
+            return await self.runner.run(rails, text, ctx)
+        unmetered = self.runner.skipped([r for r in rails if r.tier == Tier.ADMISSION], source, req.unmetered)
+        decisions, blocker = await self.runner.run([r for r in rails if r.tier != Tier.ADMISSION], text, ctx)
+        return unmetered + decisions, blocker
 
     def skipped(self, names: list[str], source: Source) -> list[Decision]:
         return self.runner.skipped([registry.get(n) for n in names], source)
