@@ -154,6 +154,9 @@ def test_file_gives_one_line_per_row_in_order(capsys, tmp_path, in_and_out):
     assert set(results[0]) == {"row", "id", "verdict", "rail", "reason", "input", "decisions"}
     assert results[1]["reason"] == "matched blocklist rule 'override-previous-instructions'"
     assert (results[1]["input"]["status"], "output" in results[1]) == ("blocked", False)
+    # Decided once: NeMo's flows only said the refusal.
+    assert [(d["rail"], d["verdict"]) for d in results[1]["decisions"]] == [("heuristics", "block")]
+    assert results[1]["input"]["content"] == "Blocked by the heuristics rail: matched blocklist rule 'override-previous-instructions'"
     assert (results[2]["input"]["status"], results[2]["output"]["status"]) == ("passed", "blocked")
     assert results[2]["reason"].startswith("hidden")
     assert (results[3]["output"]["status"], [d["verdict"] for d in results[3]["decisions"]]) == ("passed", ["allow", "allow"])
@@ -161,6 +164,25 @@ def test_file_gives_one_line_per_row_in_order(capsys, tmp_path, in_and_out):
     blocked = next(d for d in results[4]["decisions"] if d["verdict"] == "block")
     assert blocked["metadata"]["field"] == "messages[2].content"
     assert "\n" not in out.strip().split("\n")[0]  # JSON Lines: one object a line
+
+
+def test_a_config_s_own_input_flow_runs_through_nemo(capsys, tmp_path, make_config):
+    cfg = make_config(
+        "rails:\n  input:\n    flows: [no secrets, railstack heuristics]\ncustom_data: {railstack: {}}\n",
+        'define bot refuse secrets\n  "We keep our secrets."\n\n'
+        'define flow no secrets\n  if "secret" in $user_message\n    bot refuse secrets\n    stop\n',
+    )
+    rows = write_rows(tmp_path / "rows.jsonl", {"text": "Tell me the secret"}, {"text": "hi"}, {"text": OVERRIDE}, TOOL_ROW)
+    code, out, err = check(capsys, cfg, "--file", rows)
+    assert code == 0, err
+    own, allowed, blocked, tool = lines_of(out)
+    # No railstack rail blocked it: the result names the config's flow and its refusal.
+    assert (own["verdict"], own["rail"], own["reason"]) == ("block", "no secrets", "We keep our secrets.")
+    assert own["decisions"] == []
+    assert (allowed["verdict"], [d["verdict"] for d in allowed["decisions"]]) == ("allow", ["allow"])
+    assert (blocked["rail"], blocked["input"]["rail"]) == ("heuristics", "railstack heuristics")
+    # NeMo itself sees no tool result; railstack's rails still read it, as behind the HTTP layer.
+    assert (tool["verdict"], tool["decisions"][0]["metadata"]["field"]) == ("block", "messages[2].content")
 
 
 @pytest.mark.parametrize(

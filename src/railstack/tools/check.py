@@ -66,7 +66,8 @@ class _Checker:
     def __init__(self, config_dir: Path):
         from nemoguardrails import LLMRails, RailsConfig
 
-        from railstack.nemo.flows import config_settings
+        from railstack.nemo.flows import config_settings, input_rails_of
+        from railstack.nemo.hook import config_runtime
 
         if not (config_dir / "config.yml").is_file() and not (config_dir / "config.yaml").is_file():
             raise CannotLoad(f"{config_dir} is not a config dir (no config.yml)")
@@ -79,6 +80,10 @@ class _Checker:
         except Exception as exc:  # noqa: BLE001 - a config that does not load is said, not traced
             raise CannotLoad(f"cannot load {config_dir}: {exc.__cause__ or exc}") from exc
         self.tool_last = bool(config.rails.tool_input.flows)
+        # Where the input flows are railstack's own, the server runs their rails before NeMo, and
+        # so does check: NeMo's Colang machinery (~7 ms a row) is paid only to say a refusal.
+        self.input_rails = input_rails_of(self.rails.config)
+        self.runtime = config_runtime(self.rails)
 
     def _conversation(self, row: Any) -> tuple[list[dict], Optional[str]]:
         """The row's messages and answer, refused as railstack's HTTP layer refuses a request."""
@@ -145,26 +150,56 @@ class _Checker:
         return {**result, **stages, "decisions": records}
 
     async def _stages(self, messages: list[dict], answer: Optional[str]) -> dict[str, dict]:
-        from nemoguardrails.rails.llm.options import RailStatus, RailType
+        from nemoguardrails.rails.llm.options import RailType
 
         # NeMo runs its input rails on the conversation up to the last user turn (none at all on
         # one that ends with a tool result); railstack's rails read the whole of it (``derive``).
         last_user = max(i for i, m in enumerate(messages) if m.get("role") == "user")
         nemo = messages[: last_user + 1]
-        stages = [("input", RailType.INPUT, nemo)]
-        if answer is not None:
-            stages.append(("output", RailType.OUTPUT, nemo + [{"role": "assistant", "content": answer}]))
         reports: dict[str, dict] = {}
-        for stage, rail_type, stage_messages in stages:
-            if any(r["status"] == "blocked" for r in reports.values()):
-                reports[stage] = {"status": "skipped"}
-            elif not getattr(self.rails.config.rails, stage).flows:
-                reports[stage] = {"status": "no rails configured"}
-            else:
-                checked = await self.rails.check_async(stage_messages, rail_types=[rail_type])
-                status = "blocked" if checked.status == RailStatus.BLOCKED else checked.status.value
-                reports[stage] = {"status": status, "rail": checked.rail, "content": checked.content}
+        if not self.rails.config.rails.input.flows:
+            reports["input"] = {"status": "no rails configured"}
+        else:
+            reports["input"] = await self._input(messages, nemo)
+        if answer is None:
+            return reports
+        if reports["input"]["status"] == "blocked":
+            reports["output"] = {"status": "skipped"}
+        elif not self.rails.config.rails.output.flows:
+            reports["output"] = {"status": "no rails configured"}
+        else:
+            reports["output"] = await self._nemo(nemo + [{"role": "assistant", "content": answer}], RailType.OUTPUT)
         return reports
+
+    async def _input(self, messages: list[dict], nemo: list[dict]) -> dict:
+        """Where the input flows are railstack's own, their rails run as railstack's HTTP layer runs
+        them, before NeMo: a row they pass never reaches NeMo, and for one they block NeMo's flows
+        only say the config's refusal from their decisions. Otherwise NeMo runs the flows."""
+        from nemoguardrails.rails.llm.options import RailType
+
+        from railstack.core.fields import input_check
+        from railstack.core.request import derive
+        from railstack.core.text import Unreadable
+
+        decided = None
+        if self.input_rails is not None and not self.runtime.unknown(self.input_rails):
+            try:
+                check = input_check(self.runtime, messages)
+            except Unreadable:  # NeMo's flows refuse it with the reason
+                check = None
+            if check is not None:
+                decided, blocker = await check(self.input_rails)
+                if blocker is None:
+                    return {"status": "passed", "rail": None, "content": nemo[-1]["content"]}
+        with derive(input_decisions=decided):
+            return await self._nemo(nemo, RailType.INPUT)
+
+    async def _nemo(self, messages: list[dict], rail_type: Any) -> dict:
+        from nemoguardrails.rails.llm.options import RailStatus
+
+        checked = await self.rails.check_async(messages, rail_types=[rail_type])
+        status = "blocked" if checked.status == RailStatus.BLOCKED else checked.status.value
+        return {"status": status, "rail": checked.rail, "content": checked.content}
 
 
 def check_rows(config_dir: Path, rows: Iterable[dict], *, concurrency: int = 1) -> Iterator[dict]:
