@@ -198,6 +198,8 @@ def test_a_config_s_own_input_flow_runs_through_nemo(capsys, tmp_path, make_conf
         ('{"messages": [{"role": "robot", "content": "hi"}]}', "messages[0].role"),
         ('{"messages": [{"role": "system", "content": "hi"}]}', "no user message"),
         ('{"text": "\\ud800"}', "invalid Unicode"),
+        ('{"text": "hi", "id": "\\u0000"}', "'id': The request must not contain NUL characters."),
+        ('{"text": "' + "x" * 100_001 + '"}', "the limit is 100000. (text)"),
     ],
 )
 def test_a_row_that_cannot_be_checked_gets_its_error_and_the_others_go_on(capsys, tmp_path, bad, why):

@@ -16,7 +16,7 @@ import collections
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, AsyncIterator, Iterable, Iterator, Optional, Union
+from typing import Any, AsyncIterator, Iterable, Iterator, Optional
 
 UNMETERED = "railstack check meters no rows: an audit is not a client's traffic"
 
@@ -33,10 +33,10 @@ class BadLine:
 
 
 class _BadRow(Exception):
-    pass
+    """A row that cannot be checked; the message says why."""
 
 
-def read_rows(lines: Iterable[str]) -> Iterator[Union[Any, BadLine]]:
+def read_rows(lines: Iterable[str]) -> Iterator[Any]:
     """Each non-blank line's JSON value, or a ``BadLine`` that names the line."""
     for number, line in enumerate(lines, 1):
         if not line.strip():
@@ -79,7 +79,6 @@ class _Checker:
             self.rails = LLMRails(config, llm=_NoMainModel())
         except Exception as exc:  # noqa: BLE001 - a config that does not load is said, not traced
             raise CannotLoad(f"cannot load {config_dir}: {exc.__cause__ or exc}") from exc
-        self.tool_last = bool(config.rails.tool_input.flows)
         # Where the input flows are railstack's own, the server runs their rails before NeMo, and
         # so does check: NeMo's Colang machinery (~7 ms a row) is paid only to say a refusal.
         self.input_rails = input_rails_of(self.rails.config)
@@ -108,7 +107,7 @@ class _Checker:
         try:
             check_strings({"messages": messages, "answer": answer})
             # As NeMo's rails-only check endpoint takes them: a conversation need not end with the user.
-            check_messages(messages, self.limits, user_last="text" in row, tool_last=self.tool_last)
+            check_messages(messages, self.limits, user_last="text" in row, tool_last=False)
         except Rejected as exc:
             param = exc.rejection.param
             if param is not None and "text" in row:  # the message made of the row's text
@@ -121,16 +120,18 @@ class _Checker:
 
     async def check(self, index: int, row: Any) -> dict[str, Any]:
         from railstack.core.request import collect_decisions, derive
+        from railstack.http.rejection import Rejected
+        from railstack.http.rules import check_strings
 
-        result: dict[str, Any] = {"row": index}
         ident = row.get("id") if isinstance(row, dict) else None
         try:
-            from railstack.http.rules import check_strings
-
-            check_strings(ident)
-            result["id"] = ident
+            check_strings(ident)  # it is printed back
+        except Rejected as exc:
+            return {"row": index, "id": None, "error": f"'id': {exc.rejection.message}"}
+        result: dict[str, Any] = {"row": index, "id": ident}
+        try:
             messages, answer = self._conversation(row)
-        except Exception as exc:  # noqa: BLE001 - _BadRow, or an id that is no valid Unicode
+        except _BadRow as exc:
             return {**result, "error": str(exc)}
         with derive(messages=messages, unmetered=UNMETERED), collect_decisions() as decisions:
             try:
