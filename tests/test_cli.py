@@ -84,6 +84,12 @@ def test_check_allows_a_benign_text_and_its_answer(capsys):
     assert report["output"] == {"status": "no rails configured"}
 
 
+def test_a_text_that_cannot_be_checked_is_exit_status_3(capsys):
+    code, out, _ = check(capsys, config_dir("no-models"), "--text", " ")
+    assert code == 3
+    assert json.loads(out) == {"row": 0, "id": None, "error": "The user's message is empty. (text)"}
+
+
 def test_check_names_a_bad_setting(capsys, tmp_path):
     cfg = tmp_path / "bad"
     cfg.mkdir()
