@@ -13,12 +13,12 @@ import json
 import logging
 import re
 from dataclasses import replace
-from typing import Any, Iterable, Iterator, Optional
+from typing import Any, Awaitable, Callable, Iterable, Iterator, Optional
 
 from railstack.core import request
 from railstack.core.policy import run_check
 from railstack.core.registry import registry
-from railstack.core.text import FieldText, message_text
+from railstack.core.text import FieldText, dialogue_of, message_text
 from railstack.core.types import CheckContext, Decision, Tier
 
 log = logging.getLogger("railstack.decisions")
@@ -117,6 +117,17 @@ def conversation_text(messages: list[dict], params: Iterable[tuple[str, Any]] = 
         return found
 
     return FieldText(texts, paths, frozenset(third_party))
+
+
+def input_check(
+    runtime: Any, messages: list[dict], params: Iterable[tuple[str, Any]] = (), context: Optional[dict] = None
+) -> Callable[[list[str]], Awaitable[tuple[list[Decision], Optional[Decision]]]]:
+    """``decide`` for the input rails of a chat request (its messages, the parameters sent with
+    them, its NeMo context), as railstack runs them before NeMo: call it with the rails to run.
+    Raises ``Unreadable`` for content no rail can read (NeMo's flows refuse it with the reason)."""
+    text = conversation_text(messages, params)
+    given = dict(source="input", text=text, nemo_context={**(context or {}), "user_message": text}, dialogue=dialogue_of(messages))
+    return lambda names: decide(runtime, names, **given)
 
 
 async def decide(runtime: Any, names: list[str], *, text: str, **given: Any) -> tuple[list[Decision], Optional[Decision]]:

@@ -6,15 +6,15 @@ import asyncio
 import logging
 import time
 from dataclasses import replace
-from typing import Any, Callable
+from typing import Any, Callable, Optional
 
 from railstack.core.settings import OnFailure
 from railstack.core.types import CheckContext, Decision, Outcome, Rail, Shed, Verdict
 
 log = logging.getLogger("railstack.decisions")
 
-def not_run(rail: Rail, ctx_source: str, verdict: Outcome) -> Decision:
-    return Decision(rail.name, rail.tier.name.lower(), ctx_source, verdict, None, None, 0.0)  # type: ignore[arg-type]
+def not_run(rail: Rail, ctx_source: str, verdict: Outcome, reason: Optional[str] = None) -> Decision:
+    return Decision(rail.name, rail.tier.name.lower(), ctx_source, verdict, reason, None, 0.0)  # type: ignore[arg-type]
 
 
 def failed(rail: Rail, ctx: CheckContext, failure: str, on_failure: OnFailure, start: float, metadata: dict) -> Decision:

@@ -27,6 +27,9 @@ class RequestContext:
     main_calls: Any = None  # railstack.overload.gate.MainCalls: what ending the request (or its stream) cancels
     # What the main model's calls raised, for the HTTP layer to answer with the upstream's status.
     main_failures: Optional[list[BaseException]] = None
+    # Why the admission tier does not run for this request (``railstack check``: an audit of
+    # many rows from one process is no client's traffic, and rate-limiting it would block most rows).
+    unmetered: Optional[str] = None
 
 
 _current: contextvars.ContextVar[Optional[RequestContext]] = contextvars.ContextVar("railstack_request", default=None)

@@ -38,9 +38,9 @@ class Runner:
             records.keep(decision)
         return decisions, blocker
 
-    def skipped(self, rails: list[Rail], source: str) -> list[Decision]:
-        """The decisions of ``rails`` that a cheaper tier's block left unrun."""
-        decisions = [not_run(r, source, "skipped") for r in rails if self.settings.enabled(r.name)]
+    def skipped(self, rails: list[Rail], source: str, reason: Optional[str] = None) -> list[Decision]:
+        """The decisions of ``rails`` that a cheaper tier's block (or ``reason``) left unrun."""
+        decisions = [not_run(r, source, "skipped", reason) for r in rails if self.settings.enabled(r.name)]
         for decision in decisions:
             records.keep(decision)
         return decisions

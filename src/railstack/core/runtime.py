@@ -68,7 +68,12 @@ class Runtime:
             # Each tier may run in a flow (a call) of its own: what an earlier call revealed counts.
             revealed=tuple(r for d in req.decisions if d.source == source for r in d.revealed) if req is not None else (),
         )
-        return await self.runner.run([registry.get(n) for n in names], text, ctx)
+        rails = [registry.get(n) for n in names]
+        if req is None or req.unmetered is None:
+            return await self.runner.run(rails, text, ctx)
+        unmetered = self.runner.skipped([r for r in rails if r.tier == Tier.ADMISSION], source, req.unmetered)
+        decisions, blocker = await self.runner.run([r for r in rails if r.tier != Tier.ADMISSION], text, ctx)
+        return unmetered + decisions, blocker
 
     def skipped(self, names: list[str], source: Source) -> list[Decision]:
         return self.runner.skipped([registry.get(n) for n in names], source)

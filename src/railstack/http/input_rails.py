@@ -9,7 +9,7 @@ from typing import Awaitable, Callable, Optional
 
 from railstack.core import Decision, Runtime, Tier, UnknownRails, fields, metrics
 from railstack.core.request import derive
-from railstack.core.text import Unreadable, dialogue_of
+from railstack.core.text import Unreadable
 from railstack.http.asgi import REQUEST_KEY, config_id_of, context, is_chat, replaying, with_body
 from railstack.http.params import forwarded, passed
 from railstack.overload.gate import MainCalls
@@ -51,12 +51,9 @@ class InputRailsMiddleware:
                 return await self._nemo_rails(scope, receive, send, nemo, None)
             self.ready.add(config_id)
         try:
-            text = fields.conversation_text(body["messages"], [(where, value) for _, where, value in passed(body)])
-            dialogue = dialogue_of(body["messages"])
+            check = fields.input_check(runtime, body["messages"], [(where, value) for _, where, value in passed(body)], context(body))
         except Unreadable:  # NeMo's flows refuse it with the reason
             return await self._nemo_rails(scope, receive, send, nemo, None)
-        nemo_context = {**(context(body) or {}), "user_message": text}
-        check = functools.partial(fields.decide, runtime, source="input", text=text, nemo_context=nemo_context, dialogue=dialogue)
         speculate = runtime.settings.latency.speculative_start
         cheap = [n for n in names if not speculate or runtime.tier_of(n) <= Tier.CHEAP]
         dear = [n for n in names if n not in cheap]

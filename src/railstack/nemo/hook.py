@@ -31,8 +31,7 @@ def init(app: Any) -> None:
     _refuse_unguarded_serving(app)
     if add_pack_flows(app.config):
         compat.reload_flows(app)
-    # The config's id (its dir's name) scopes per-client state such as rate-limit buckets.
-    runtime = runtimes.get(config_settings(app.config), Path(compat.config_path(app)).name or "config")
+    runtime = config_runtime(app)
     runtime.prepare(rails_named_in_flows(app.config))
     app.register_action_param("railstack_runtime", runtime)
 
@@ -57,6 +56,12 @@ def init(app: Any) -> None:
     compat.keep_railstack_log()
     if not runtime.settings.logging.nemo_verbose:
         compat.quiet_verbose_log()
+
+
+def config_runtime(app: Any) -> Runtime:
+    """The runtime of the config of the ``LLMRails`` ``app``, the one its railstack actions run with."""
+    # The config's id (its dir's name) scopes per-client state such as rate-limit buckets.
+    return runtimes.get(config_settings(app.config), Path(compat.config_path(app)).name or "config")
 
 
 def _refuse_unguarded_serving(app: Any) -> None:

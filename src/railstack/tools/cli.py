@@ -2,72 +2,26 @@
 
 ``railstack profile CONFIG_DIR`` measures the config's whole stack: see ``railstack.tools.profile``.
 
-``railstack check CONFIG_DIR --text "..." [--answer "..."]`` runs a config's input rails on
-the text (and, with ``--answer``, its output rails on the answer) through NeMo, exactly as
-the server would, but never calls the main model. It prints JSON: every railstack rail's
-decision record and the final verdict. Exit status: 0 allowed, 1 blocked, 2 bad usage or
-config.
+``railstack check CONFIG_DIR --text "..." [--answer "..."]`` or ``--file rows.jsonl`` runs a
+config's input rails (and output rails on an answer) through NeMo as the server would, but never
+calls the main model: see ``railstack.tools.check``. ``--text`` prints its one result as JSON
+(exit status 0 allowed, 1 blocked); ``--file`` one JSON line per row (exit status 0 when every
+row was checked, blocked ones included). Either: 3 when a row could not be checked, 2 bad usage
+or a config that does not load.
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
+import contextlib
+import io
 import json
 import os
 import sys
 from pathlib import Path
-from typing import Any, AsyncIterator, Optional
+from typing import Iterator, Optional, TextIO
 
-
-class _NoMainModel:
-    """Stands where the main model would be: ``check`` must never reach it."""
-
-    model_name = "railstack-check"
-    provider_name = None
-    provider_url = None
-
-    async def generate_async(self, prompt: Any, *, stop: Optional[list] = None, **kwargs: Any) -> Any:
-        raise RuntimeError("railstack check never calls the main model")
-
-    async def stream_async(self, prompt: Any, *, stop: Optional[list] = None, **kwargs: Any) -> AsyncIterator[Any]:
-        raise RuntimeError("railstack check never calls the main model")
-        yield  # pragma: no cover - makes this an async generator
-
-
-async def check(config_dir: Path, text: str, answer: Optional[str]) -> dict[str, Any]:
-    from nemoguardrails import LLMRails, RailsConfig
-    from nemoguardrails.rails.llm.options import RailStatus, RailType
-
-    from railstack.core import collect_decisions
-
-    config = RailsConfig.from_path(str(config_dir))
-    # The configured main model is never called here, so it is not built either.
-    config.models = [m for m in config.models if m.type != "main"]
-    rails = LLMRails(config, llm=_NoMainModel())
-    messages = [{"role": "user", "content": text}]
-    report: dict[str, Any] = {"config": str(config_dir)}
-    stages = [("input", RailType.INPUT, messages)]
-    if answer is not None:
-        stages.append(("output", RailType.OUTPUT, messages + [{"role": "assistant", "content": answer}]))
-    blocked = False
-    with collect_decisions() as decisions:
-        for stage, rail_type, stage_messages in stages:
-            if not _has_flows(rails, stage):
-                report[stage] = {"status": "no rails configured"}
-                continue
-            result = await rails.check_async(stage_messages, rail_types=[rail_type])
-            report[stage] = {"status": result.status.value, "rail": result.rail, "content": result.content}
-            blocked |= result.status == RailStatus.BLOCKED
-            if blocked:
-                break
-    report["decisions"] = [d.as_dict() for d in decisions]
-    report["verdict"] = "block" if blocked else "allow"
-    return report
-
-
-def _has_flows(rails: Any, stage: str) -> bool:
-    return bool(getattr(rails.config.rails, stage).flows)
+UNCHECKED = 3  # the exit status when some row could not be checked
 
 
 def main(argv: Optional[list[str]] = None) -> int:
@@ -76,8 +30,13 @@ def main(argv: Optional[list[str]] = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     p_check = sub.add_parser("check", help="run a config's rails on a text without calling the main model")
     p_check.add_argument("config_dir", type=Path)
-    p_check.add_argument("--text", required=True, help="the user message to check")
-    p_check.add_argument("--answer", help="a bot answer to check with the output rails")
+    given = p_check.add_mutually_exclusive_group(required=True)
+    given.add_argument("--text", help="the user message to check")
+    given.add_argument("--file", help="JSON Lines of rows ({\"text\" or \"messages\", \"answer\", \"id\"}), - for stdin")
+    p_check.add_argument("--answer", help="with --text: a bot answer to check with the output rails")
+    p_check.add_argument("--concurrency", type=int, default=1, help="with --file: rows checked at once (order kept)")
+    p_check.add_argument("--progress", choices=["auto", "on", "off"], default="auto",
+                         help="with --file: a progress bar on stderr (auto: when stderr is a terminal)")
     p_serve = sub.add_parser("serve", help="nemoguardrails server with railstack's HTTP layer, for a config dir or a root")
     p_serve.add_argument("config_dir", type=Path, help="a config dir, or a directory of config dirs")
     p_serve.add_argument("--port", type=int, default=8080)
@@ -106,19 +65,87 @@ def main(argv: Optional[list[str]] = None) -> int:
         except (CannotServe, FileNotFoundError, NotADirectoryError) as exc:
             print(f"railstack: cannot serve {args.config_dir}: {exc}", file=sys.stderr)
             return 2
-    if not (args.config_dir / "config.yml").is_file() and not (args.config_dir / "config.yaml").is_file():
-        print(f"railstack: {args.config_dir} is not a config dir (no config.yml)", file=sys.stderr)
-        return 2
     if args.command == "profile":
+        if not (args.config_dir / "config.yml").is_file() and not (args.config_dir / "config.yaml").is_file():
+            print(f"railstack: {args.config_dir} is not a config dir (no config.yml)", file=sys.stderr)
+            return 2
         return _profile(args)
-    try:
-        report = asyncio.run(check(args.config_dir, args.text, args.answer))
-    except Exception as exc:  # noqa: BLE001 - a broken config is reported, not traced
-        cause = exc.__cause__ or exc
-        print(f"railstack: cannot load {args.config_dir}: {cause}", file=sys.stderr)
+    return _check(args)
+
+
+def _check(args: argparse.Namespace) -> int:
+    from railstack.tools.check import CannotLoad, check_rows, read_rows
+
+    if args.answer is not None and args.text is None:
+        print("railstack: --answer goes with --text (in a --file, a row's \"answer\")", file=sys.stderr)
         return 2
-    print(json.dumps(report, indent=2, ensure_ascii=False))
-    return 1 if report["verdict"] == "block" else 0
+    if args.concurrency < 1:
+        print("railstack: --concurrency must be at least 1", file=sys.stderr)
+        return 2
+    try:
+        with _rows_file(args.file) as lines:
+            rows = [{"text": args.text, "answer": args.answer}] if args.text is not None else read_rows(lines)
+            with contextlib.closing(check_rows(args.config_dir, rows, concurrency=args.concurrency)) as results:
+                if args.text is not None:
+                    return _print_one(next(results))
+                return _print_rows(results, args.progress, _count(args.file))
+    except CannotLoad as exc:
+        print(f"railstack: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        print(f"railstack: cannot read {args.file}: {exc.strerror or exc}", file=sys.stderr)
+        return 2
+
+
+@contextlib.contextmanager
+def _rows_file(name: Optional[str]) -> Iterator[Optional[TextIO]]:
+    # Bytes that are not UTF-8 become lone surrogates, which a row's checks refuse: that row
+    # gets its error, and the rows after it are still read.
+    if name is None:
+        yield None
+    elif name == "-":
+        if not hasattr(sys.stdin, "buffer"):  # already text (a test's, an embedding program's)
+            yield sys.stdin
+            return
+        wrapper = io.TextIOWrapper(sys.stdin.buffer, encoding="utf-8", errors="surrogateescape")
+        try:
+            yield wrapper
+        finally:
+            wrapper.detach()  # stdin stays open
+    else:
+        with open(name, encoding="utf-8", errors="surrogateescape") as f:
+            yield f
+
+
+def _count(name: Optional[str]) -> Optional[int]:
+    """The rows of a file, for the progress bar's total (stdin: unknown)."""
+    if name is None or name == "-":
+        return None
+    with open(name, "rb") as f:
+        return sum(1 for line in f if line.strip())
+
+
+def _print_one(result: dict) -> int:
+    print(json.dumps(result, indent=2, ensure_ascii=False))
+    return UNCHECKED if "error" in result else 1 if result["verdict"] == "block" else 0
+
+
+def _print_rows(results: Iterator[dict], progress: str, total: Optional[int]) -> int:
+    from tqdm import tqdm
+
+    unchecked = 0
+    # disable=None: tqdm draws only on a terminal.
+    disable = {"auto": None, "on": False, "off": True}[progress]
+    with tqdm(total=total, unit="row", file=sys.stderr, disable=disable, dynamic_ncols=True) as bar:
+        for result in results:
+            unchecked += "error" in result
+            print(json.dumps(result, ensure_ascii=False), flush=True)
+            bar.update()
+            bar.set_postfix(unchecked=unchecked, refresh=False)
+    if unchecked:
+        print(f"railstack: {unchecked} row(s) could not be checked (their lines say why)", file=sys.stderr)
+        return UNCHECKED
+    return 0
 
 
 def _profile(args: argparse.Namespace) -> int:

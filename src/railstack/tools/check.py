@@ -1,0 +1,233 @@
+"""``railstack check``: a config's rails over rows (a text, or an OpenAI chat conversation, and
+optionally an answer), through NeMo as the server runs them, without ever calling the main model.
+
+``check_rows(config_dir, rows)`` loads the config once and yields one result per row, in row
+order. A row is validated as railstack's HTTP layer validates a chat request, and its rails see
+it as they see a request behind that layer (``railstack.core.request``): every field of every
+message, a ``role: tool`` message as third-party text. The admission tier never runs here (its
+record says ``skipped`` and why): an audit of thousands of rows from one process is no client's
+traffic, and its rate limit would block most of them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, AsyncIterator, Iterable, Iterator, Optional
+
+UNMETERED = "railstack check meters no rows: an audit is not a client's traffic"
+
+
+class CannotLoad(Exception):
+    """The config dir does not load; the message says why (a bad setting names its key)."""
+
+
+@dataclass(frozen=True)
+class BadLine:
+    """A line of a JSON Lines input that holds no JSON value: its row's error."""
+
+    error: str
+
+
+class _BadRow(Exception):
+    """A row that cannot be checked; the message says why."""
+
+
+def read_rows(lines: Iterable[str]) -> Iterator[Any]:
+    """Each non-blank line's JSON value, or a ``BadLine`` that names the line."""
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            yield json.loads(line)
+        except (ValueError, RecursionError) as exc:
+            yield BadLine(f"line {number} is not JSON: {exc}")
+
+
+class _NoMainModel:
+    """Stands where the main model would be: ``check`` must never reach it."""
+
+    model_name = "railstack-check"
+    provider_name = None
+    provider_url = None
+
+    async def generate_async(self, prompt: Any, *, stop: Optional[list] = None, **kwargs: Any) -> Any:
+        raise RuntimeError("railstack check never calls the main model")
+
+    async def stream_async(self, prompt: Any, *, stop: Optional[list] = None, **kwargs: Any) -> AsyncIterator[Any]:
+        raise RuntimeError("railstack check never calls the main model")
+        yield  # pragma: no cover - makes this an async generator
+
+
+class _Checker:
+    def __init__(self, config_dir: Path):
+        from nemoguardrails import LLMRails, RailsConfig
+
+        from railstack.nemo.flows import config_settings, input_rails_of
+        from railstack.nemo.hook import config_runtime
+
+        if not (config_dir / "config.yml").is_file() and not (config_dir / "config.yaml").is_file():
+            raise CannotLoad(f"{config_dir} is not a config dir (no config.yml)")
+        try:
+            config = RailsConfig.from_path(str(config_dir))
+            self.limits = config_settings(config).limits
+            # The configured main model is never called here, so it is not built either.
+            config.models = [m for m in config.models if m.type != "main"]
+            self.rails = LLMRails(config, llm=_NoMainModel())
+        except Exception as exc:  # noqa: BLE001 - a config that does not load is said, not traced
+            raise CannotLoad(f"cannot load {config_dir}: {exc.__cause__ or exc}") from exc
+        # Where the input flows are railstack's own, the server runs their rails before NeMo, and
+        # so does check: NeMo's Colang machinery (~7 ms a row) is paid only to say a refusal.
+        self.input_rails = input_rails_of(self.rails.config)
+        self.runtime = config_runtime(self.rails)
+
+    def _conversation(self, row: Any) -> tuple[list[dict], Optional[str]]:
+        """The row's messages and answer, refused as railstack's HTTP layer refuses a request."""
+        from railstack.http.rejection import Rejected
+        from railstack.http.rules import check_messages, check_strings
+
+        if isinstance(row, BadLine):
+            raise _BadRow(row.error)
+        if not isinstance(row, dict):
+            raise _BadRow("a row must be a JSON object")
+        if ("text" in row) == ("messages" in row):
+            raise _BadRow("a row needs 'text' (the user's message) or 'messages' (OpenAI chat messages), not both")
+        answer = row.get("answer")
+        if answer is not None and not isinstance(answer, str):
+            raise _BadRow("'answer' must be a string")
+        if "text" in row:
+            if not isinstance(row["text"], str):
+                raise _BadRow("'text' must be a string")
+            messages = [{"role": "user", "content": row["text"]}]
+        else:
+            messages = row["messages"]
+        try:
+            check_strings({"messages": messages, "answer": answer})
+            # As NeMo's rails-only check endpoint takes them: a conversation need not end with the user.
+            check_messages(messages, self.limits, user_last="text" in row, tool_last=False)
+        except Rejected as exc:
+            param = exc.rejection.param
+            if param is not None and "text" in row:  # the message made of the row's text
+                param = param.replace("messages[0].content", "text")
+            where = f" ({param})" if param else ""
+            raise _BadRow(f"{exc.rejection.message}{where}") from None
+        if not any(m.get("role") == "user" for m in messages):
+            raise _BadRow("the messages hold no user message")
+        return messages, answer
+
+    async def check(self, index: int, row: Any) -> dict[str, Any]:
+        from railstack.core.request import collect_decisions, derive
+        from railstack.http.rejection import Rejected
+        from railstack.http.rules import check_strings
+
+        ident = row.get("id") if isinstance(row, dict) else None
+        try:
+            check_strings(ident)  # it is printed back
+        except Rejected as exc:
+            return {"row": index, "id": None, "error": f"'id': {exc.rejection.message}"}
+        result: dict[str, Any] = {"row": index, "id": ident}
+        try:
+            messages, answer = self._conversation(row)
+        except _BadRow as exc:
+            return {**result, "error": str(exc)}
+        with derive(messages=messages, unmetered=UNMETERED), collect_decisions() as decisions:
+            try:
+                stages = await self._stages(messages, answer)
+            except Exception as exc:  # noqa: BLE001 - the row is unchecked, and says so; the others go on
+                return {**result, "error": f"the rails raised {type(exc).__name__}: {exc}"}
+        records = [d.as_dict() for d in decisions]
+        blocked = next((stage for stage, report in stages.items() if report["status"] == "blocked"), None)
+        result.update(verdict="block" if blocked else "allow", rail=None, reason=None)
+        if blocked is not None:
+            # The railstack rail that blocked, or else the config's own flow and its refusal.
+            blocker = next((d for d in records if d["source"] == blocked and d["verdict"] == "block"), None)
+            if blocker is not None:
+                result.update(rail=blocker["rail"], reason=blocker["reason"])
+            else:
+                result.update(rail=stages[blocked]["rail"], reason=stages[blocked]["content"])
+        return {**result, **stages, "decisions": records}
+
+    async def _stages(self, messages: list[dict], answer: Optional[str]) -> dict[str, dict]:
+        from nemoguardrails.rails.llm.options import RailType
+
+        # NeMo runs its input rails on the conversation up to the last user turn (none at all on
+        # one that ends with a tool result); railstack's rails read the whole of it (``derive``).
+        last_user = max(i for i, m in enumerate(messages) if m.get("role") == "user")
+        nemo = messages[: last_user + 1]
+        reports: dict[str, dict] = {}
+        if not self.rails.config.rails.input.flows:
+            reports["input"] = {"status": "no rails configured"}
+        else:
+            reports["input"] = await self._input(messages, nemo)
+        if answer is None:
+            return reports
+        if reports["input"]["status"] == "blocked":
+            reports["output"] = {"status": "skipped"}
+        elif not self.rails.config.rails.output.flows:
+            reports["output"] = {"status": "no rails configured"}
+        else:
+            reports["output"] = await self._nemo(nemo + [{"role": "assistant", "content": answer}], RailType.OUTPUT)
+        return reports
+
+    async def _input(self, messages: list[dict], nemo: list[dict]) -> dict:
+        """Where the input flows are railstack's own, their rails run as railstack's HTTP layer runs
+        them, before NeMo: a row they pass never reaches NeMo, and for one they block NeMo's flows
+        only say the config's refusal from their decisions. Otherwise NeMo runs the flows."""
+        from nemoguardrails.rails.llm.options import RailType
+
+        from railstack.core.fields import input_check
+        from railstack.core.request import derive
+        from railstack.core.text import Unreadable
+
+        decided = None
+        if self.input_rails is not None and not self.runtime.unknown(self.input_rails):
+            try:
+                check = input_check(self.runtime, messages)
+            except Unreadable:  # NeMo's flows refuse it with the reason
+                check = None
+            if check is not None:
+                decided, blocker = await check(self.input_rails)
+                if blocker is None:
+                    return {"status": "passed", "rail": None, "content": nemo[-1]["content"]}
+        with derive(input_decisions=decided):
+            return await self._nemo(nemo, RailType.INPUT)
+
+    async def _nemo(self, messages: list[dict], rail_type: Any) -> dict:
+        from nemoguardrails.rails.llm.options import RailStatus
+
+        checked = await self.rails.check_async(messages, rail_types=[rail_type])
+        status = "blocked" if checked.status == RailStatus.BLOCKED else checked.status.value
+        return {"status": status, "rail": checked.rail, "content": checked.content}
+
+
+def check_rows(config_dir: Path, rows: Iterable[dict], *, concurrency: int = 1) -> Iterator[dict]:
+    """One result per row of ``rows``, in their order, from the config at ``config_dir`` loaded
+    once: ``{"row", "id", "verdict", "rail", "reason", "input", "output" (with an answer),
+    "decisions"}``, or ``{"row", "id", "error"}`` for a row that cannot be checked (a ``BadLine``,
+    no ``text`` or ``messages``, wrong types, a request the server would refuse). Up to
+    ``concurrency`` rows are checked at once. Raises ``CannotLoad`` before the first result."""
+    if concurrency < 1:
+        raise ValueError("concurrency must be at least 1")
+    with asyncio.Runner() as runner:
+        checker = runner.run(_build(config_dir))
+        pending: collections.deque[asyncio.Task] = collections.deque()
+        numbered = enumerate(rows)
+        while True:
+            for index, row in numbered:
+                pending.append(runner.get_loop().create_task(checker.check(index, row)))
+                if len(pending) >= concurrency:
+                    break
+            if not pending:
+                return
+            yield runner.run(_result(pending.popleft()))
+
+
+async def _build(config_dir: Path) -> _Checker:
+    return _Checker(config_dir)  # on the loop the rows run on: NeMo binds its locks and caches to it
+
+
+async def _result(task: "asyncio.Task[dict]") -> dict:
+    return await task
