@@ -60,6 +60,9 @@ class CheckContext:
     deadline: Optional[Deadline] = None
     # The messages exactly as the client sent them, when railstack's HTTP layer serves the request.
     messages: Optional[list[dict]] = None
+    # The text is a chunk of a streamed answer with NeMo's look-back before it, not the whole answer:
+    # what it holds may have begun before it or end after it, and NeMo sends it as it was.
+    streamed: bool = False
 
 
 Check = Callable[[str, CheckContext], Awaitable[Verdict]]
