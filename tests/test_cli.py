@@ -44,8 +44,10 @@ def test_check_allows_a_benign_text_and_its_answer(tmp_path):
     assert proc.returncode == 0, proc.stderr
     report = json.loads(proc.stdout)
     assert report["verdict"] == "allow"
-    assert [(d["rail"], d["verdict"]) for d in report["decisions"]] == [("admission", "allow"), ("heuristics", "allow")]
-    assert report["output"] == {"status": "no rails configured"}
+    assert [(d["rail"], d["source"], d["verdict"]) for d in report["decisions"]] == [
+        ("admission", "input", "allow"), ("heuristics", "input", "allow"), ("exfiltration", "output", "allow"),
+    ]
+    assert report["output"] == {"status": "passed", "rail": None, "content": "4"}
 
 
 def test_check_names_a_bad_setting(tmp_path):
