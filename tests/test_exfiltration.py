@@ -1,5 +1,6 @@
 """The exfiltration rail: images, links and terminal escapes in the answer, whole or streamed."""
 
+import importlib.util
 import json
 import time
 
@@ -11,7 +12,7 @@ from railstack.core import collect_decisions
 from railstack.exfiltration.scanner import Scanner
 from railstack.exfiltration.settings import ExfiltrationSettings
 from railstack.settings import SettingsError, parse_settings
-from support import main_model_yaml
+from support import REPO, main_model_yaml
 
 SECRET = "q=" + "the-users-password-is-hunter2-" * 5  # 152 characters of query
 
@@ -192,18 +193,14 @@ def test_a_bad_setting_is_a_startup_error_naming_it(section, message):
 # -- hostile input --------------------------------------------------------------------------------
 
 
-HOSTILE = {
-    "image openers": "![" * 500_000,
-    "link openers": "[a](" * 250_000,
-    "unclosed titles": '[a](x "' * 150_000,
-    "escapes": "\x1b[" * 500_000,
-    "OSC openers": "\x1b]" * 500_000,
-    "tag openers": '<img "' * 170_000,
-    "one huge URL": "https://evil.example/?" + "a" * 1_000_000,
-    "many URLs": "https://" * 125_000,
-    "brackets": "[]" * 500_000,
-    "fences": "```\n" * 250_000,
-}
+def bench_cases() -> dict[str, str]:
+    spec = importlib.util.spec_from_file_location("bench_normalize", REPO / "scripts" / "bench_normalize.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.EXFILTRATION_CASES
+
+
+HOSTILE = bench_cases()  # one table of hostile answers, for the benchmark and for this test
 
 
 @pytest.mark.parametrize("name", HOSTILE)
