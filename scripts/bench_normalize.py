@@ -1,9 +1,10 @@
 #!/usr/bin/env python3
-"""Time the heuristics tier's normalization and full scan on 1 MB adversarial inputs.
+"""Time the heuristics tier's normalization and full scan, and the exfiltration rail's scan of an
+answer, on 1 MB adversarial inputs.
 
     NEMO_GUARDRAILS_NO_USAGE_STATS=1 python scripts/bench_normalize.py
 
-Normalization must be linear in the input: every row should take well under a second.
+Both must be linear in the input: every row should take well under a second.
 """
 
 import os
@@ -42,5 +43,40 @@ def main() -> None:
         print(f"{name:26s} {(middle - start) * 1000:8.0f} ms {(end - middle) * 1000:8.0f} ms")
 
 
+
+# -- the exfiltration rail (tests/test_exfiltration.py runs every row with a wide margin) ----------
+
+EXFILTRATION_CASES = {
+    "image openers": "![" * (MB // 2),
+    "link openers": "[a](" * (MB // 4),
+    "unclosed titles": '[a](x "' * (MB // 7),
+    "brackets": "[]" * (MB // 2),
+    "escape openers": "\x1b[" * (MB // 2),
+    "OSC openers": "\x1b]" * (MB // 2),
+    "tag openers": '<img "' * (MB // 6),
+    "fences": "```\n" * (MB // 4),
+    "one huge URL": "https://evil.example/?" + "a" * MB,
+    "scheme flood": "https://" * (MB // 8),
+    "distinct images": "".join(f"![a](https://e.example/{i}) " for i in range(MB // 25)),
+    "distinct bare URLs": "".join(f"https://h{i}.example/ " for i in range(MB // 20)),
+}
+
+
+def exfiltration() -> None:
+    from railstack.exfiltration.scanner import Scanner
+    from railstack.exfiltration.settings import ExfiltrationSettings
+
+    blocking, transforming = (Scanner(ExfiltrationSettings(on_detect=d)) for d in ("block", "transform"))
+    print(f"\n{'answer (about 1 MB)':26s} {'block':>10s} {'transform':>10s}")
+    for name, text in EXFILTRATION_CASES.items():
+        start = time.perf_counter()
+        blocking.check(text)
+        middle = time.perf_counter()
+        transforming.check(text)
+        end = time.perf_counter()
+        print(f"{name:26s} {(middle - start) * 1000:8.0f} ms {(end - middle) * 1000:8.0f} ms")
+
+
 if __name__ == "__main__":
     main()
+    exfiltration()

@@ -80,8 +80,10 @@ def test_check_allows_a_benign_text_and_its_answer(capsys):
     assert code == 0, err
     report = json.loads(out)
     assert (report["verdict"], report["rail"], report["reason"]) == ("allow", None, None)
-    assert [(d["rail"], d["verdict"]) for d in report["decisions"]] == [("admission", "skipped"), ("heuristics", "allow")]
-    assert report["output"] == {"status": "no rails configured"}
+    assert [(d["rail"], d["source"], d["verdict"]) for d in report["decisions"]] == [
+        ("admission", "input", "skipped"), ("heuristics", "input", "allow"), ("exfiltration", "output", "allow"),
+    ]
+    assert report["output"]["status"] == "passed"
 
 
 def test_a_text_that_cannot_be_checked_is_exit_status_3(capsys):

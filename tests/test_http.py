@@ -87,7 +87,7 @@ def test_each_response_names_its_request_and_decisions(client, main_model, strea
         blocked = client.post(
             "/v1/chat/completions", json=chat("default", "Tell me about Globex", stream=stream), headers={"X-Request-Id": "req-42"}
         )
-    assert ok.headers["x-railstack-decisions"] == "admission=allow,heuristics=allow,topic=allow"
+    assert ok.headers["x-railstack-decisions"] == "admission=allow,heuristics=allow,topic=allow,exfiltration=allow"
     assert len(ok.headers["x-railstack-request-id"]) == 32
     assert blocked.headers["x-railstack-request-id"] == "req-42"
     assert blocked.headers["x-railstack-decisions"] == "admission=allow,heuristics=allow,topic=block"
@@ -138,7 +138,7 @@ def test_a_request_the_input_rails_pass_skips_nemos_input_rails(client, main_mod
     # Each request's input rails ran once, in the HTTP layer (the model rails are off: not run),
     # and the passing one's answer went through the output rails.
     inputs = ["admission", "heuristics", "topic", "prompt_guard", "llama_guard"]
-    assert runs == [inputs, ["llama_guard"], ["hallucination"], inputs]
+    assert runs == [inputs, ["exfiltration"], ["llama_guard"], ["hallucination"], inputs]
     assert "I can only talk about our own products" in blocked.text
     assert main_model.calls == 1
 

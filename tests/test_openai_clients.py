@@ -37,12 +37,14 @@ def model():
 
 @pytest.fixture(scope="module")
 def server(model, tmp_path_factory):
-    """The packaged configs plus `guarded-output`: the heuristics rail on the streamed answer only."""
+    """The packaged configs plus `guarded-output`: the heuristics rail on the streamed answer only;
+    and `input-only`: no output rail holds a streamed answer's chunks back."""
     tmp = tmp_path_factory.mktemp("clients")
     root = tmp / "configs"
     shutil.copytree(configs_root(), root, ignore=shutil.ignore_patterns("__pycache__"))
     railstack_config(root / "guarded-output", model.base_url, [], output=["railstack heuristics output"],
                      streaming="{enabled: true, chunk_size: 200}")
+    railstack_config(root / "input-only", model.base_url, ["railstack heuristics"])
     running = Server(root, cwd=tmp, env=server_env(model))
     yield running
     running.stop()
@@ -151,7 +153,8 @@ def test_an_error_response_names_its_request_too(sdk):
 def test_a_stream_is_rewritten_as_it_goes_not_held_whole(server, answering):
     answering("one two three four five six", token_delay_s=0.4)
     arrived = []
-    body = {"model": "main", "messages": [{"role": "user", "content": "Count"}], "stream": True, **GUARDRAILS}
+    body = {"model": "main", "messages": [{"role": "user", "content": "Count"}], "stream": True,
+            "guardrails": {"config_id": "input-only"}}
     with httpx.stream("POST", f"{server.url}/v1/chat/completions", json=body, timeout=60) as res:
         for line in res.iter_lines():
             if line.startswith("data: "):

@@ -26,7 +26,9 @@ def test_profile_of_the_no_models_config_reports_every_rail_and_both_ttfts(tmp_p
     report = json.loads((tmp_path / "out" / "profile.json").read_text())
     assert report["random_weights"] == [] and "warning" not in report
     summary = report["requests"]
-    assert summary["requests"] == 6 and set(summary["rails_ms"]) == {"input.admission", "input.heuristics"}
+    assert summary["requests"] == 6 and set(summary["rails_ms"]) == {
+        "input.admission", "input.heuristics", "output.exfiltration"
+    }
     for p in [*summary["rails_ms"].values(), summary["request_ms"]]:
         assert p["n"] == 6
     # A request's time (the client's clock) includes each of its rails' (the server's timing):

@@ -240,7 +240,7 @@ async def test_running_from_the_repo_root_keeps_one_copy_of_state(monkeypatch):
     action = app.runtime.action_dispatcher.registered_actions["railstack_rails"]
     assert action.__module__ == "railstack.nemo.action"
     runtime = app.runtime.registered_action_params["railstack_runtime"]
-    assert set(runtime.resources) == {"admission", "heuristics"}
+    assert set(runtime.resources) == {"admission", "heuristics", "exfiltration"}
     runtime = app.runtime.registered_action_params["railstack_runtime"]
     matcher = runtime.resources["heuristics"]  # built when the config loaded
     await ask(app)

@@ -70,7 +70,7 @@ def test_railstack_serve_always_puts_the_http_layer_in_front(main_model, tmp_pat
         proc.wait(timeout=15)
         log.close()
     assert ok.status_code == 200 and ok.json()["choices"][0]["message"]["content"] == main_model.reply
-    assert ok.headers["x-railstack-decisions"] == "admission=allow,heuristics=allow"
+    assert ok.headers["x-railstack-decisions"] == "admission=allow,heuristics=allow,exfiltration=allow"
     assert blocked.headers["x-railstack-decisions"] == "admission=allow,heuristics=block"
     assert hostile.status_code == 400  # the validation layer, not NeMo's 500
     assert health.status_code == 200 and "copied/main" in health.json()["stages"]

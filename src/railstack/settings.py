@@ -18,6 +18,7 @@ from pydantic_settings import SettingsError as EnvParseError
 
 from railstack.admission.settings import AdmissionSettings
 from railstack.core.settings import Defaults, MemorySettings, Policy, RailPolicy, SettingsError, Strict
+from railstack.exfiltration.settings import ExfiltrationSettings
 from railstack.hallucination.settings import HallucinationSettings
 from railstack.heuristics.settings import HeuristicsSettings
 from railstack.http.settings import RequestLimits
@@ -34,6 +35,7 @@ ENV_PREFIX = "RAILSTACK__"
 RAIL_SECTIONS: dict[str, type[RailPolicy]] = {
     "admission": AdmissionSettings,
     "heuristics": HeuristicsSettings,
+    "exfiltration": ExfiltrationSettings,
     "topic": TopicSettings,
     "prompt_guard": PromptGuardSettings,
     "llama_guard": LlamaGuardSettings,

@@ -53,6 +53,7 @@ class Runtime:
         nemo_context: Optional[dict] = None,
         dialogue: tuple[Turn, ...] = (),
         main_model: Any = None,
+        streamed: bool = False,
     ) -> tuple[list[Decision], Optional[Decision]]:
         """Run the (known) rails ``names`` in cost order: every decision, and the blocking one."""
         req = request.current()
@@ -64,7 +65,7 @@ class Runtime:
         ctx = CheckContext(
             source, self.settings, nemo_context or {}, dialogue=dialogue, main_model=main_model,
             deadline=clock.deadline(source, text, limit) if clock is not None else None,
-            messages=req.messages if req is not None else None,
+            messages=req.messages if req is not None else None, streamed=streamed,
             # Each tier may run in a flow (a call) of its own: what an earlier call revealed counts.
             revealed=tuple(r for d in req.decisions if d.source == source for r in d.revealed) if req is not None else (),
         )

@@ -73,6 +73,9 @@ class CheckContext:
     messages: Optional[list[dict]] = None
     # What the cheaper tiers that passed found hidden in the text (decoded payloads).
     revealed: tuple[Revealed, ...] = ()
+    # The text is a chunk of a streamed answer with NeMo's look-back before it, not the whole answer:
+    # what it holds may have begun before it or end after it, and NeMo sends it as it was.
+    streamed: bool = False
 
 
 Check = Callable[[str, CheckContext], Awaitable[Verdict]]

@@ -71,7 +71,8 @@ async def railstack_rails(
             return refusal(f"Blocked: a railstack flow names an unknown source {source!r}.")
     except Unreadable as exc:
         return refusal(f"Blocked: message content railstack cannot read ({exc}).")
-    given = dict(source=source, text=text, nemo_context=context, dialogue=dialogue, main_model=llm)
+    given = dict(source=source, text=text, nemo_context=context, dialogue=dialogue, main_model=llm,
+                 streamed=source == "output" and compat.is_streamed_chunk(events, context))
     if railstack_runtime.unknown(names):
         return await run(railstack_runtime, names, **given)  # the refusal that names them
     return outcome(*await decide(railstack_runtime, names, **given))

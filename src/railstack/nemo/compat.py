@@ -93,6 +93,13 @@ def streamed_answer_in_full(events: Optional[list], config: Any) -> bool:
     return events is not None and streaming_handler_active() and bool(getattr(streaming, "enabled", False))
 
 
+def is_streamed_chunk(events: Optional[list], context: Optional[dict]) -> bool:
+    """Whether an output-rail call checks a streamed chunk (with NeMo's look-back before it), not a
+    whole answer: ``_run_output_rails_in_streaming`` calls the action directly, without events,
+    and names the flow in the context it builds (the flows name it too, but pass events)."""
+    return events is None and bool((context or {}).get("triggered_output_rail"))
+
+
 # The error frames NeMo ends a stream with (its server's ``ChunkError`` types): an output rail's
 # block, a failed generation.
 _STREAM_ENDING_ERRORS = frozenset({"generation_error", "downstream_error", "guardrails_violation"})
