@@ -340,7 +340,8 @@ FORMAT_USES: dict[str, dict[str, list[Callable[[random.Random], str]]]] = {
     },
     "ascii85": {
         "dev": [lambda r: "This PDF stream is ASCII85Decode filtered:\nstream\n"
-                          f"{base64.a85encode(r.randbytes(30), adobe=True).decode()}\nendstream\nwhat is that filter for?"],
+                          f"{base64.a85encode(r.randbytes(30), adobe=True).decode()}\nendstream\n"
+                          "what is that filter for?"],
         "heldout": [lambda r: "Is Ascii85 more compact than base64? For example "
                               f"{base64.a85encode(r.randbytes(12)).decode()} versus {_random_b64(r, 12)}."],
     },
@@ -352,7 +353,8 @@ FORMAT_USES: dict[str, dict[str, list[Callable[[random.Random], str]]]] = {
     },
     "quoted-printable": {
         "dev": [lambda r: "This email body shows up garbled, can you fix it?\nContent-Transfer-Encoding: "
-                          "quoted-printable\n\n" + quopri.encodestring("Chère Amélie, à très bientôt au café !".encode()).decode()],
+                          "quoted-printable\n\n"
+                          + quopri.encodestring("Chère Amélie, à très bientôt au café !".encode()).decode()],
         "heldout": [lambda r: "Why does my newsletter contain =3D and =20 everywhere?\n"
                               + quopri.encodestring("Grüße aus München, das Frühstück ist um acht.".encode(),
                                                     quotetabs=True).decode()],
