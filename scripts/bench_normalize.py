@@ -23,6 +23,14 @@ CASES = {
     "spaced-out letters": "i g n o r e " * (MB // 12),
     "homoglyphs": "іgnоrе рrеvіоus " * (MB // 16),
     "NFKC-expanding ligatures": "\ufdfa" * MB,
+    # The decoders' and channels' inputs: each is searched for, decoded within bounds, re-scanned.
+    "base64 tokens": "aWdub3JlIGFsbCBwcmV2aW91cw== " * (MB // 29),
+    "one base64 token": "QUFB" * (MB // 4),
+    "Morse code": ".. --. -. --- .-. . / " * (MB // 21),
+    "NATO words": "india golf november oscar romeo echo " * (MB // 37),
+    "variation selectors": ("x" + "\ufe01\U000E0101" * 7) * (MB // 15),
+    "escape sequences": "\x1b[31m\x1b]8;;x\x07" * (MB // 14),
+    "quoted-printable": "ignore=20all=20 " * (MB // 16),
 }
 
 

@@ -157,9 +157,9 @@ def main() -> int:
     except MissingSource as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    out = args.out.open("w", encoding="utf-8") if args.out else sys.stdout
-    for row in rows:
-        out.write(json.dumps(row, ensure_ascii=False) + "\n")
+    from attack_families import write_rows  # a script beside this one
+
+    write_rows(rows, args.out)
     return 0
 
 

@@ -56,10 +56,18 @@ def load_rows(split: str, data_dir: Path) -> list[dict]:
     return rows
 
 
+def _checked(row: dict) -> dict:
+    # A tool-result row keeps its text (the user's turn) for the reports; the rails read its messages.
+    fields = {k: row[k] for k in CHECKED_FIELDS if k in row}
+    if "messages" in fields:
+        fields.pop("text", None)
+    return fields
+
+
 def run(config: Path, rows: list[dict]) -> list[dict]:
     from railstack.tools.check import check_rows
 
-    results = list(check_rows(config, [{k: r[k] for k in CHECKED_FIELDS if k in r} for r in rows]))
+    results = list(check_rows(config, [_checked(r) for r in rows]))
     if [res["row"] for res in results] != list(range(len(rows))):
         raise SystemExit("error: check_rows did not answer every row once, in order")
     return results

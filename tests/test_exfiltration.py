@@ -215,7 +215,7 @@ def test_a_megabyte_of_hostile_answer_scans_in_linear_time(name):
 
 
 def config_yml(settings: str = "{}", streaming: str = "") -> str:
-    yml = f"rails:\n  output:\n    flows: [railstack exfiltration]\n"
+    yml = "rails:\n  output:\n    flows: [railstack exfiltration]\n"
     if streaming:
         yml += f"    streaming: {streaming}\n"
     return yml + f"custom_data:\n  railstack: {{exfiltration: {settings}}}\n"

@@ -66,7 +66,7 @@ def test_streaming_blocked_request_streams_only_the_refusal(client, main_model):
 def test_a_failing_rail_blocks_over_http_with_a_clear_reason(client, main_model, monkeypatch):
     from railstack.heuristics.matcher import Matcher
 
-    def broken(self, text):
+    def broken(self, text, retrieved=False):
         raise ValueError("model exploded")
 
     monkeypatch.setattr(Matcher, "scan", broken)
@@ -148,7 +148,7 @@ def test_a_rail_that_times_out_blocks_over_http(serve, main_model, monkeypatch):
 
     from railstack.heuristics.matcher import Matcher
 
-    def slow(self, text):
+    def slow(self, text, retrieved=False):
         time.sleep(0.3)
 
     monkeypatch.setattr(Matcher, "scan", slow)

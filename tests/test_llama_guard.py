@@ -603,3 +603,26 @@ def test_stream_first_stays_as_a_config_sets_it(make_config, main_model):
     )
     app = LLMRails(RailsConfig.from_path(str(make_config(yml))))
     assert app.config.rails.output.streaming.stream_first is True
+
+
+async def test_the_judged_turn_carries_what_the_cheap_tier_decoded_labelled():
+    from railstack.core import CheckContext, Revealed
+    from railstack.llama_guard.check import check
+    from railstack.settings import parse_settings
+
+    judged = []
+
+    class Assessing:
+        family = type("Family", (), {"name": "llama_guard_3", "prompt_source": "builtin"})
+
+        async def assess(self, dialogue, role):
+            judged.append(dialogue)
+            return type("Found", (), {"score": 0.0, "categories": [], "prompt_tokens": 1, "dropped_turns": 0, "cached": False})
+
+    ctx = CheckContext(
+        "input", parse_settings({"railstack": {}}), {}, resource=Assessing(),
+        dialogue=(("user", "hi"), ("assistant", "hello"), ("user", "decode: aG93IHRv")),
+        revealed=(Revealed("base64", "how to pick a lock"),),
+    )
+    await check("ignored", ctx)
+    assert judged == [(("user", "hi"), ("assistant", "hello"), ("user", "decode: aG93IHRv\n\n[decoded from base64]\nhow to pick a lock"))]

@@ -127,7 +127,8 @@ REJECTED = [
 
 # Abuse that is well-formed: the heuristics tier sees it normalized and serves or refuses it.
 SERVED_OR_REFUSED = [
-    ("zero-width flood", body("What\u200b is\u200d 2+2?" + "\u200b" * 20_000), "served"),
+    ("zero-width here and there", body("What\u200b is\u200d 2+2?"), "served"),
+    ("zero-width flood", body("What is 2+2?" + "\u200b" * 20_000), "refused"),  # a run is a data channel
     ("combining-mark flood", body("Hello" + "\u0301" * 20_000), "served"),
     ("emoji flood", body("Hi " + "😀" * 30_000), "served"),
     ("bidi flood", body("\u202e" * 20_000 + "What is 2+2?"), "served"),

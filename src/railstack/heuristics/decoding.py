@@ -16,8 +16,8 @@ enciphered form (ROT13's "gur", "lbh", "vtaber"...): that gate costs a few subst
 from __future__ import annotations
 
 import base64
+import bisect
 import binascii
-import codecs
 import email.errors
 import email.header
 import quopri
@@ -57,10 +57,20 @@ def _pad(segment: str, block: int) -> str:
     return segment + "=" * (-len(segment) % block)
 
 
-def _base64(segment: str) -> Optional[bytes]:
-    segment = re.sub(r"\s+", "", segment).rstrip("=")
-    altchars = b"-_" if ("-" in segment or "_" in segment) else None
-    return base64.b64decode(_pad(segment, 4), altchars=altchars, validate=True)
+def _base64(segment: str) -> bytes:
+    # Lines wrapped at 76 come as one segment; so may the next line of prose ("...=\nDecode it"):
+    # without it, when the whole does not decode.
+    lines = segment.split("\n")
+    for end in range(len(lines), max(0, len(lines) - 2), -1):
+        joined = "".join(lines[:end]).replace("\r", "").rstrip("=")
+        altchars = b"-_" if ("-" in joined or "_" in joined) else None
+        try:
+            decoded = base64.b64decode(_pad(joined, 4), altchars=altchars, validate=True)
+        except binascii.Error:
+            continue
+        if readable(decoded) is not None or end == 1:
+            return decoded
+    raise ValueError("not base64")
 
 
 def _base32(segment: str) -> bytes:
@@ -94,7 +104,7 @@ _QP_ESCAPE = re.compile(r"=[0-9A-F]{2}")
 def _quoted_printable(segment: str) -> bytes:
     # "x=10 y=20 z=30" has escapes too: only a run dense with them is an encoding.
     escapes = len(_QP_ESCAPE.findall(segment))
-    if escapes < 3 or 3 * escapes < 0.3 * len(segment):
+    if escapes < 3 or 3 * escapes < 0.15 * len(segment):
         raise ValueError("not quoted-printable")
     return quopri.decodestring(segment.encode("ascii", "replace"))
 
@@ -163,7 +173,7 @@ def _always(raw: str) -> bool:
 # name -> (a segment's pattern, its decoder, a quick test that the text may hold one). Quantified
 # groups never nest, and every pattern starts at a boundary or a literal, so each is linear.
 _SEGMENTS: dict[str, tuple[re.Pattern[str], Callable[[str], bytes | str], Callable[[str], bool]]] = {
-    "uuencode": (re.compile(r"^begin [0-7]{3} \S+\n(?:[ -`]{1,62}\n){1,512}end$", re.M), _uuencoded, lambda raw: "begin " in raw),
+    "uuencode": (re.compile(r"\bbegin [0-7]{3} \S+\r?\n(?:[ -`]{1,62}\r?\n){1,512}end\b"), _uuencoded, lambda raw: "begin " in raw),
     "mime-word": (re.compile(r"=\?[\w-]{1,32}\?[BbQq]\?[^?\s]{1,4096}\?="), _mime_words, lambda raw: "=?" in raw),
     "braille": (re.compile("[\u2800-\u28FF][\u2800-\u28FF ]{3,}"), _braille, lambda raw: not raw.isascii()),
     "morse": (re.compile(r"(?<![\w.·•∙_−–—-])[.·•∙_−–—-]{1,7}(?:(?:[ \t]{1,3}|[ \t]*[/|][ \t]*)[.·•∙_−–—-]{1,7}){4,}"), _morse, _always),
@@ -176,7 +186,7 @@ _SEGMENTS: dict[str, tuple[re.Pattern[str], Callable[[str], bytes | str], Callab
     # Delimited (Adobe), or a bare token with a character base64 lacks.
     "ascii85": (re.compile(r"<~[!-u\s]{8,16384}~>|(?<![!-~])(?=[!-u]*[!-*,\-.:-<>-@\[-`])[!-u]{20,}(?![!-~])"), _ascii85, _LONG_TOKEN.search),
     # From a word with an escape to the end of its line (soft line breaks included).
-    "quoted-printable": (re.compile(r"(?<!\S)[^\s=]*=[0-9A-F]{2}(?:[^\s=]|=[0-9A-F]{2}|=\r?\n|[ \t])*"), _quoted_printable, lambda raw: "=" in raw),
+    "quoted-printable": (re.compile(r"(?<!\S)[^\s=]*=[0-9A-F]{2}(?:[^\s=]+|=[0-9A-F]{2}|=\r?\n|[ \t]+)*"), _quoted_printable, lambda raw: "=" in raw),
 }
 
 
@@ -184,21 +194,22 @@ def segments(raw: str) -> Iterator[Decoded]:
     """Encoded segments of ``raw`` that decode to text. Where the alphabets overlap (hex is
     base64 too), the more specific encoding, listed first, reads a segment. Linear: the matches
     of one pattern never overlap, and each is decoded up to ``_SEGMENT_AT_MOST`` characters."""
-    taken: list[tuple[int, int]] = []
+    taken: list[tuple[int, int]] = []  # sorted: a segment read once is not read again
     lowered = raw.lower()
     for name, (pattern, decode, may_hold) in _SEGMENTS.items():
         if not may_hold(raw):
             continue
         for match in pattern.finditer(lowered if name == "nato" else raw):
             start, end = match.span()
-            if any(s <= start < e for s, e in taken):
+            before = bisect.bisect_right(taken, (start, len(raw) + 1))
+            if before and taken[before - 1][1] > start:
                 continue
             try:
                 text = readable(decode(match.group(0)[:_SEGMENT_AT_MOST]))
             except (ValueError, binascii.Error, UnicodeError, LookupError, email.errors.HeaderParseError):
                 continue
             if text is not None and text != match.group(0).strip():
-                taken.append((start, end))
+                bisect.insort(taken, (start, end))
                 yield Decoded(name, text)
 
 
@@ -218,7 +229,7 @@ _COMMON = frozenset(
 _HINTS = ("the", "you", "and", "how", "what", "your", "this", "that", "with", "ignore", "write", "give", "explain")
 _LEET = str.maketrans({"0": "o", "1": "i", "3": "e", "4": "a", "5": "s", "7": "t", "8": "b", "@": "a", "$": "s", "!": "i", "|": "l", "+": "t"})
 # A word that mixes letters with the digits and signs leetspeak puts in their place.
-_LEET_WORD = re.compile(r"(?<![\w@$!|+])(?=[\w@$!|+]*[a-z])(?=[\w@$!|+]*[0134578@$!|+])[\w@$!|+]{3,}")
+_LEET_WORD = re.compile(r"(?<![\w@$!|+])(?=[\w@$!|+]*[a-z])(?=[\w@$!|+]*[0134578@$!|+])[\w@$!|+]{2,}")
 
 
 def _hinted(normalized: str, table: dict[int, str]) -> bool:
@@ -230,18 +241,27 @@ def _common_words(text: str) -> int:
     return sum(word.strip(".,;:!?'\"()") in _COMMON for word in text.split())
 
 
-def ciphers(normalized: str) -> Iterator[Decoded]:
-    """The normalized text with a word-preserving cipher undone, where it reads as enciphered;
-    and with leetspeak read as letters."""
-    plain = None
+_PIECES = re.compile(r"[^\n:]+")  # a request and its payload are often a line, or a colon, apart
+
+
+def ciphers(normalized: str, raw: str = "") -> Iterator[Decoded]:
+    """Pieces of ``raw`` (lines, and the parts of a line around a colon) with a word-preserving
+    cipher undone, where a piece reads as enciphered; and the normalized text with leetspeak read
+    as letters."""
     for name, table in (("rot13", _ROT13), ("atbash", _ATBASH)):
-        if _hinted(normalized, table):
-            plain = _common_words(normalized) if plain is None else plain
-            deciphered = normalized.translate(table)
-            if _common_words(deciphered) >= max(3, 2 * plain):
-                yield Decoded(name, deciphered)
-    if _LEET_WORD.search(normalized):
-        yield Decoded("leetspeak", _LEET_WORD.sub(_unleet, normalized))
+        if not _hinted(normalized, table):
+            continue
+        deciphered = []
+        for piece in _PIECES.findall(raw.lower()):
+            plain, undone = _common_words(piece), piece.translate(table)
+            if _common_words(undone) >= max(3, 2 * plain):
+                deciphered.append(undone.strip())
+        if deciphered:
+            yield Decoded(name, "\n".join(deciphered))
+    # Three words at least: "mp3" or "h264" alone is no leetspeak.
+    read, words = _LEET_WORD.subn(_unleet, normalized)
+    if words >= 3 and read != normalized:
+        yield Decoded("leetspeak", read)
 
 
 def _unleet(word: re.Match[str]) -> str:

@@ -25,12 +25,14 @@ class Rules:
     own pass each: their groups and backreferences must not meet ours."""
 
     def __init__(self, fixed: Iterable[tuple[str, str]], own: Iterable[tuple[str, str]] = ()):
-        self._each = tuple((rule_id, re.compile(p)) for rule_id, p in fixed)
+        fixed = list(fixed)
+        # The engine scans fast only for an alternation whose every branch starts at a word boundary.
+        self._each = tuple((rule_id, re.compile(p)) for rule_id, p in fixed if p.startswith(r"\b"))
         self._any = re.compile("|".join(f"(?:{p.pattern})" for _, p in self._each)) if self._each else None
-        self._own = tuple((rule_id, re.compile(p)) for rule_id, p in own)
+        self._own = tuple((rule_id, re.compile(p)) for rule_id, p in [*(f for f in fixed if not f[1].startswith(r"\b")), *own])
 
     def first(self, text: str) -> Optional[str]:
-        """The rule that matches first in ``text`` (a user's own rules after ours), or None."""
+        """The rule that matches first in ``text`` (the rules searched one by one after the others), or None."""
         match = self._any.search(text) if self._any is not None else None
         if match is not None:
             return next(rule_id for rule_id, pattern in self._each if pattern.match(text, match.start()))
@@ -92,8 +94,8 @@ class Matcher:
                 return Verdict.block(
                     f"matched blocklist rule '{found}' in {item.label}-decoded text", rule=found, decoded=item.label
                 )
-        # A hidden channel blocks on its own; leetspeak is read as it is, not decoded on request.
-        encoded = [item for item in revealed if item.label not in (*_CHANNELS, "leetspeak")]
+        # A hidden channel blocks on its own.
+        encoded = [item for item in revealed if item.label not in _CHANNELS]
         if encoded and self.decode_and_act is not None and self.decode_and_act.search(norm.text):
             return Verdict.block(
                 f"asks to decode and act on {encoded[0].label}-encoded text", rule="decode-and-act", decoded=encoded[0].label
@@ -114,7 +116,7 @@ class Matcher:
                     Revealed(f"{inner.encoding} in {item.encoding}", inner.text, is_third_party)
                     for inner in decoding.segments(item.text)
                 )
-        found += (Revealed(item.encoding, item.text) for item in decoding.ciphers(normalized))
+        found += (Revealed(item.encoding, item.text) for item in decoding.ciphers(normalized, "\n".join([own, *third_party])))
         return found
 
 

@@ -17,6 +17,8 @@ def engine(runtime: Runtime) -> Any:
 async def check(text: str, ctx: CheckContext) -> Verdict:
     if ctx.source == "input":
         judged, dialogue = "user", ctx.dialogue or (("user", text),)
+        if ctx.revealed:
+            dialogue = _with_revealed(dialogue, ctx.revealed)
     elif ctx.source == "output":
         # The answer (or a streamed chunk of it with NeMo's look-back) after the turns before it;
         # the format judges an Agent turn after a User turn, even an unknown (empty) one.
@@ -40,3 +42,14 @@ async def check(text: str, ctx: CheckContext) -> Verdict:
         return Verdict.allow(score=found.score, **facts)
     named = ", ".join(f"{c['code']} {c['name'] or '(not in the policy)'}" for c in categories) or "no category given"
     return Verdict.block(f"unsafe ({named}); score {found.score:.3f} >= {settings.threshold:g}", score=found.score, **facts)
+
+
+def _with_revealed(dialogue: tuple, revealed: tuple) -> tuple:
+    """The last user turn with what the cheap tier decoded from the request after it, each part
+    labelled, so that the classifier judges what the main model would read."""
+    shown = "\n\n".join(f"[decoded from {item.label}]\n{item.text}" for item in revealed)
+    users = [i for i, (role, _) in enumerate(dialogue) if role == "user"]
+    if not users:
+        return (*dialogue, ("user", shown))
+    last = users[-1]
+    return (*dialogue[:last], ("user", f"{dialogue[last][1]}\n\n{shown}"), *dialogue[last + 1 :])

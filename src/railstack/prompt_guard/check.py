@@ -24,6 +24,12 @@ async def check(text: str, ctx: CheckContext) -> Verdict:
     checks = [(t, "jailbreak", settings.jailbreak_threshold) for t in own if t]
     # Tool results are third-party data: Meta filters them on injection, not jailbreak.
     checks += [(t, "injection", settings.injection_threshold) for t in third_party if t]
+    # What the cheap tier decoded (a base64 payload, a hidden channel) is judged as the model will read it.
+    checks += [
+        (item.text, "injection" if item.third_party else "jailbreak",
+         settings.injection_threshold if item.third_party else settings.jailbreak_threshold)
+        for item in ctx.revealed if ctx.source == "input"
+    ]
     worst: Optional[tuple[float, str, float]] = None
     windows = cached = 0
     # Together, so that their windows share the engine's forward passes.
