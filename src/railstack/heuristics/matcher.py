@@ -18,6 +18,7 @@ from railstack.core.text import FieldText, normalize, phrase_pattern
 from railstack.heuristics import decoding, hidden, rules
 from railstack.heuristics.settings import HeuristicsSettings
 
+
 class Rules:
     """Rules searched as one alternation: one pass over the text instead of one per rule (3 to 20
     times faster on long text). Without groups, which cost the engine its speed: where it matched,
