@@ -2,15 +2,16 @@
 classifier tiers to be shown: a model decodes base64 or Morse when asked, so a filter that reads
 only the surface lets the payload through.
 
-Every finder is one regular expression with no nested repetition (linear on any input); every
-decoder is the standard library's. Bounds: a segment is decoded only up to ``_SEGMENT_AT_MOST``
-characters, the matcher searches decoded text for encodings once more (base64 inside base64)
-and no deeper, and hands on at most ``max_decoded_chars`` of it. Only decodings that read as
-text count: a hash, an image or a random identifier decodes to bytes that are not.
+Every finder is one regular expression whose repeated parts cannot match the same text two
+ways (linear on any input); every decoder is the standard library's. Bounds: a segment is decoded
+only up to ``_SEGMENT_AT_MOST`` characters, the matcher searches decoded text for encodings once
+more (base64 inside base64) and no deeper, and hands on at most ``max_decoded_chars`` of it. Only
+decodings that read as text count: a hash, an image or a random identifier decodes to bytes that
+are not.
 
-Ciphers that leave text looking like words (ROT13, Atbash, leetspeak) have no segment to find;
-they are undone on the whole normalized text, when a handful of common words appear in their
-enciphered form (ROT13's "gur", "lbh", "vtaber"...): that gate costs a few substring searches.
+Ciphers that leave text looking like words (ROT13, Atbash, leetspeak) have no segment to find.
+ROT13 and Atbash are undone line by line once one common word appears enciphered ("gur", "lbh"),
+where a line then reads as more English than before; leetspeak is read as letters.
 """
 
 from __future__ import annotations
