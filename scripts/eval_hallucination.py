@@ -28,7 +28,8 @@ DEFAULT_DATA = REPO.parent / "shared" / "data" / "hallucination_eval.jsonl"
 
 
 async def answer_support(nli, settings, row: dict, samples: list[str] | None) -> float:
-    from railstack.hallucination.sentences import claims, split_sentences
+    from railstack.core.sentences import split_sentences
+    from railstack.hallucination.sentences import claims
 
     judged = claims(split_sentences(row["answer"]) or [row["answer"]], row["question"], settings.short_claim_words)
     if samples is None:

@@ -9,7 +9,8 @@ from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 from railstack.nemo.outcome import run
 from railstack.hallucination.nli import NLI, NotAnNLIModel
-from railstack.hallucination.sentences import claims, split_sentences
+from railstack.core.sentences import split_sentences
+from railstack.hallucination.sentences import claims
 from railstack.hallucination.settings import HallucinationSettings
 from support import main_model_yaml, model_runtime, railstack_config
 from tiny_models import SENTENCES, nli

@@ -21,6 +21,7 @@ from railstack.core.settings import Defaults, MemorySettings, Policy, RailPolicy
 from railstack.exfiltration.settings import ExfiltrationSettings
 from railstack.hallucination.settings import HallucinationSettings
 from railstack.heuristics.settings import HeuristicsSettings
+from railstack.intents.settings import IntentsSettings
 from railstack.http.settings import RequestLimits
 from railstack.llama_guard.settings import LlamaGuardSettings
 from railstack.overload.settings import BackpressureSettings, HealthSettings
@@ -37,6 +38,7 @@ RAIL_SECTIONS: dict[str, type[RailPolicy]] = {
     "heuristics": HeuristicsSettings,
     "exfiltration": ExfiltrationSettings,
     "topic": TopicSettings,
+    "intents": IntentsSettings,
     "prompt_guard": PromptGuardSettings,
     "llama_guard": LlamaGuardSettings,
     "hallucination": HallucinationSettings,

@@ -8,15 +8,16 @@ from railstack.core import request
 from railstack.core.budget import BudgetClock
 from railstack.core.registry import registry
 from railstack.core.runner import Runner
-from railstack.core.types import CheckContext, Decision, Rail, Source, Tier, Turn, UnknownRails
+from railstack.core.types import CheckContext, Decision, Intent, Rail, Source, Tier, Turn, UnknownRails
 
 
 class Runtime:
     """What every railstack action of one config runs with (NeMo injects it as ``railstack_runtime``)."""
 
-    def __init__(self, settings: Any, scope: str = "config"):
+    def __init__(self, settings: Any, scope: str = "config", intents: tuple[Intent, ...] = ()):
         self.settings = settings
         self.scope = scope  # the config's id: scopes per-client state such as rate-limit buckets
+        self.intents = intents  # the config's Colang user intents, which the topic-intent rail refuses
         self.resources: dict[str, Any] = {}
         self.runner = Runner(settings, self._resource)
 
@@ -85,12 +86,12 @@ class Runtimes:
     every NeMo rails instance of that config, so their resources are built once."""
 
     def __init__(self) -> None:
-        self._runtimes: dict[tuple[str, str], Runtime] = {}
+        self._runtimes: dict[tuple[str, str, tuple[Intent, ...]], Runtime] = {}
 
-    def get(self, settings: Any, scope: str) -> Runtime:
-        key = (scope, settings.model_dump_json())
+    def get(self, settings: Any, scope: str, intents: tuple[Intent, ...] = ()) -> Runtime:
+        key = (scope, settings.model_dump_json(), intents)
         if key not in self._runtimes:
-            self._runtimes[key] = Runtime(settings, scope)
+            self._runtimes[key] = Runtime(settings, scope, intents)
         return self._runtimes[key]
 
     def reset(self) -> None:

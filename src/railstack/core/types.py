@@ -18,8 +18,9 @@ class Tier(enum.IntEnum):
 
     ADMISSION = 0
     CHEAP = 1
-    SMALL_CLASSIFIER = 2
-    LARGE_CLASSIFIER = 3
+    EMBEDDING = 2  # one sentence-encoder pass: the topic-intent rail
+    SMALL_CLASSIFIER = 3
+    LARGE_CLASSIFIER = 4
 
 
 class Revealed(NamedTuple):
@@ -80,6 +81,16 @@ class CheckContext:
 
 Check = Callable[[str, CheckContext], Awaitable[Verdict]]
 Builder = Callable[[Any], Any]  # Runtime -> the rail's per-config resource
+
+
+@dataclass(frozen=True)
+class Intent:
+    """A user intent of the config's Colang (``define user``): its example utterances, and the text
+    of the bot message a flow answers it with (None when no flow answers it with a defined one)."""
+
+    name: str
+    examples: tuple[str, ...]
+    answer: Optional[str]
 
 
 @dataclass(frozen=True)

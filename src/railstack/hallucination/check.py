@@ -40,7 +40,8 @@ def _conversation(ctx: CheckContext) -> list[dict]:
 
 async def check(text: str, ctx: CheckContext) -> Verdict:
     from railstack.hallucination.samples import sample_answers
-    from railstack.hallucination.sentences import claims, split_sentences
+    from railstack.core.sentences import split_sentences
+    from railstack.hallucination.sentences import claims
 
     if ctx.source != "output":
         raise ValueError(f"hallucination checks answers, not {ctx.source} text")

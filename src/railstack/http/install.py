@@ -73,7 +73,7 @@ def init(app: Any) -> None:
     from railstack.http.upstream import MainModel, UpstreamMiddleware, probe_main_models
     from railstack.http.validation import ValidationMiddleware
     from railstack.nemo import compat
-    from railstack.nemo.flows import input_rails_of, rails_named_in_flows
+    from railstack.nemo.flows import config_intents, input_rails_of, rails_named_in_flows
     from railstack.nemo.selfcheck import selfcheck
     from railstack.overload.gate import main_model_calls, main_stage
 
@@ -89,7 +89,7 @@ def init(app: Any) -> None:
     for config_id, (config, settings) in configs.items():
         name, base_url, api_key = compat.main_model_of(config)
         main_models[config_id] = (MainModel(name, base_url, settings.limits.request_timeout_s), api_key)
-        runtime: Runtime = runtimes.get(settings, config_id)
+        runtime: Runtime = runtimes.get(settings, config_id, config_intents(config))
         named = rails_named_in_flows(config)
         # Rails of the config's own actions.py register when NeMo loads the config.
         own = Runtime.unknown(named)

@@ -56,6 +56,29 @@ def is_subflow(flow: dict) -> bool:
     return any(e.get("_type") == "meta" and (e.get("meta") or {}).get("subflow") for e in elements(flow))
 
 
+def user_intents(config: Any) -> list[tuple[str, list[str], Optional[str]]]:
+    """Each ``define user`` intent (RailsConfig.user_messages: name -> examples) with the text of the
+    bot message of the first flow that starts with it and goes on with ``bot <message>`` (a
+    "UserIntent" element then an "utter" action; RailsConfig.bot_messages: name -> texts)."""
+    answers: dict[str, Optional[str]] = {}
+    for flow in config.flows:
+        first, second = (list(elements(flow)) + [{}, {}])[:2]
+        if first.get("_type") != "UserIntent" or first.get("intent_name") in answers:
+            continue
+        said = second.get("action_params", {}).get("value") if second.get("action_name") == "utter" else None
+        texts = config.bot_messages.get(said) if isinstance(said, str) else None
+        answers[first.get("intent_name")] = texts[0] if texts else None
+    return [(name, list(examples), answers.get(name)) for name, examples in (config.user_messages or {}).items()]
+
+
+def withdraw_user_intents(config: Any, names: list[str]) -> None:
+    """Take ``define user`` intents out of NeMo's dialog. Its generation actions copy
+    ``config.user_messages`` when ``LLMRails`` builds them, after a config's ``init``; with none
+    left, a passthrough turn goes to the main model without an intent-generation call."""
+    for name in names:
+        config.user_messages.pop(name, None)
+
+
 # -- Colang 1.0 events ----------------------------------------------------------------------------
 
 
@@ -428,3 +451,37 @@ class LLMCallLog:
     def calls(self) -> list[Any]:
         """Each call's ``llm_model_name``, ``prompt_tokens``, ``completion_tokens``, ``total_tokens``."""
         return list(self._info.llm_calls)
+
+
+# -- embedding providers --------------------------------------------------------------------------
+# NeMo builds its indexes (user intents, bot messages, flows, the knowledge base) through the
+# provider registered under a config's ``models: [{type: embeddings, engine: ...}]``: the class is
+# instantiated as ``cls(embedding_model=<model>, **<parameters>)`` and asked for ``encode_async``
+# (and ``encode``) of lists of texts.
+
+
+def embedding_provider_base() -> type:
+    from nemoguardrails.embeddings.providers.base import EmbeddingModel
+
+    return EmbeddingModel
+
+
+def register_embedding_provider(cls: type, engine: str) -> None:
+    from nemoguardrails.embeddings.providers import register_embedding_provider as register
+
+    register(cls, engine)
+
+
+def embeddings_models(config: Any) -> list[tuple[Optional[str], Optional[str], dict]]:
+    """The (engine, model, parameters) of each ``type: embeddings`` model of a config."""
+    return [(m.engine, m.model, dict(m.parameters or {})) for m in config.models if m.type == "embeddings"]
+
+
+def embedding_index_users(config: Any) -> str:
+    """What makes NeMo embed with a config's embedding model ("" for nothing): documents in its
+    ``kb/`` (indexed as the config loads) or, outside passthrough mode, ``define user`` examples
+    (indexed for intent matching at the first turn)."""
+    users = ["its kb/ documents"] if config.docs else []
+    if config.user_messages and not config.passthrough:
+        users.append("its `define user` examples, for intent matching")
+    return " and ".join(users)

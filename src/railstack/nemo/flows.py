@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from typing import Any, Optional
 
-from railstack.nemo.compat import elements, flows_by_id, is_subflow
+from railstack.core.types import Intent
+from railstack.nemo.compat import elements, flows_by_id, is_subflow, user_intents
 from railstack.settings import RailstackSettings, SettingsError, parse_settings
 
 ALL_SECTIONS = ("input", "output", "retrieval", "tool_input", "tool_output")
@@ -107,6 +108,11 @@ def config_settings(config: Any) -> RailstackSettings:
             f"custom_data.railstack settings ({named}): add `custom_data: {{railstack: {{}}}}` to take the defaults"
         )
     return settings
+
+
+def config_intents(config: Any) -> tuple[Intent, ...]:
+    """The config's Colang user intents, as the topic-intent rail reads them."""
+    return tuple(Intent(name, tuple(examples), answer) for name, examples, answer in user_intents(config))
 
 
 def load_config(path: Any) -> Any:

@@ -5,14 +5,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import weakref
 from pathlib import Path
 from typing import Any, Iterator
 
 from railstack.core import Runtime, request, runtimes
 from railstack.core.request import one_request
-from railstack.nemo import compat
+from railstack.nemo import compat, embeddings
 from railstack.nemo.conversations import ConversationCache
-from railstack.nemo.flows import add_pack_flows, config_settings, rails_named_in_flows
+from railstack.nemo.flows import add_pack_flows, config_intents, config_settings, rails_named_in_flows
 from railstack.nemo.selfcheck import selfcheck
 from railstack.overload.gate import stream_until_consumer_leaves
 
@@ -29,10 +30,15 @@ def init(app: Any) -> None:
     # Before anything is built: on a NeMo whose internals moved, refuse rather than run with a rail skipped.
     selfcheck.rails()
     _refuse_unguarded_serving(app)
+    embeddings.install(app.config)  # before NeMo builds its knowledge base with it
     if add_pack_flows(app.config):
         compat.reload_flows(app)
     runtime = config_runtime(app)
     runtime.prepare(rails_named_in_flows(app.config))
+    if app.config.passthrough and "intents" in rails_named_in_flows(app.config, ("input",)) and runtime.settings.enabled("intents"):
+        # The intents rail answers them. Left in, NeMo would ask the main model for the intent of
+        # every message that passed (a prompt and a call a turn), even in passthrough mode.
+        compat.withdraw_user_intents(app.config, runtime.settings.intents.refuse)
     app.register_action_param("railstack_runtime", runtime)
 
     # Bound as well as injected: NeMo's streaming output rails call the action directly,
@@ -58,10 +64,17 @@ def init(app: Any) -> None:
         compat.quiet_verbose_log()
 
 
+_runtime_of: "weakref.WeakKeyDictionary[Any, Runtime]" = weakref.WeakKeyDictionary()
+
+
 def config_runtime(app: Any) -> Runtime:
-    """The runtime of the config of the ``LLMRails`` ``app``, the one its railstack actions run with."""
-    # The config's id (its dir's name) scopes per-client state such as rate-limit buckets.
-    return runtimes.get(config_settings(app.config), Path(compat.config_path(app)).name or "config")
+    """The runtime of the config of the ``LLMRails`` ``app``, the one its railstack actions run with
+    (read once: ``init`` takes the intents it refuses out of NeMo's dialog)."""
+    if app not in _runtime_of:
+        # The config's id (its dir's name) scopes per-client state such as rate-limit buckets.
+        _runtime_of[app] = runtimes.get(config_settings(app.config), Path(compat.config_path(app)).name or "config",
+                                        config_intents(app.config))
+    return _runtime_of[app]
 
 
 def _refuse_unguarded_serving(app: Any) -> None:

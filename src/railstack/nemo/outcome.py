@@ -22,6 +22,8 @@ def outcome(decisions: list[Decision], blocker: Optional[Decision]) -> Any:
             return RailOutcome.transform(rewrites, metadata=metadata)
         return RailOutcome.allow(metadata=metadata)
     metadata["rail"] = blocker.rail
+    if "answer" in blocker.metadata:  # what the config's own flow answers (the intents rail)
+        metadata["answer"] = blocker.metadata["answer"]
     reason = f"Blocked by the {blocker.rail} rail: {blocker.reason}"
     if blocker.failed:
         return RailOutcome.failure(reason=reason, metadata=metadata)

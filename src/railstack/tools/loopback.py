@@ -58,6 +58,9 @@ _SETTLE_TURNS = 20  # event-loop turns: enough for a closed connection's answer 
 @dataclass
 class LoopbackModel:
     reply: str = "Paris is the capital of France."
+    # Scripted answers: the reply to a request whose last message contains the key (the first key
+    # that matches), as a real model answers NeMo's self-check prompts with "Yes" or "No".
+    replies: dict[str, str] = field(default_factory=dict)
     latency_s: float = 0.0
     token_delay_s: float = 0.0
     honours_n: bool = True  # answers a request's `n` with that many choices, as OpenAI's API does
@@ -94,6 +97,7 @@ class LoopbackModel:
                 pass
         cid = f"chatcmpl-{uuid.uuid4().hex}"
         model = body.get("model", "main")
+        reply = self.reply_to(body)
         if not body.get("stream"):
             return JSONResponse(
                 {
@@ -102,7 +106,7 @@ class LoopbackModel:
                     "created": int(time.time()),
                     "model": model,
                     "choices": [
-                        {"index": i, "message": {"role": "assistant", "content": self.reply}, "finish_reason": "stop"}
+                        {"index": i, "message": {"role": "assistant", "content": reply}, "finish_reason": "stop"}
                         for i in range(int(body.get("n") or 1) if self.honours_n else 1)
                     ],
                     "usage": self.usage,
@@ -122,7 +126,7 @@ class LoopbackModel:
                     self.abandoned_tokens += tokens
 
         async def frames():
-            words = self.reply.split(" ")
+            words = reply.split(" ")
             for i, word in enumerate(words):
                 piece = word if i == 0 else " " + word
                 chunk = {
@@ -148,6 +152,11 @@ class LoopbackModel:
             yield "data: [DONE]\n\n"
 
         return StreamingResponse(events(), media_type="text/event-stream")
+
+    def reply_to(self, body: dict) -> str:
+        last = (body.get("messages") or [{}])[-1].get("content")
+        text = last if isinstance(last, str) else json.dumps(last)
+        return next((reply for key, reply in self.replies.items() if key in text), self.reply)
 
     async def _models(self, request: Request):
         return JSONResponse({"object": "list", "data": [{"id": "main", "object": "model", "owned_by": "tests"}]})
