@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -228,3 +229,76 @@ def test_rows_are_shown_only_when_viewable(capsys):
     eval_heuristics.show(rows, results, misses=True, fps=True)
     err = capsys.readouterr().err
     assert "seen-miss" in err and "never-shown" not in err
+
+
+TOPIC_SET = SCRIPTS / "data" / "topic_competitors.jsonl"
+TOPIC_KINDS = {"paraphrase": ("competitors", 120), "on_topic": ("other", 160), "unrelated": ("other", 70),
+               "company_in_passing": ("other", 90)}
+# The examples of the seed's `define user ask about competitors`, which the set was written against; any config's
+# own examples of that intent are added below, so an edit to them is checked too.
+COMPETITOR_EXAMPLES = [
+    "How do you compare to Globex?", "Is Initech better than you?", "What does Globex offer that you don't?",
+    "Should I choose Initech instead of your product?", "Which is cheaper, you or Globex?",
+    "Tell me about your competitors.", "What do you think of Initech's products?",
+    "Why should I pick you over the competition?",
+]
+
+
+def _topic_rows() -> list[dict]:
+    lines = TOPIC_SET.read_text(encoding="utf-8").splitlines()
+    return [json.loads(line) for line in lines]
+
+
+def _normal(text: str) -> str:
+    return " ".join(re.sub(r"[^\w\s]", " ", text.lower()).split())
+
+
+def _colang_examples(configs: Path, intent: str) -> list[str]:
+    found = []
+    for path in sorted(configs.rglob("*.co")):
+        block = re.search(rf"^define user {re.escape(intent)}\n((?:[ \t]+\".*\"\n?)+)", path.read_text(), re.M)
+        if block:
+            found += re.findall(r"\"(.*)\"", block.group(1))
+    return found
+
+
+def test_topic_set_counts_per_kind_label_and_split():
+    rows = _topic_rows()
+    for row in rows:
+        assert set(row) == {"text", "label", "kind", "split"}, row
+        assert isinstance(row["text"], str) and row["text"] == row["text"].strip() and row["text"], row
+        assert row["kind"] in TOPIC_KINDS and row["label"] == TOPIC_KINDS[row["kind"]][0], row
+        assert row["split"] in ("dev", "heldout"), row
+    for kind, (_, least) in TOPIC_KINDS.items():
+        splits = [r["split"] for r in rows if r["kind"] == kind]
+        assert len(splits) >= least, kind
+        assert abs(splits.count("dev") - splits.count("heldout")) <= 1, kind
+    labels = [r["label"] for r in rows]
+    assert labels.count("competitors") >= 100 and labels.count("other") >= 300
+    # The hard negatives a deny-list of the names gets wrong.
+    named = [r for r in rows if r["kind"] == "company_in_passing" and re.search(r"globex|initech", r["text"], re.I)]
+    assert len(named) >= 25
+    unnamed = [r for r in rows if r["kind"] == "paraphrase" and not re.search(r"globex|initech", r["text"], re.I)]
+    assert len(unnamed) >= 20
+
+
+def test_topic_set_has_no_repeated_text_and_disjoint_splits():
+    keys = [_normal(r["text"]) for r in _topic_rows()]
+    assert len(set(keys)) == len(keys), sorted(k for k in set(keys) if keys.count(k) > 1)
+    by_split = {s: {_normal(r["text"]) for r in _topic_rows() if r["split"] == s} for s in ("dev", "heldout")}
+    assert by_split["dev"] and by_split["heldout"] and not by_split["dev"] & by_split["heldout"]
+
+
+def test_topic_set_leaves_out_the_rails_own_examples():
+    configured = _colang_examples(SCRIPTS.parent / "configs", "ask about competitors")
+    examples = {_normal(e) for e in COMPETITOR_EXAMPLES + configured}
+    for row in _topic_rows():
+        text = _normal(row["text"])
+        assert not any(e in text for e in examples), row["text"]
+
+
+def test_topic_set_example_reader_finds_a_flows_examples(tmp_path):
+    (tmp_path / "x").mkdir()
+    (tmp_path / "x" / "rails.co").write_text(
+        'define user ask about competitors\n  "one?"\n  "two."\n\ndefine user ask about competitors later\n  "no"\n')
+    assert _colang_examples(tmp_path, "ask about competitors") == ["one?", "two."]
