@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import importlib.util
 import json
@@ -302,3 +303,16 @@ def test_topic_set_example_reader_finds_a_flows_examples(tmp_path):
     (tmp_path / "x" / "rails.co").write_text(
         'define user ask about competitors\n  "one?"\n  "two."\n\ndefine user ask about competitors later\n  "no"\n')
     assert _colang_examples(tmp_path, "ask about competitors") == ["one?", "two."]
+
+
+def test_the_seed_topic_threshold_is_its_dev_calibration_and_holds_out():
+    eval_intents = _script("eval_intents")
+    rows = [json.loads(line) for line in eval_intents.DATA.read_text(encoding="utf-8").splitlines()]
+    scores, configured = asyncio.run(eval_intents.scores(eval_intents.REPO / "configs" / "seed", [r["text"] for r in rows]))
+    scored = list(zip(rows, scores))
+    assert eval_intents.calibrate([p for p in scored if p[0]["split"] == "dev"], 0.01) == pytest.approx(configured, abs=0.01)
+    heldout = [(r, s >= configured) for r, s in scored if r["split"] == "heldout"]
+    recall = [hit for r, hit in heldout if r["label"] == "competitors"]
+    false_positives = [hit for r, hit in heldout if r["label"] != "competitors"]
+    # The README's numbers (74.7% and 3.9%), with room for another CPU's rounding.
+    assert sum(recall) / len(recall) > 0.7 and sum(false_positives) / len(false_positives) < 0.06
