@@ -165,3 +165,18 @@ def test_a_config_whose_index_nemo_would_download_an_encoder_for_is_refused(make
            + "rails:\n  input:\n    flows: [railstack heuristics]\ncustom_data:\n  railstack: {}\n")
     path = make_config(yml, 'define user greet\n  "hello"\n')
     assert "engine: railstack, model: all-MiniLM-L6-v2" in startup_error(RailsConfig.from_path(str(path)))
+
+
+def test_the_seed_config_streams_a_benign_answer_after_its_chunk_passed_self_check_output(serve, answering, configs):
+    from support import streamed_text
+
+    with serve(configs) as client:
+        res = client.post("/v1/chat/completions", json=chat("seed", BENIGN[0], stream=True))
+        assert streamed_text(res) == ANSWER
+        prompts = [r["messages"][-1]["content"] for r in answering.requests]
+        assert SELF_CHECK_INPUT in prompts[0] and prompts[1] == BENIGN[0]
+        assert any(SELF_CHECK_OUTPUT in p and ANSWER in p for p in prompts[2:])
+        answering.requests.clear()
+        answering.replies[SELF_CHECK_OUTPUT] = "Yes"
+        res = client.post("/v1/chat/completions", json=chat("seed", BENIGN[1], stream=True))
+        assert ANSWER not in streamed_text(res, errors=True)
