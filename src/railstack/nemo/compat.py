@@ -9,6 +9,7 @@ railstack assumes, refusing to start otherwise.
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import functools
 import importlib.metadata
 import json
@@ -212,6 +213,51 @@ def bound_events_history(app: Any, bounded: Callable[[Any], Any]) -> None:
         return await generate(*args, **kwargs)
 
     app.generate_async = wrapped
+
+
+def action_calls_main_model(app: Any, name: str) -> bool:
+    """Whether ``app``'s action ``name`` is handed the main model: NeMo injects it into an action
+    whose signature names ``llm`` or ``llms`` (a self-check, an LLM-served Llama Guard...),
+    unless the config has a model of the action's own type, which it gets instead."""
+    import inspect
+
+    fn = app.runtime.action_dispatcher.registered_actions.get(name)
+    if fn is None or not (inspect.isfunction(fn) or inspect.ismethod(fn)):
+        return False
+    parameters = inspect.signature(fn).parameters
+    own_model = f"{name}_llm" in app.runtime.registered_action_params
+    return ("llm" in parameters or "llms" in parameters) and not own_model
+
+
+_activated: contextvars.ContextVar[Optional[list]] = contextvars.ContextVar("railstack_activated_rails", default=None)
+
+
+def keep_activated_rails(app: Any) -> None:
+    """Let ``check_with_activated_rails`` see the rails NeMo ran: ``check_async`` asks its
+    ``generate_async`` for their log, but returns only the verdict."""
+    generate = app.generate_async
+
+    @functools.wraps(generate)
+    async def wrapped(*args: Any, **kwargs: Any) -> Any:
+        response = await generate(*args, **kwargs)
+        kept = _activated.get()
+        log = getattr(response, "log", None)
+        if kept is not None and log is not None:
+            kept += [(r.type, r.name, [a.action_name for a in r.executed_actions]) for r in log.activated_rails or []]
+        return response
+
+    app.generate_async = wrapped
+
+
+async def check_with_activated_rails(app: Any, messages: list[dict], rail_type: Any) -> tuple[Any, list[tuple]]:
+    """``app.check_async`` on one rail type, and the rails NeMo ran for it: ``(type, flow name,
+    [the actions it executed])`` each. ``keep_activated_rails(app)`` must have been called."""
+    token = _activated.set([])
+    try:
+        result = await app.check_async(messages, rail_types=[rail_type])
+        return result, _activated.get()
+    finally:
+        _activated.reset(token)
 
 
 def config_path(app: Any) -> str:

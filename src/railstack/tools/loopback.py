@@ -58,6 +58,7 @@ _SETTLE_TURNS = 20  # event-loop turns: enough for a closed connection's answer 
 @dataclass
 class LoopbackModel:
     reply: str = "Paris is the capital of France."
+    replies: list[str] = field(default_factory=list)  # the next requests' answers in turn, then ``reply``
     latency_s: float = 0.0
     token_delay_s: float = 0.0
     honours_n: bool = True  # answers a request's `n` with that many choices, as OpenAI's API does
@@ -92,6 +93,7 @@ class LoopbackModel:
                 return Response(status_code=499)
             except asyncio.TimeoutError:
                 pass
+        reply = self.replies.pop(0) if self.replies else self.reply
         cid = f"chatcmpl-{uuid.uuid4().hex}"
         model = body.get("model", "main")
         if not body.get("stream"):
@@ -102,7 +104,7 @@ class LoopbackModel:
                     "created": int(time.time()),
                     "model": model,
                     "choices": [
-                        {"index": i, "message": {"role": "assistant", "content": self.reply}, "finish_reason": "stop"}
+                        {"index": i, "message": {"role": "assistant", "content": reply}, "finish_reason": "stop"}
                         for i in range(int(body.get("n") or 1) if self.honours_n else 1)
                     ],
                     "usage": self.usage,
@@ -122,7 +124,7 @@ class LoopbackModel:
                     self.abandoned_tokens += tokens
 
         async def frames():
-            words = self.reply.split(" ")
+            words = reply.split(" ")
             for i, word in enumerate(words):
                 piece = word if i == 0 else " " + word
                 chunk = {
