@@ -307,6 +307,31 @@ async def chat_choices(endpoint: tuple[Any, str], messages: list[dict], **params
     return [(c.get("message") or {}).get("content") or "" for c in response.body.get("choices", [])]
 
 
+def _client_pool() -> dict:
+    """NeMo's pool of OpenAI-compatible clients (``DefaultFramework._clients``): one per base URL
+    and settings for the whole process, each bound to the event loop that first used it."""
+    from nemoguardrails.llm.frameworks import get_default_framework, get_framework
+
+    pool = getattr(get_framework(get_default_framework()), "_clients", None)
+    if not isinstance(pool, dict):
+        raise IncompatibleNeMo("DefaultFramework._clients", "not the pool of model clients railstack check closes")
+    return pool
+
+
+def pooled_model_clients() -> set:
+    """The keys of the model clients NeMo has pooled so far (for ``close_model_clients_since``)."""
+    return set(_client_pool())
+
+
+async def close_model_clients_since(before: set) -> None:
+    """Close, on the loop they were used on, the clients NeMo pooled since ``pooled_model_clients``
+    gave ``before``, and drop them from its pool: a later caller of the same URL on another loop
+    (a second ``railstack check`` run in one process) would get one bound to a closed loop."""
+    pool = _client_pool()
+    for key in [k for k in pool if k not in before]:
+        await pool.pop(key).close()
+
+
 @dataclass(frozen=True)
 class MainModelFailure:
     """Why a call of the main model failed, from the error NeMo's OpenAI-compatible client raised."""

@@ -61,7 +61,7 @@ def read_rows(lines: Iterable[str]) -> Iterator[Any]:
 
 class _NoMainModel:
     """Stands where the main model would be when no rail of the config calls it: a rail that
-    does all the same (one ``main_model_rails`` could not tell) fails its row, saying so."""
+    does all the same (one ``main_model_rails`` cannot tell) fails its row, saying so."""
 
     model_name = "railstack-check"
     provider_name = None
@@ -89,8 +89,9 @@ def main_model_rails(app: Any, runtime: Any) -> list[str]:
                 action = element["action_name"]
                 if action == "railstack_rails":
                     for name in railstack_rails_of(element):
-                        rail = registry.get(name)
-                        if runtime.settings.enabled(name) and rail.calls_main_model and rail.calls_main_model(runtime.settings):
+                        rail = registry.get(name)  # an unknown one is the config's start-up error
+                        calls = rail.calls_main_model if rail is not None else None
+                        if runtime.settings.enabled(name) and calls is not None and calls(runtime.settings):
                             found.append(f"{stage} rail '{name}' (flow '{flow}')")
                 elif action_calls_main_model(app, action):
                     found.append(f"{stage} flow '{flow}' (action {action})")
@@ -123,7 +124,7 @@ class _Checker:
     def __init__(self, config_dir: Path, main_model_url: Optional[str] = None):
         from nemoguardrails import LLMRails, RailsConfig
 
-        from railstack.nemo.compat import keep_activated_rails, main_model_of
+        from railstack.nemo.compat import keep_activated_rails, main_model_of, pooled_model_clients
         from railstack.nemo.flows import config_settings, input_rails_of
         from railstack.nemo.hook import config_runtime
 
@@ -139,6 +140,7 @@ class _Checker:
             self.runtime = config_runtime(self.rails)
             self.model_rails = main_model_rails(self.rails, self.runtime)
             self.main_model_url = None
+            self._clients_before = pooled_model_clients()
             if self.model_rails:
                 self.main_model_url = self._reachable_model(config_dir, main_model_url, configured_url)
                 config = RailsConfig.from_path(str(config_dir))
@@ -153,6 +155,12 @@ class _Checker:
         # Where the input flows are railstack's own, the server runs their rails before NeMo, and
         # so does check: NeMo's Colang machinery (~7 ms a row) is paid only to say a refusal.
         self.input_rails = input_rails_of(self.rails.config)
+
+    async def close(self) -> None:
+        """Close the main model's connections, on the loop the rows ran on."""
+        from railstack.nemo.compat import close_model_clients_since
+
+        await close_model_clients_since(self._clients_before)
 
     def _reachable_model(self, config_dir: Path, given: Optional[str], configured: Optional[str]) -> str:
         """The main model's URL for the rails that call it, once something answers there."""
@@ -174,7 +182,7 @@ class _Checker:
             tried = f"nothing answers at {url} (from {whence}): {why}"
         raise NeedsMainModel(
             f"{config_dir} has rails that call the main model, and {tried}. Those rails: {rails}. To check them, "
-            f"{GIVE_A_MODEL}; it is called only by those rails (their own prompts), never for an answer."
+            f"{GIVE_A_MODEL}; only those rails' own calls go to it, never one for the answer being checked."
         )
 
     def _conversation(self, row: Any) -> tuple[list[dict], Optional[str]]:
@@ -331,16 +339,23 @@ def check_rows(
         raise ValueError("concurrency must be at least 1")
     with asyncio.Runner() as runner:
         checker = runner.run(_build(config_dir, main_model_url))
-        pending: collections.deque[asyncio.Task] = collections.deque()
-        numbered = enumerate(rows)
-        while True:
-            for index, row in numbered:
-                pending.append(runner.get_loop().create_task(checker.check(index, row)))
-                if len(pending) >= concurrency:
-                    break
-            if not pending:
-                return
-            yield runner.run(_result(pending.popleft()))
+        try:
+            yield from _results(runner, checker, rows, concurrency)
+        finally:
+            runner.run(checker.close())
+
+
+def _results(runner: asyncio.Runner, checker: _Checker, rows: Iterable[dict], concurrency: int) -> Iterator[dict]:
+    pending: collections.deque[asyncio.Task] = collections.deque()
+    numbered = enumerate(rows)
+    while True:
+        for index, row in numbered:
+            pending.append(runner.get_loop().create_task(checker.check(index, row)))
+            if len(pending) >= concurrency:
+                break
+        if not pending:
+            return
+        yield runner.run(_result(pending.popleft()))
 
 
 async def _build(config_dir: Path, main_model_url: Optional[str]) -> _Checker:

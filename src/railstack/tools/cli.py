@@ -88,7 +88,8 @@ def _check(args: argparse.Namespace) -> int:
     try:
         with _rows_file(args.file) as lines:
             rows = [{"text": args.text, "answer": args.answer}] if args.text is not None else read_rows(lines)
-            with contextlib.closing(check_rows(args.config_dir, rows, concurrency=args.concurrency, main_model_url=args.main_model_url)) as results:
+            checked = check_rows(args.config_dir, rows, concurrency=args.concurrency, main_model_url=args.main_model_url)
+            with contextlib.closing(checked) as results:
                 if args.text is not None:
                     return _print_one(next(results))
                 return _print_rows(results, args.progress, _count(args.file))
