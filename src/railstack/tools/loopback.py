@@ -1,7 +1,9 @@
 """A loopback OpenAI-compatible main model, for the tests, the benchmarks and ``railstack profile``.
 
 It answers ``/v1/chat/completions`` (streaming and not, ``n`` choices, ``usage`` in the answer and,
-when ``stream_options.include_usage`` asks, in a last chunk of its own), counts its calls, keeps
+when ``stream_options.include_usage`` asks, in a last chunk of its own) with ``reply``, or while
+any are left with the next of ``replies``, one a request (a test whose calls each want their own
+answer scripts them in order), counts its calls, keeps
 the request bodies and arrival times, waits ``latency_s`` before the first token (watching for
 the client leaving) and ``token_delay_s`` between streamed tokens, counts the answers their
 client abandoned and the generations under way (requests whose answer it is still waiting on or
