@@ -241,9 +241,13 @@ def keep_activated_rails(app: Any) -> None:
     async def wrapped(*args: Any, **kwargs: Any) -> Any:
         response = await generate(*args, **kwargs)
         kept = _activated.get()
+        if kept is None:
+            return response
         log = getattr(response, "log", None)
-        if kept is not None and log is not None:
-            kept += [(r.type, r.name, [a.action_name for a in r.executed_actions]) for r in log.activated_rails or []]
+        if log is None or log.activated_rails is None:
+            # Without it every stage would read as one where no rail ran.
+            raise IncompatibleNeMo("GenerationResponse.log.activated_rails", "check_async's answer holds no activated rails")
+        kept += [(r.type, r.name, [a.action_name for a in r.executed_actions]) for r in log.activated_rails]
         return response
 
     app.generate_async = wrapped
