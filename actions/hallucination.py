@@ -5,4 +5,4 @@ from railstack.core import ModelRail, Tier, rail
 from railstack.hallucination import check, stand_in
 
 rail("hallucination", Tier.LARGE_CLASSIFIER, resource=check.resources,
-     model=ModelRail("hallucination", stand_in.stand_in))(check.check)
+     model=ModelRail("hallucination", stand_in.stand_in), calls_main_model=check.samples_main_model)(check.check)

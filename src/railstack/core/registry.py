@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import importlib
-from typing import Callable, Optional
+from typing import Any, Callable, Optional
 
 from railstack.core.types import Builder, Check, ModelRail, Rail, Tier
 
@@ -38,17 +38,19 @@ registry = RailRegistry()
 
 
 def rail(
-    name: str, tier: Tier, resource: Optional[Builder] = None, model: Optional[ModelRail] = None
+    name: str, tier: Tier, resource: Optional[Builder] = None, model: Optional[ModelRail] = None,
+    calls_main_model: Optional[Callable[[Any], bool]] = None,
 ) -> Callable[[Check], Check]:
     """Register an async check as the rail ``name``.
 
     ``resource(runtime)`` builds what the check needs per config (compiled patterns, a model);
     it runs when the config loads, and the check finds the result in ``ctx.resource``. A model
-    rail also says which settings section names its checkpoint (``model``).
+    rail also says which settings section names its checkpoint (``model``), and a rail that
+    calls the main model whether it does under given settings (``calls_main_model``).
     """
 
     def register(check: Check) -> Check:
-        registry.add(Rail(name, tier, check, resource, model))
+        registry.add(Rail(name, tier, check, resource, model, calls_main_model))
         return check
 
     return register

@@ -110,6 +110,9 @@ class Rail:
     check: Check
     resource: Optional[Builder] = None
     model: Optional[ModelRail] = None
+    # Whether, under the config's settings, the rail calls the main model itself on a turn with
+    # no retrieved context (``railstack check`` must have one for it).
+    calls_main_model: Optional[Callable[[Any], bool]] = None
 
 
 @dataclass(frozen=True)

@@ -20,6 +20,11 @@ def resources(runtime: Runtime) -> tuple[Any, Any]:
     return nli, Samples(ttl_s=runtime.settings.memory.conversation_cache_ttl_s)
 
 
+def samples_main_model(settings: Any) -> bool:
+    """Without retrieved context only grounded mode does without the main model's answers."""
+    return settings.hallucination.mode != "grounded"
+
+
 def _context_text(ctx: CheckContext) -> str:
     found = ctx.nemo_context.get(ctx.settings.hallucination.context_key)
     if isinstance(found, (list, tuple)):

@@ -9,6 +9,7 @@ railstack assumes, refusing to start otherwise.
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import functools
 import importlib.metadata
 import json
@@ -237,6 +238,55 @@ def bound_events_history(app: Any, bounded: Callable[[Any], Any]) -> None:
     app.generate_async = wrapped
 
 
+def action_calls_main_model(app: Any, name: str) -> bool:
+    """Whether ``app``'s action ``name`` is handed the main model: NeMo injects it into an action
+    whose signature names ``llm`` or ``llms`` (a self-check, an LLM-served Llama Guard...),
+    unless the config has a model of the action's own type, which it gets instead."""
+    import inspect
+
+    fn = app.runtime.action_dispatcher.registered_actions.get(name)
+    if fn is None or not (inspect.isfunction(fn) or inspect.ismethod(fn)):
+        return False
+    parameters = inspect.signature(fn).parameters
+    own_model = f"{name}_llm" in app.runtime.registered_action_params
+    return ("llm" in parameters or "llms" in parameters) and not own_model
+
+
+_activated: contextvars.ContextVar[Optional[list]] = contextvars.ContextVar("railstack_activated_rails", default=None)
+
+
+def keep_activated_rails(app: Any) -> None:
+    """Let ``check_with_activated_rails`` see the rails NeMo ran: ``check_async`` asks its
+    ``generate_async`` for their log, but returns only the verdict."""
+    generate = app.generate_async
+
+    @functools.wraps(generate)
+    async def wrapped(*args: Any, **kwargs: Any) -> Any:
+        response = await generate(*args, **kwargs)
+        kept = _activated.get()
+        if kept is None:
+            return response
+        log = getattr(response, "log", None)
+        if log is None or log.activated_rails is None:
+            # Without it every stage would read as one where no rail ran.
+            raise IncompatibleNeMo("GenerationResponse.log.activated_rails", "check_async's answer holds no activated rails")
+        kept += [(r.type, r.name, [a.action_name for a in r.executed_actions]) for r in log.activated_rails]
+        return response
+
+    app.generate_async = wrapped
+
+
+async def check_with_activated_rails(app: Any, messages: list[dict], rail_type: Any) -> tuple[Any, list[tuple]]:
+    """``app.check_async`` on one rail type, and the rails NeMo ran for it: ``(type, flow name,
+    [the actions it executed])`` each. ``keep_activated_rails(app)`` must have been called."""
+    token = _activated.set([])
+    try:
+        result = await app.check_async(messages, rail_types=[rail_type])
+        return result, _activated.get()
+    finally:
+        _activated.reset(token)
+
+
 def config_path(app: Any) -> str:
     return (app.config.config_path or "").split(",")[0].strip()
 
@@ -282,6 +332,31 @@ async def chat_choices(endpoint: tuple[Any, str], messages: list[dict], **params
     client, model = endpoint
     response = await client.chat_completion(model, messages, **params)
     return [(c.get("message") or {}).get("content") or "" for c in response.body.get("choices", [])]
+
+
+def _client_pool() -> dict:
+    """NeMo's pool of OpenAI-compatible clients (``DefaultFramework._clients``): one per base URL
+    and settings for the whole process, each bound to the event loop that first used it."""
+    from nemoguardrails.llm.frameworks import get_default_framework, get_framework
+
+    pool = getattr(get_framework(get_default_framework()), "_clients", None)
+    if not isinstance(pool, dict):
+        raise IncompatibleNeMo("DefaultFramework._clients", "not the pool of model clients railstack check closes")
+    return pool
+
+
+def pooled_model_clients() -> set:
+    """The keys of the model clients NeMo has pooled so far (for ``close_model_clients_since``)."""
+    return set(_client_pool())
+
+
+async def close_model_clients_since(before: set) -> None:
+    """Close, on the loop they were used on, the clients NeMo pooled since ``pooled_model_clients``
+    gave ``before``, and drop them from its pool: a later caller of the same URL on another loop
+    (a second ``railstack check`` run in one process) would get one bound to a closed loop."""
+    pool = _client_pool()
+    for key in [k for k in pool if k not in before]:
+        await pool.pop(key).close()
 
 
 @dataclass(frozen=True)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any, Iterator, Optional
 
 from railstack.core.types import Intent
 from railstack.nemo.compat import elements, flows_by_id, is_subflow, user_intents
@@ -15,16 +15,11 @@ def _names(spec: Any) -> list[str]:
     return [n.strip() for n in spec.split(",") if n.strip()]
 
 
-def rails_named_in_flows(config: Any, sections: tuple[str, ...] = ALL_SECTIONS) -> list[str]:
-    """The railstack rails a config runs: the ``rails`` argument of each ``railstack_rails``
-    action in the flows its rails list (input, output, retrieval, tool), its dialog flows, and
-    the subflows those call. Subflows that nothing calls (the pack's library) do not count.
-    With ``sections``, only the rails of those sections' flows (and what they call)."""
+def actions_reached(config: Any, flow_ids: list[str]) -> Iterator[dict]:
+    """The action elements (``action_name``, ``action_params``) of the flows ``flow_ids`` and of
+    the subflows they call, each flow once."""
     by_id = flows_by_id(config)
-    todo = [f for section in sections for f in getattr(getattr(config.rails, section, None), "flows", None) or []]
-    if sections == ALL_SECTIONS:
-        todo += [flow_id for flow_id, flow in by_id.items() if not is_subflow(flow)]
-    names: list[str] = []
+    todo = list(flow_ids)
     seen: set[str] = set()
     while todo:
         flow = by_id.get(todo.pop())
@@ -34,10 +29,30 @@ def rails_named_in_flows(config: Any, sections: tuple[str, ...] = ALL_SECTIONS) 
         for element in elements(flow):
             if element.get("_type") == "flow":
                 todo.append(element.get("flow_name"))
-            elif element.get("action_name") == "railstack_rails":
-                spec = element.get("action_params", {}).get("rails", "")
-                if isinstance(spec, str) and not spec.startswith("$"):
-                    names += [n for n in _names(spec) if n not in names]
+            elif element.get("action_name"):
+                yield element
+
+
+def railstack_rails_of(element: dict) -> list[str]:
+    """The rails a ``railstack_rails`` action element names (none for another action, or for a
+    list only known when the flow runs)."""
+    spec = element.get("action_params", {}).get("rails", "")
+    if element.get("action_name") != "railstack_rails" or not isinstance(spec, str) or spec.startswith("$"):
+        return []
+    return _names(spec)
+
+
+def rails_named_in_flows(config: Any, sections: tuple[str, ...] = ALL_SECTIONS) -> list[str]:
+    """The railstack rails a config runs: the ``rails`` argument of each ``railstack_rails``
+    action in the flows its rails list (input, output, retrieval, tool), its dialog flows, and
+    the subflows those call. Subflows that nothing calls (the pack's library) do not count.
+    With ``sections``, only the rails of those sections' flows (and what they call)."""
+    todo = [f for section in sections for f in getattr(getattr(config.rails, section, None), "flows", None) or []]
+    if sections == ALL_SECTIONS:
+        todo += [flow_id for flow_id, flow in flows_by_id(config).items() if not is_subflow(flow)]
+    names: list[str] = []
+    for element in actions_reached(config, todo):
+        names += [n for n in railstack_rails_of(element) if n not in names]
     return names
 
 

@@ -1,5 +1,8 @@
 """``railstack check``: a config's rails over rows (a text, or an OpenAI chat conversation, and
-optionally an answer), through NeMo as the server runs them, without ever calling the main model.
+optionally an answer), through NeMo as the server runs them, without ever having the main model
+answer. Rails that call the main model themselves (NeMo's self checks, railstack's
+self-consistency) get it: ``--main-model-url``, else ``MAIN_MODEL_BASE_URL``, else the config's
+own, when it answers; without one such a config does not load, and the error names those rails.
 
 ``check_rows(config_dir, rows)`` loads the config once and yields one result per row, in row
 order. A row is validated as railstack's HTTP layer validates a chat request, and its rails see
@@ -21,8 +24,17 @@ from typing import Any, AsyncIterator, Iterable, Iterator, Optional
 UNMETERED = "railstack check meters no rows: an audit is not a client's traffic"
 
 
+PROBE_TIMEOUT_S = 2.0  # to tell whether a main model answers at all
+GIVE_A_MODEL = ("give railstack check an OpenAI-compatible main model: --main-model-url URL "
+                "(e.g. http://127.0.0.1:8000/v1) or the MAIN_MODEL_BASE_URL environment variable")
+
+
 class CannotLoad(Exception):
     """The config dir does not load; the message says why (a bad setting names its key)."""
+
+
+class NeedsMainModel(CannotLoad):
+    """Rails of the config call the main model, and none is reachable: the message names them."""
 
 
 @dataclass(frozen=True)
@@ -48,24 +60,71 @@ def read_rows(lines: Iterable[str]) -> Iterator[Any]:
 
 
 class _NoMainModel:
-    """Stands where the main model would be: ``check`` must never reach it."""
+    """Stands where the main model would be when no rail of the config calls it: a rail that
+    does all the same (one ``main_model_rails`` cannot tell) fails its row, saying so."""
 
     model_name = "railstack-check"
     provider_name = None
     provider_url = None
 
     async def generate_async(self, prompt: Any, *, stop: Optional[list] = None, **kwargs: Any) -> Any:
-        raise RuntimeError("railstack check never calls the main model")
+        raise RuntimeError(f"a rail called the main model, which railstack check was not given: {GIVE_A_MODEL}")
 
     async def stream_async(self, prompt: Any, *, stop: Optional[list] = None, **kwargs: Any) -> AsyncIterator[Any]:
-        raise RuntimeError("railstack check never calls the main model")
+        raise RuntimeError(f"a rail called the main model, which railstack check was not given: {GIVE_A_MODEL}")
         yield  # pragma: no cover - makes this an async generator
 
 
+def main_model_rails(app: Any, runtime: Any) -> list[str]:
+    """The input and output rails of the ``LLMRails`` ``app`` that call its main model: NeMo
+    flows whose actions NeMo hands the main model, and enabled railstack rails that sample it."""
+    from railstack.core.registry import registry
+    from railstack.nemo.compat import action_calls_main_model
+    from railstack.nemo.flows import actions_reached, railstack_rails_of
+
+    found: list[str] = []
+    for stage in ("input", "output"):
+        for flow in getattr(app.config.rails, stage).flows:
+            for element in actions_reached(app.config, [flow]):
+                action = element["action_name"]
+                if action == "railstack_rails":
+                    for name in railstack_rails_of(element):
+                        rail = registry.get(name)  # an unknown one is the config's start-up error
+                        calls = rail.calls_main_model if rail is not None else None
+                        if runtime.settings.enabled(name) and calls is not None and calls(runtime.settings):
+                            found.append(f"{stage} rail '{name}' (flow '{flow}')")
+                elif action_calls_main_model(app, action):
+                    found.append(f"{stage} flow '{flow}' (action {action})")
+    return list(dict.fromkeys(found))
+
+
+def _unreachable(url: str) -> Optional[str]:
+    """Why nothing answers HTTP at the OpenAI-compatible base URL ``url``; None when something does."""
+    import httpx
+
+    try:
+        httpx.get(f"{url.rstrip('/')}/models", timeout=PROBE_TIMEOUT_S)
+    except httpx.HTTPError as exc:
+        return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+    return None
+
+
+def _with_main_model(config: Any, url: str) -> None:
+    """``config``'s main model at ``url`` (an OpenAI-compatible endpoint when it names none)."""
+    from nemoguardrails.rails.llm.config import Model
+
+    main = next((m for m in config.models if m.type == "main"), None)
+    if main is None:
+        main = Model(type="main", engine="openai", model="main", parameters={"api_key": "EMPTY"})
+        config.models.append(main)
+    main.parameters = {**(main.parameters or {}), "base_url": url}
+
+
 class _Checker:
-    def __init__(self, config_dir: Path):
+    def __init__(self, config_dir: Path, main_model_url: Optional[str] = None):
         from nemoguardrails import LLMRails, RailsConfig
 
+        from railstack.nemo.compat import keep_activated_rails, main_model_of, pooled_model_clients
         from railstack.nemo.flows import config_settings, input_rails_of
         from railstack.nemo.hook import config_runtime
 
@@ -74,15 +133,57 @@ class _Checker:
         try:
             config = RailsConfig.from_path(str(config_dir))
             self.limits = config_settings(config).limits
-            # The configured main model is never called here, so it is not built either.
+            _, configured_url, _ = main_model_of(config)
+            # The main model is built only for rails that call it: most configs have none.
             config.models = [m for m in config.models if m.type != "main"]
             self.rails = LLMRails(config, llm=_NoMainModel())
+            self.runtime = config_runtime(self.rails)
+            self.model_rails = main_model_rails(self.rails, self.runtime)
+            self.main_model_url = None
+            self._clients_before = pooled_model_clients()
+            if self.model_rails:
+                self.main_model_url = self._reachable_model(config_dir, main_model_url, configured_url)
+                config = RailsConfig.from_path(str(config_dir))
+                _with_main_model(config, self.main_model_url)
+                self.rails = LLMRails(config)
+                self.runtime = config_runtime(self.rails)
+        except NeedsMainModel:
+            raise
         except Exception as exc:  # noqa: BLE001 - a config that does not load is said, not traced
             raise CannotLoad(f"cannot load {config_dir}: {exc.__cause__ or exc}") from exc
+        keep_activated_rails(self.rails)
         # Where the input flows are railstack's own, the server runs their rails before NeMo, and
         # so does check: NeMo's Colang machinery (~7 ms a row) is paid only to say a refusal.
         self.input_rails = input_rails_of(self.rails.config)
-        self.runtime = config_runtime(self.rails)
+
+    async def close(self) -> None:
+        """Close the main model's connections, on the loop the rows ran on."""
+        from railstack.nemo.compat import close_model_clients_since
+
+        await close_model_clients_since(self._clients_before)
+
+    def _reachable_model(self, config_dir: Path, given: Optional[str], configured: Optional[str]) -> str:
+        """The main model's URL for the rails that call it, once something answers there."""
+        import os
+
+        if given:
+            url, whence = given, "--main-model-url"
+        elif os.environ.get("MAIN_MODEL_BASE_URL"):
+            url, whence = os.environ["MAIN_MODEL_BASE_URL"], "MAIN_MODEL_BASE_URL"
+        else:
+            url, whence = configured, "the config's main model (models: type main, parameters.base_url)"
+        rails = "; ".join(self.model_rails)
+        if not url:
+            tried = "the config names no main model URL"
+        else:
+            why = _unreachable(url)
+            if why is None:
+                return url
+            tried = f"nothing answers at {url} (from {whence}): {why}"
+        raise NeedsMainModel(
+            f"{config_dir} has rails that call the main model, and {tried}. Those rails: {rails}. To check them, "
+            f"{GIVE_A_MODEL}; only those rails' own calls go to it, never one for the answer being checked."
+        )
 
     def _conversation(self, row: Any) -> tuple[list[dict], Optional[str]]:
         """The row's messages and answer, refused as railstack's HTTP layer refuses a request."""
@@ -139,6 +240,7 @@ class _Checker:
             except Exception as exc:  # noqa: BLE001 - the row is unchecked, and says so; the others go on
                 return {**result, "error": f"the rails raised {type(exc).__name__}: {exc}"}
         records = [d.as_dict() for d in decisions]
+        _rails_ran(stages, records)
         blocked = next((stage for stage, report in stages.items() if report["status"] == "blocked"), None)
         result.update(verdict="block" if blocked else "allow", rail=None, reason=None)
         if blocked is not None:
@@ -159,15 +261,15 @@ class _Checker:
         nemo = messages[: last_user + 1]
         reports: dict[str, dict] = {}
         if not self.rails.config.rails.input.flows:
-            reports["input"] = {"status": "no rails configured"}
+            reports["input"] = {"status": "passed", "rail": None, "content": nemo[-1]["content"], "flows": []}
         else:
             reports["input"] = await self._input(messages, nemo)
         if answer is None:
             return reports
         if reports["input"]["status"] == "blocked":
-            reports["output"] = {"status": "skipped"}
+            reports["output"] = {"status": "skipped", "flows": []}
         elif not self.rails.config.rails.output.flows:
-            reports["output"] = {"status": "no rails configured"}
+            reports["output"] = {"status": "passed", "rail": None, "content": answer, "flows": []}
         else:
             reports["output"] = await self._nemo(nemo + [{"role": "assistant", "content": answer}], RailType.OUTPUT)
         return reports
@@ -191,42 +293,73 @@ class _Checker:
             if check is not None:
                 decided, blocker = await check(self.input_rails)
                 if blocker is None:
-                    return {"status": "passed", "rail": None, "content": nemo[-1]["content"]}
+                    return {"status": "passed", "rail": None, "content": nemo[-1]["content"], "flows": []}
         with derive(input_decisions=decided):
             return await self._nemo(nemo, RailType.INPUT)
 
     async def _nemo(self, messages: list[dict], rail_type: Any) -> dict:
         from nemoguardrails.rails.llm.options import RailStatus
 
-        checked = await self.rails.check_async(messages, rail_types=[rail_type])
+        from railstack.nemo.compat import check_with_activated_rails
+
+        checked, activated = await check_with_activated_rails(self.rails, messages, rail_type)
         status = "blocked" if checked.status == RailStatus.BLOCKED else checked.status.value
-        return {"status": status, "rail": checked.rail, "content": checked.content}
+        # A flow of railstack's runs railstack rails, which their decision records name.
+        flows = [name for kind, name, actions in activated if kind == rail_type.value and "railstack_rails" not in actions]
+        return {"status": status, "rail": checked.rail, "content": checked.content, "flows": flows}
 
 
-def check_rows(config_dir: Path, rows: Iterable[dict], *, concurrency: int = 1) -> Iterator[dict]:
+def _rails_ran(stages: dict[str, dict], records: list[dict]) -> None:
+    """Each stage's ``ran``: the railstack rails that decided on it, then the config's own flows
+    NeMo ran. A stage where none ran says so rather than "passed"."""
+    for stage, report in stages.items():
+        flows = report.pop("flows")
+        ran = list(dict.fromkeys([d["rail"] for d in records if d["source"] == stage and d["verdict"] != "skipped"]))
+        report["ran"] = ran + [f for f in flows if f not in ran]
+        if report["ran"] or report["status"] == "skipped":
+            continue
+        skipped = [d["rail"] for d in records if d["source"] == stage and d["verdict"] == "skipped"]
+        if skipped:
+            report["status"] = (f"no {stage} rail ran: railstack check skips {', '.join(skipped)}, "
+                                f"and no other {stage} rail is enabled in this config")
+        else:
+            report["status"] = f"no {stage} rail is enabled in this config"
+
+
+def check_rows(
+    config_dir: Path, rows: Iterable[dict], *, concurrency: int = 1, main_model_url: Optional[str] = None
+) -> Iterator[dict]:
     """One result per row of ``rows``, in their order, from the config at ``config_dir`` loaded
     once: ``{"row", "id", "verdict", "rail", "reason", "input", "output" (with an answer),
     "decisions"}``, or ``{"row", "id", "error"}`` for a row that cannot be checked (a ``BadLine``,
     no ``text`` or ``messages``, wrong types, a request the server would refuse). Up to
-    ``concurrency`` rows are checked at once. Raises ``CannotLoad`` before the first result."""
+    ``concurrency`` rows are checked at once. ``main_model_url`` is the main model of the rails
+    that call it. Raises ``CannotLoad`` (``NeedsMainModel``) before the first result."""
     if concurrency < 1:
         raise ValueError("concurrency must be at least 1")
     with asyncio.Runner() as runner:
-        checker = runner.run(_build(config_dir))
-        pending: collections.deque[asyncio.Task] = collections.deque()
-        numbered = enumerate(rows)
-        while True:
-            for index, row in numbered:
-                pending.append(runner.get_loop().create_task(checker.check(index, row)))
-                if len(pending) >= concurrency:
-                    break
-            if not pending:
-                return
-            yield runner.run(_result(pending.popleft()))
+        checker = runner.run(_build(config_dir, main_model_url))
+        try:
+            yield from _results(runner, checker, rows, concurrency)
+        finally:
+            runner.run(checker.close())
 
 
-async def _build(config_dir: Path) -> _Checker:
-    return _Checker(config_dir)  # on the loop the rows run on: NeMo binds its locks and caches to it
+def _results(runner: asyncio.Runner, checker: _Checker, rows: Iterable[dict], concurrency: int) -> Iterator[dict]:
+    pending: collections.deque[asyncio.Task] = collections.deque()
+    numbered = enumerate(rows)
+    while True:
+        for index, row in numbered:
+            pending.append(runner.get_loop().create_task(checker.check(index, row)))
+            if len(pending) >= concurrency:
+                break
+        if not pending:
+            return
+        yield runner.run(_result(pending.popleft()))
+
+
+async def _build(config_dir: Path, main_model_url: Optional[str]) -> _Checker:
+    return _Checker(config_dir, main_model_url)  # on the loop the rows run on: NeMo binds its locks and caches to it
 
 
 async def _result(task: "asyncio.Task[dict]") -> dict:

@@ -4,7 +4,8 @@
 
 ``railstack check CONFIG_DIR --text "..." [--answer "..."]`` or ``--file rows.jsonl`` runs a
 config's input rails (and output rails on an answer) through NeMo as the server would, but never
-calls the main model: see ``railstack.tools.check``. ``--text`` prints its one result as JSON
+has the main model answer (rails that call it themselves get it: ``--main-model-url``): see
+``railstack.tools.check``. ``--text`` prints its one result as JSON
 (exit status 0 allowed, 1 blocked); ``--file`` one JSON line per row (exit status 0 when every
 row was checked, blocked ones included). Either: 3 when a row could not be checked, 2 bad usage
 or a config that does not load.
@@ -28,13 +29,15 @@ def main(argv: Optional[list[str]] = None) -> int:
     os.environ.setdefault("NEMO_GUARDRAILS_NO_USAGE_STATS", "1")
     parser = argparse.ArgumentParser(prog="railstack", description="railstack tools")
     sub = parser.add_subparsers(dest="command", required=True)
-    p_check = sub.add_parser("check", help="run a config's rails on a text without calling the main model")
+    p_check = sub.add_parser("check", help="run a config's rails on a text without the main model answering")
     p_check.add_argument("config_dir", type=Path)
     given = p_check.add_mutually_exclusive_group(required=True)
     given.add_argument("--text", help="the user message to check")
     given.add_argument("--file", help="JSON Lines of rows ({\"text\" or \"messages\", \"answer\", \"id\"}), - for stdin")
     p_check.add_argument("--answer", help="with --text: a bot answer to check with the output rails")
     p_check.add_argument("--concurrency", type=int, default=1, help="with --file: rows checked at once (order kept)")
+    p_check.add_argument("--main-model-url", help="for rails that call the main model (NeMo's self checks): its "
+                         "OpenAI-compatible base URL (default: MAIN_MODEL_BASE_URL, else the config's); never asked for an answer")
     p_check.add_argument("--progress", choices=["auto", "on", "off"], default="auto",
                          help="with --file: a progress bar on stderr (auto: when stderr is a terminal)")
     p_serve = sub.add_parser("serve", help="nemoguardrails server with railstack's HTTP layer, for a config dir or a root")
@@ -85,7 +88,8 @@ def _check(args: argparse.Namespace) -> int:
     try:
         with _rows_file(args.file) as lines:
             rows = [{"text": args.text, "answer": args.answer}] if args.text is not None else read_rows(lines)
-            with contextlib.closing(check_rows(args.config_dir, rows, concurrency=args.concurrency)) as results:
+            checked = check_rows(args.config_dir, rows, concurrency=args.concurrency, main_model_url=args.main_model_url)
+            with contextlib.closing(checked) as results:
                 if args.text is not None:
                     return _print_one(next(results))
                 return _print_rows(results, args.progress, _count(args.file))

@@ -1,8 +1,9 @@
 """A loopback OpenAI-compatible main model, for the tests, the benchmarks and ``railstack profile``.
 
 It answers ``/v1/chat/completions`` (streaming and not, ``n`` choices, ``usage`` in the answer and,
-when ``stream_options.include_usage`` asks, in a last chunk of its own), counts its calls, keeps
-the request bodies and arrival times, waits ``latency_s`` before the first token (watching for
+when ``stream_options.include_usage`` asks, in a last chunk of its own) with ``reply``, or the
+reply ``replies`` scripts for a prompt (a test whose calls each want their own answer, as NeMo's
+self-check prompts want "Yes" or "No"), counts its calls, keeps the request bodies and arrival times, waits ``latency_s`` before the first token (watching for
 the client leaving) and ``token_delay_s`` between streamed tokens, counts the answers their
 client abandoned and the generations under way (requests whose answer it is still waiting on or
 writing; ``active``, and ``peak_active`` the most at once), so callers can tell whether, when and
@@ -58,8 +59,7 @@ _SETTLE_TURNS = 20  # event-loop turns: enough for a closed connection's answer 
 @dataclass
 class LoopbackModel:
     reply: str = "Paris is the capital of France."
-    # Scripted answers: the reply to a request whose last message contains the key (the first key
-    # that matches), as a real model answers NeMo's self-check prompts with "Yes" or "No".
+    # The reply to a request whose last message contains the key (the first key that matches).
     replies: dict[str, str] = field(default_factory=dict)
     latency_s: float = 0.0
     token_delay_s: float = 0.0
