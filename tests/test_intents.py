@@ -180,3 +180,16 @@ def test_the_seed_config_streams_a_benign_answer_after_its_chunk_passed_self_che
         answering.replies[SELF_CHECK_OUTPUT] = "Yes"
         res = client.post("/v1/chat/completions", json=chat("seed", BENIGN[1], stream=True))
         assert ANSWER not in streamed_text(res, errors=True)
+
+
+def test_railstack_check_runs_the_seed_with_its_self_checks_against_the_main_model(answering):
+    from railstack.paths import config_dir
+    from railstack.tools.check import check_rows
+
+    rows = [{"text": PARAPHRASES[0], "answer": "never checked"}, {"text": BENIGN[0], "answer": ANSWER}]
+    refused, passed = check_rows(config_dir("seed"), rows, main_model_url=answering.base_url)
+    assert (refused["verdict"], refused["rail"], refused["input"]["content"]) == ("block", "intents", REFUSAL)
+    assert (passed["verdict"], passed["input"]["ran"], passed["output"]["ran"]) == (
+        "allow", ["heuristics", "intents", "self check input"], ["exfiltration", "self check output"])  # no admission: unmetered
+    prompts = [r["messages"][-1]["content"] for r in answering.requests]
+    assert len(prompts) == 2 and SELF_CHECK_INPUT in prompts[0] and SELF_CHECK_OUTPUT in prompts[1]
