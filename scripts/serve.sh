@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Set up .venv with railstack installed (non-editable) and serve configs/ on port ${PORT:-8080}.
 # The main model is any OpenAI-compatible endpoint: MAIN_MODEL_BASE_URL (default
-# http://127.0.0.1:8000/v1, as in the configs). Requests pick a config with
+# http://127.0.0.1:8000/v1, as in the configs; unset and with nothing there, `railstack serve`
+# starts its loopback stand-in there, labelled as such). Requests pick a config with
 # guardrails.config_id; without one they get ${1:-default}.
 set -euo pipefail
 cd "$(dirname "$0")/.."
