@@ -106,7 +106,7 @@ def budget(results: list[dict]) -> dict[str, Any]:
             totals[_segment(timing)] += ms
         totals[BUDGET[-1]] += max(0.0, 1000 * r["seconds"] - sum(r["timings_ms"].values()))
     n = max(len(measured), 1)
-    return {"requests": len(measured), "of": "passing" if passing else "all (every one was blocked)",
+    return {"requests": len(measured), "of": "passing" if passing else "blocked (none passed)",
             "mean_ms": {k: v / n for k, v in totals.items()}}
 
 
@@ -295,8 +295,8 @@ def _facts(report: dict[str, Any]) -> str:
     random = report.get("random_weights") or []
     weights = f"RANDOM weights for {', '.join(random)} (timings real, verdicts meaningless)" if random else "real weights"
     return (f"{load['requests']} requests per phase at concurrency {load['concurrency']}; simulated main model: "
-            f"TTFT {1000 * main['ttft_s']:.0f} ms, ITL {1000 * main['itl_s']:.0f} ms, {main['answer_words']} words; "
-            f"{weights}\n{report['percentile_rule']}")
+            f"TTFT {1000 * main['ttft_s']:.0f} ms, ITL {1000 * main['itl_s']:.0f} ms, {main['answer_words']} words\n"
+            f"{weights}; {report['percentile_rule']}")
 
 
 def _ms(value: float) -> str:
