@@ -2,6 +2,8 @@
 start-up refusal naming the rail, the model, what is wrong and the setting to change."""
 
 import shutil
+import socket
+import threading
 
 import pytest
 
@@ -94,3 +96,53 @@ def test_a_broken_output_rail_model_stops_the_server_at_start(good, tmp_path, mo
     with pytest.raises(CheckpointError, match=r"hallucination: cannot load model"):
         with serving(root):
             pass
+
+
+@pytest.mark.parametrize("model", ["/no/such/pg", "./no-such-pg", "no/such/pg"])
+def test_a_missing_local_directory_says_directory_not_found_and_names_the_variable(model):
+    with pytest.raises(CheckpointError) as err:
+        load("prompt_guard", model)
+    message = str(err.value)
+    assert message.startswith(f"prompt_guard: cannot load model '{model}' (a local directory): directory not found.")
+    assert "RAILSTACK__PROMPT_GUARD__MODEL" in message and "Repo id" not in message
+
+
+@pytest.fixture
+def dead_hub(monkeypatch):
+    """The hub's address, a server that counts connections and drops each unanswered."""
+    from huggingface_hub import constants
+
+    server = socket.create_server(("127.0.0.1", 0))
+    tries = []
+
+    def drop():
+        while True:
+            try:
+                conn, _ = server.accept()
+            except OSError:
+                return
+            tries.append(1)
+            conn.close()
+
+    threading.Thread(target=drop, daemon=True).start()
+    monkeypatch.setattr(constants, "ENDPOINT", f"http://127.0.0.1:{server.getsockname()[1]}")
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    yield tries
+    server.close()
+
+
+def test_an_unreachable_hub_is_tried_once_then_refused_by_name(dead_hub):
+    with pytest.raises(CheckpointError) as err:
+        load("prompt_guard", "acme/gated-guard")
+    message = str(err.value)
+    assert len(dead_hub) == 1  # one try, not five retries per file
+    assert "the hub is unreachable" in message and "HF_HUB_OFFLINE=1" in message and "HF_HUB_ETAG_TIMEOUT" in message
+    assert "RAILSTACK__PROMPT_GUARD__MODEL" in message
+
+
+def test_hf_hub_offline_skips_the_hub(dead_hub, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(CheckpointError, match=r"cannot load model 'acme/gated-guard' \(a Hugging Face hub id\)"):
+        load("prompt_guard", "acme/gated-guard")
+    assert dead_hub == []

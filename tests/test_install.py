@@ -54,6 +54,9 @@ def test_wheel_ships_actions_flows_and_configs(wheel):
         "railstack/configs/default/topic.co",
     ]:
         assert expected in names
+    # Every subpackage ships: an editable install imports a forgotten one from src/ and hides it.
+    for package in (REPO / "src" / "railstack").glob("*/__init__.py"):
+        assert f"railstack/{package.parent.name}/__init__.py" in names, f"pyproject.toml lacks railstack.{package.parent.name}"
     # A config dir holds nothing that points back into the repository: its flows come from the package.
     assert not any(name.startswith("railstack/configs/no-models/rails/") for name in names)
 

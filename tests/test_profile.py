@@ -34,7 +34,17 @@ def test_profile_of_the_no_models_config_reports_every_rail_and_both_ttfts(tmp_p
     # A request's time (the client's clock) includes each of its rails' (the server's timing):
     # so does each percentile of the one include the other's.
     for p in summary["rails_ms"].values():
-        assert all(p[q] <= summary["request_ms"][q] for q in ("p50", "p95", "p99"))
+        assert p["p50"] <= summary["request_ms"]["p50"]
+    # Six samples support a median, not a tail: p95 and p99 would be the maximum.
+    assert all(set(p) == {"n", "p50"} for p in [*summary["rails_ms"].values(), summary["request_ms"]])
+    assert report["load"] == {"requests": 6, "concurrency": 2} and report["main_model"]["ttft_s"] == 0.05
+    spent = summary["budget"]
+    passing = round(6 * (1 - summary["blocked_share"]))
+    assert spent["requests"] == passing and list(spent["mean_ms"]) == [
+        "admission", "cheap", "classifiers", "other rails", "main model + NeMo, HTTP"
+    ]
+    assert spent["mean_ms"]["cheap"] > 0 and spent["mean_ms"]["classifiers"] == 0
+    assert spent["mean_ms"]["main model + NeMo, HTTP"] >= 50  # the main model's time to first token is in it
     # The same prompts are blocked whether answered whole or streamed, in either mode.
     shares = [report["ttft_ms"][mode]["blocked_share"] for mode in ("plain", "speculative")]
     assert shares == [pytest.approx(summary["blocked_share"])] * 2
@@ -43,7 +53,17 @@ def test_profile_of_the_no_models_config_reports_every_rail_and_both_ttfts(tmp_p
         assert ttft["passing"]["p50"] >= 50  # the main model's own time to first token
         assert ttft["main_model_calls"] == ttft["passing"]["n"]  # no speculative tier here: nothing wasted
     assert (tmp_path / "out" / "profile.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert "TTFT speculative (passing)" in done.stdout
+    assert "TTFT speculative (passing)" in done.stdout and "p95 shown from n >= 20, p99 from n >= 100" in done.stdout
+
+
+@pytest.mark.parametrize("n, shown", [(19, {"n", "p50"}), (20, {"n", "p50", "p95"}), (100, {"n", "p50", "p95", "p99"})])
+def test_percentiles_the_sample_cannot_support_are_left_out(n, shown):
+    from railstack.tools.profile import percentiles
+
+    got = percentiles([float(i) for i in range(n)])
+    assert set(got) == shown and got["p50"] == (n - 1) / 2
+    if "p99" in got:
+        assert got["p95"] == 95.0 and got["p99"] == 99.0
 
 
 def with_prompt_guard(tmp_path, settings: str):

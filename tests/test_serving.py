@@ -1,6 +1,8 @@
 """Every way of serving railstack runs with its HTTP layer in front, or refuses and says what to do."""
 
+import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -120,3 +122,84 @@ def test_stopping_railstack_serve_stops_its_server(main_model, tmp_path):
         log.close()
     with pytest.raises(httpx.TransportError):
         httpx.get(f"http://127.0.0.1:{port}/v1/rails/configs", timeout=2)
+
+
+def _serve_copy_of_no_models(tmp_path, env: dict, *args: str) -> tuple:
+    """`railstack serve` of a copy of no-models whose main model's base_url (the configs' default
+    address, 127.0.0.1:8000 in the packaged ones) is a free port: the serve process, its URL, the
+    configs' main-model URL and its log."""
+    mine = tmp_path / "mine"
+    shutil.copytree(config_dir("no-models"), mine, ignore=shutil.ignore_patterns("__pycache__"))
+    default = f"http://127.0.0.1:{free_port()}/v1"
+    yml = mine / "config.yml"
+    yml.write_text(yml.read_text().replace("http://127.0.0.1:8000/v1", default))
+    port = free_port()
+    log = open(tmp_path / "serve.log", "w+")
+    proc = subprocess.Popen([sys.executable, "-m", "railstack.tools.cli", "serve", str(mine), "--port", str(port), *args],
+                            cwd=tmp_path, env=env, stdout=log, stderr=subprocess.STDOUT)
+    return proc, f"http://127.0.0.1:{port}", default, log
+
+
+def _stop(proc: subprocess.Popen, log, sig: int = signal.SIGTERM) -> str:
+    proc.send_signal(sig)
+    proc.wait(timeout=30)
+    log.seek(0)
+    out = log.read()
+    log.close()
+    return out
+
+
+def _gone(url: str) -> bool:
+    """Whether nothing answers at ``url`` within a wide margin (a killed parent's children get
+    their signal from the kernel, and take a moment to exit)."""
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        try:
+            httpx.get(url, timeout=2)
+        except httpx.TransportError:
+            return True
+        time.sleep(0.2)
+    return False
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL], ids=["SIGTERM", "SIGKILL"])
+def test_serve_with_no_main_model_named_starts_a_labelled_stand_in_and_ends_it(tmp_path, sig):
+    env = {**os.environ, "NEMO_GUARDRAILS_NO_USAGE_STATS": "1"}
+    env.pop("MAIN_MODEL_BASE_URL", None)
+    proc, url, default, log = _serve_copy_of_no_models(tmp_path, env)
+    try:
+        wait_until_up(url, proc)
+        res = httpx.post(f"{url}/v1/chat/completions", json=chat("mine", "What is the capital of France?"), timeout=60)
+        health = httpx.get(f"{url}/railstack/health", timeout=10)
+    finally:
+        out = _stop(proc, log, sig)
+    assert res.status_code == 200 and res.json()["choices"][0]["message"]["content"] == "Paris is the capital of France."
+    assert "stand-in" in res.headers["x-railstack-stand-in"] and default in res.headers["x-railstack-stand-in"]
+    assert "MAIN_MODEL_BASE_URL" in res.headers["x-railstack-stand-in"]
+    assert health.json()["main_model_stand_in"]["base_url"] == default and "x-railstack-stand-in" in health.headers
+    assert "STAND-IN main model" in out and "MAIN_MODEL_BASE_URL=" in out and "--no-stand-in" in out
+    assert _gone(f"{default}/models") and _gone(f"{url}/v1/rails/configs")  # the stand-in and server ended with serve
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("how", ["MAIN_MODEL_BASE_URL at a dead address", "--no-stand-in"])
+def test_no_stand_in_when_the_user_named_a_main_model_or_turned_it_off(tmp_path, how):
+    dead = f"http://127.0.0.1:{free_port()}/v1"
+    env = {**os.environ, "NEMO_GUARDRAILS_NO_USAGE_STATS": "1"}
+    env.pop("MAIN_MODEL_BASE_URL", None)
+    if how == "--no-stand-in":
+        proc, url, default, log = _serve_copy_of_no_models(tmp_path, env, "--no-stand-in")
+    else:
+        proc, url, default, log = _serve_copy_of_no_models(tmp_path, {**env, "MAIN_MODEL_BASE_URL": dead})
+    try:
+        wait_until_up(url, proc)
+        res = httpx.post(f"{url}/v1/chat/completions", json=chat("mine", "What is the capital of France?"), timeout=60)
+        health = httpx.get(f"{url}/railstack/health", timeout=10)
+        with pytest.raises(httpx.TransportError):  # nothing was started at the configs' address
+            httpx.get(f"{default}/models", timeout=2)
+    finally:
+        out = _stop(proc, log)
+    assert res.status_code == 502 and res.json()["error"]["code"] == "main_model_unreachable"
+    assert "x-railstack-stand-in" not in res.headers and "main_model_stand_in" not in health.json()
+    assert "STAND-IN" not in out

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import os
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Optional
 
 # Ordinary words a working tokenizer tells apart (a tokenizer whose files are missing can load
 # as a handful of special tokens and map every word to the same unknown id).
@@ -15,10 +16,15 @@ class CheckpointError(RuntimeError):
     wrong and the setting that chooses another."""
 
 
+def is_local(model: str) -> bool:
+    """Whether ``model`` names a directory rather than a hub id (``name`` or ``owner/name``)."""
+    return os.path.isabs(model) or model.startswith((".", "~")) or model.count("/") > 1 or "\\" in model
+
+
 def checkpoint_error(rail: str, model: str, problem: str) -> CheckpointError:
-    local = os.path.isabs(model) or model.startswith((".", "~"))
+    local = is_local(model)
     if local and not os.path.isdir(os.path.expanduser(model)):
-        problem = "there is no such directory"
+        problem = "directory not found"
     problem = problem.removeprefix(f"{rail}: ").rstrip(". ")
     where = "a local directory" if local else "a Hugging Face hub id"
     return CheckpointError(
@@ -27,6 +33,62 @@ def checkpoint_error(rail: str, model: str, problem: str) -> CheckpointError:
         f"license accepted and HF_TOKEN set) with {rail}.model under custom_data.railstack or the environment "
         f"variable RAILSTACK__{rail.upper()}__MODEL."
     )
+
+
+def _offline() -> bool:
+    from huggingface_hub import constants
+
+    # Read now too: the hub library reads it once, when it is first imported.
+    return constants.HF_HUB_OFFLINE or os.environ.get("HF_HUB_OFFLINE", "").upper() in {"1", "ON", "YES", "TRUE"}
+
+
+def _hub_unreachable() -> Optional[str]:
+    """Why the hub does not answer, after one try within ``HF_HUB_ETAG_TIMEOUT`` seconds; None
+    when it answers. Without it, an unreachable hub costs every file of a checkpoint its five
+    retries (about 50 s) before the same failure."""
+    import httpx
+    from huggingface_hub import constants
+
+    try:
+        httpx.head(constants.ENDPOINT, timeout=constants.HF_HUB_ETAG_TIMEOUT)
+    except httpx.HTTPError as exc:
+        return f"{constants.ENDPOINT} did not answer one try of HF_HUB_ETAG_TIMEOUT={constants.HF_HUB_ETAG_TIMEOUT} s: " \
+               f"{type(exc).__name__}: {exc}"
+    return None
+
+
+@dataclass(frozen=True)
+class Source:
+    """Where a rail's checkpoint is read from: ``kwargs`` for ``from_pretrained``, and the
+    refusal of a load that failed."""
+
+    rail: str
+    model: str
+    unreachable: Optional[str] = None  # why the hub was skipped: only the local cache was read
+
+    @property
+    def kwargs(self) -> dict[str, Any]:
+        return {"local_files_only": True} if self.unreachable else {}
+
+    def failure(self, exc: Exception) -> CheckpointError:
+        if self.unreachable:
+            return checkpoint_error(self.rail, self.model, f"the hub is unreachable ({self.unreachable}) and the model is "
+                                    "not in the local Hugging Face cache (HF_HOME); set HF_HUB_OFFLINE=1 to skip the hub, "
+                                    f"or, for a local directory, give its path (./{self.model} or an absolute one)")
+        return checkpoint_error(self.rail, self.model, f"{type(exc).__name__}: {exc}")
+
+
+def source(rail: str, model: str) -> Source:
+    """Where ``model`` loads from, refusing a local directory that does not exist before any
+    download is tried (transformers would take it for a malformed hub id), and trying an
+    unreachable hub once, not for every file (``HF_HUB_OFFLINE`` set: not at all)."""
+    if os.path.isdir(os.path.expanduser(model)):
+        return Source(rail, os.path.expanduser(model))
+    if is_local(model):
+        raise checkpoint_error(rail, model, "directory not found")
+    if _offline():
+        return Source(rail, model)
+    return Source(rail, model, _hub_unreachable())
 
 
 def check_tokenizer(rail: str, model_id: str, tokenizer: Any, model: Any) -> None:
@@ -103,12 +165,13 @@ def load_checkpoint(
 
     device = resolve_device(settings.device)
     precision = resolve_precision(settings.precision, device)
+    where = source(rail, settings.model)
     try:
-        tokenizer = tokenizer or AutoTokenizer.from_pretrained(settings.model)
+        tokenizer = tokenizer or AutoTokenizer.from_pretrained(where.model, **where.kwargs)
         dtype = torch.float32 if precision == "int8" else torch_dtype(precision)
-        model, info = model_class.from_pretrained(settings.model, dtype=dtype, output_loading_info=True)
+        model, info = model_class.from_pretrained(where.model, dtype=dtype, output_loading_info=True, **where.kwargs)
     except Exception as exc:  # noqa: BLE001 - missing, truncated, corrupt, wrong kind: each is the same refusal
-        raise checkpoint_error(rail, settings.model, f"{type(exc).__name__}: {exc}") from exc
+        raise where.failure(exc) from exc
     if info.get("missing_keys"):
         # Weights the checkpoint lacks are initialized at random: a checkpoint of another kind
         # (or task) would score with a random head and look normal.

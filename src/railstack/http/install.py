@@ -68,7 +68,7 @@ def init(app: Any) -> None:
     from railstack.http.backpressure import BackpressureMiddleware
     from railstack.http.decisions import DecisionsMiddleware
     from railstack.http.input_rails import InputRailsMiddleware
-    from railstack.http.ops import OpsMiddleware
+    from railstack.http.ops import OpsMiddleware, stand_in
     from railstack.http.responses import ResponsesMiddleware
     from railstack.http.upstream import MainModel, UpstreamMiddleware, probe_main_models
     from railstack.http.validation import ValidationMiddleware
@@ -126,6 +126,9 @@ def init(app: Any) -> None:
         return OpsMiddleware(DecisionsMiddleware(ResponsesMiddleware(stack)))
 
     compat.wrap_asgi_stack(app, layers, ours)
+    label = stand_in()
+    if label:
+        log.warning("STAND-IN main model: %s", label)
     probe_main_models(main_models)
     # Everything loaded so far (NeMo, LangChain, torch, the rails' models) lives as long as the
     # process. Frozen, the collector stops rescanning it: full collections over that heap

@@ -1,12 +1,14 @@
-"""Operations endpoints: health, readiness, liveness and Prometheus metrics."""
+"""Operations endpoints: health, readiness, liveness and Prometheus metrics; and the label of a
+server whose main model is railstack's loopback stand-in (``railstack serve`` started it)."""
 
 from __future__ import annotations
 
 import json
-from typing import Awaitable, Callable
+import os
+from typing import Awaitable, Callable, Optional
 
 from railstack.core import metrics
-from railstack.http.asgi import HEALTH_PATH, LIVE_PATH, METRICS_PATH, READY_PATH
+from railstack.http.asgi import HEALTH_PATH, LIVE_PATH, METRICS_PATH, READY_PATH, with_headers
 from railstack.http.errors import send_json
 from railstack.overload.health import dependencies
 from railstack.overload.stages import stages
@@ -15,6 +17,17 @@ _ORDER = {"healthy": 0, "degraded": 1, "overloaded": 2, "unhealthy": 3}
 _DEPENDENCY_LEVEL = {"healthy": 0, "degraded": 1, "unhealthy": 2}
 _STAGE_LEVEL = {"healthy": 0, "degraded": 1, "overloaded": 2}
 _NO_STORE = [("cache-control", "no-store")]
+STAND_IN_ENV = "RAILSTACK_MAIN_MODEL_STAND_IN"  # the stand-in's base URL, set by `railstack serve` only
+STAND_IN_HEADER = "x-railstack-stand-in"
+
+
+def stand_in() -> Optional[str]:
+    """What a client is told when the main model is the loopback stand-in, else None."""
+    url = os.environ.get(STAND_IN_ENV)
+    if not url:
+        return None
+    return (f"the main model at {url} is railstack's loopback stand-in (one canned reply), not a real model; "
+            "serve a real one with MAIN_MODEL_BASE_URL=http://HOST:PORT/v1")
 
 
 async def report() -> dict:
@@ -36,19 +49,28 @@ async def report() -> dict:
         for s in sorted(found, key=lambda s: _ORDER[s.status], reverse=True)
         if s.status != "healthy"
     ]
-    return {"status": status, "stages": stage_states, "dependencies": by_kind, "problems": problems}
+    body = {"status": status, "stages": stage_states, "dependencies": by_kind, "problems": problems}
+    label = stand_in()
+    if label:
+        body["main_model_stand_in"] = {"base_url": os.environ[STAND_IN_ENV], "note": label}
+    return body
 
 
 class OpsMiddleware:
     """``GET /railstack/health``: healthy / degraded / overloaded / unhealthy (the last two 503)
     with each stage's counts and each dependency's state; ``GET /railstack/ready``: 503 while a
     dependency is unhealthy; ``GET /railstack/live``: 200 while the process serves;
-    ``GET /metrics``: Prometheus text format."""
+    ``GET /metrics``: Prometheus text format. While the main model is the stand-in, every answer
+    says so in ``x-railstack-stand-in``."""
 
     def __init__(self, app: Callable[..., Awaitable[None]]):
         self.app = app
+        self.stand_in = stand_in()
 
     async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
+        if self.stand_in is not None and scope["type"] == "http":
+            label = [(STAND_IN_HEADER, self.stand_in)]
+            send = with_headers(send, lambda: label)
         if scope["type"] == "http" and scope["method"] in ("GET", "HEAD"):
             path = scope["path"]
             if path.endswith(HEALTH_PATH):

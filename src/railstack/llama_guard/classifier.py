@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Callable, Literal, Optional
 
 from railstack.engines.cache import ScoreCache
-from railstack.engines.loading import checkpoint_error
+from railstack.engines.loading import source
 from railstack.llama_guard.families import detect
 from railstack.llama_guard.formats import PromptFormat
 from railstack.llama_guard.local import LocalEngine
@@ -57,11 +57,12 @@ class SafetyModel:
         """The checkpoint of ``settings`` with its engine (queueing at ``stage``)."""
         from transformers import AutoConfig, AutoTokenizer
 
+        where = source("llama_guard", settings.model)
         try:
-            tokenizer = AutoTokenizer.from_pretrained(settings.model)
-            config = AutoConfig.from_pretrained(settings.model)
+            tokenizer = AutoTokenizer.from_pretrained(where.model, **where.kwargs)
+            config = AutoConfig.from_pretrained(where.model, **where.kwargs)
         except Exception as exc:  # noqa: BLE001 - missing, gated, broken: each is the same refusal
-            raise checkpoint_error("llama_guard", settings.model, f"{type(exc).__name__}: {exc}") from exc
+            raise where.failure(exc) from exc
         family = detect(settings, tokenizer)(settings, tokenizer, config)
         encoder = PromptEncoder(tokenizer, family)
         prompts = PromptBuilder(family, encoder, settings.max_prompt_tokens)

@@ -44,6 +44,9 @@ def main(argv: Optional[list[str]] = None) -> int:
     p_serve.add_argument("config_dir", type=Path, help="a config dir, or a directory of config dirs")
     p_serve.add_argument("--port", type=int, default=8080)
     p_serve.add_argument("--default-config-id", help="the config of requests that name none")
+    p_serve.add_argument("--no-stand-in", dest="stand_in", action="store_false",
+                         help="never start the loopback stand-in main model (by default it starts when "
+                         "MAIN_MODEL_BASE_URL is unset and nothing answers at the configs' base_url)")
     p_profile = sub.add_parser("profile", help="latency of every rail and of the whole request, TTFT, chart")
     p_profile.add_argument("config_dir", type=Path)
     p_profile.add_argument("--requests", type=int, default=50, help="prompts sent (per phase)")
@@ -64,7 +67,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         from railstack.tools.serve import CannotServe, serve
 
         try:
-            return serve(args.config_dir, args.port, args.default_config_id)
+            return serve(args.config_dir, args.port, args.default_config_id, args.stand_in)
         except (CannotServe, FileNotFoundError, NotADirectoryError) as exc:
             print(f"railstack: cannot serve {args.config_dir}: {exc}", file=sys.stderr)
             return 2

@@ -5,7 +5,10 @@ loopback main model of the given time to first token and inter-token latency; N 
 sent at the given concurrency, each as its own client, after one unmeasured warm-up request
 (NeMo builds a config's rails on its first). Reported: per rail p50/p95/p99 (from
 the responses' ``Server-Timing``), the whole request's, the blocked share, and the time to
-the first streamed token without and with speculative start; written as JSON and a PNG chart.
+the first streamed token without and with speculative start, and the time budget of a request
+(mean milliseconds per tier and the rest); written as JSON and a PNG chart that states the load,
+the simulated main model and whether weights were random. Percentiles a sample cannot support
+are left out (``MIN_SAMPLES``).
 With ``--random-weights``, model rails whose weights are not at hand run on random-weight
 checkpoints of the configured architectures: the timing is real, the verdicts are not (the
 report says so).
@@ -55,6 +58,12 @@ def load_prompts(path: Optional[Path], n: int) -> list[str]:
     return [texts[i % len(texts)] for i in range(n)]
 
 
+# A percentile is reported only when the sample can put a value above it: pq needs n >= 1/(1-q).
+# Below that, p95 and p99 are the sample's maximum, and read as tails they are not.
+MIN_SAMPLES = {"p95": 20, "p99": 100}
+PERCENTILE_RULE = "p95 shown from n >= 20, p99 from n >= 100"
+
+
 def percentiles(values: list[float]) -> dict[str, float]:
     if not values:
         return {"n": 0}
@@ -63,7 +72,42 @@ def percentiles(values: list[float]) -> dict[str, float]:
     def at(q: float) -> float:
         return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
-    return {"n": len(ordered), "p50": statistics.median(ordered), "p95": at(0.95), "p99": at(0.99)}
+    out = {"n": len(ordered), "p50": statistics.median(ordered)}
+    for name, q in (("p95", 0.95), ("p99", 0.99)):
+        if len(ordered) >= MIN_SAMPLES[name]:
+            out[name] = at(q)
+    return out
+
+
+# Where a request's time goes, in the chart's order; the last is the request's time no rail
+# accounts for: the main model's answer, and NeMo's and the HTTP layer's own work.
+BUDGET = ("admission", "cheap", "classifiers", "other rails", "main model + NeMo, HTTP")
+_SEGMENTS = {"ADMISSION": "admission", "CHEAP": "cheap", "SMALL_CLASSIFIER": "classifiers",
+             "LARGE_CLASSIFIER": "classifiers"}
+
+
+def _segment(timing: str) -> str:
+    """The budget segment of a ``Server-Timing`` name (``input.heuristics``): its rail's tier."""
+    from railstack.core import registry
+
+    declared = registry.get(timing.partition(".")[2])
+    return _SEGMENTS.get(declared.tier.name, "other rails") if declared is not None else "other rails"
+
+
+def budget(results: list[dict]) -> dict[str, Any]:
+    """The mean milliseconds of a request in each budget segment, over the requests that were
+    not blocked (they reach the main model; all of them when every one was blocked). Means, so
+    that the segments add up to the mean request; rails of one tier are summed."""
+    passing = [r for r in results if not r["blocked"]]
+    measured = passing or results
+    totals = dict.fromkeys(BUDGET, 0.0)
+    for r in measured:
+        for timing, ms in r["timings_ms"].items():
+            totals[_segment(timing)] += ms
+        totals[BUDGET[-1]] += max(0.0, 1000 * r["seconds"] - sum(r["timings_ms"].values()))
+    n = max(len(measured), 1)
+    return {"requests": len(measured), "of": "passing" if passing else "blocked (none passed)",
+            "mean_ms": {k: v / n for k, v in totals.items()}}
 
 
 def stand_ins(config_dir: Path, where: Path, tiny: bool) -> dict[str, str]:
@@ -184,6 +228,7 @@ def _summary(results: list[dict]) -> dict[str, Any]:
         "statuses": {str(s): sum(r["status"] == s for r in results) for s in sorted({r["status"] for r in results})},
         "request_ms": percentiles([1000 * r["seconds"] for r in results]),
         "rails_ms": {rail: percentiles(values) for rail, values in sorted(per_rail.items())},
+        "budget": budget(results),
     }
 
 
@@ -200,7 +245,10 @@ def profile(
     prompts = load_prompts(prompts_file, requests)
     reply = " ".join(f"word{i}" for i in range(answer_words))
     main = LoopbackModel(reply=reply, latency_s=ttft, token_delay_s=itl).start()
-    report: dict[str, Any] = {"config": str(config_dir), "main_model": {"ttft_s": ttft, "itl_s": itl}}
+    report: dict[str, Any] = {
+        "config": str(config_dir), "main_model": {"ttft_s": ttft, "itl_s": itl, "answer_words": answer_words},
+        "load": {"requests": requests, "concurrency": concurrency}, "percentile_rule": PERCENTILE_RULE,
+    }
     try:
         with tempfile.TemporaryDirectory(prefix="railstack-profile-") as tmp:
             root = Path(tmp) / "configs"
@@ -241,8 +289,23 @@ def profile(
     return report
 
 
+def _facts(report: dict[str, Any]) -> str:
+    """The conditions of the measurement, as the chart states them."""
+    main, load = report["main_model"], report["load"]
+    random = report.get("random_weights") or []
+    weights = f"RANDOM weights for {', '.join(random)} (timings real, verdicts meaningless)" if random else "real weights"
+    return (f"{load['requests']} requests per phase at concurrency {load['concurrency']}; simulated main model: "
+            f"TTFT {1000 * main['ttft_s']:.0f} ms, ITL {1000 * main['itl_s']:.0f} ms, {main['answer_words']} words\n"
+            f"{weights}; {report['percentile_rule']}")
+
+
+def _ms(value: float) -> str:
+    return f"{value:.2f}" if value < 10 else f"{value:.1f}"
+
+
 def chart(report: dict[str, Any], path: Path) -> Optional[Path]:
-    """Per-rail and whole-request p50/p95/p99, and time to first token per mode, as a PNG."""
+    """Per-rail and whole-request percentiles, time to first token per mode, and the time budget
+    of a request (a stacked bar), as a PNG that states how it was measured."""
     try:
         import matplotlib
 
@@ -255,20 +318,43 @@ def chart(report: dict[str, Any], path: Path) -> Optional[Path]:
     rows["whole request"] = report.get("requests", {}).get("request_ms", {})
     rows.update({f"TTFT {mode}": t["passing"] for mode, t in report.get("ttft_ms", {}).items()})
     rows = {k: v for k, v in rows.items() if v.get("n")}
-    fig, ax = plt.subplots(figsize=(9, 0.5 * len(rows) + 1.5))
-    names = list(rows)
-    for offset, (q, colour) in enumerate((("p50", "#4c72b0"), ("p95", "#dd8452"), ("p99", "#c44e52"))):
-        ax.barh([i + (offset - 1) * 0.27 for i in range(len(names))], [rows[n][q] for n in names], height=0.27,
-                label=q, color=colour)
-    ax.set_yticks(range(len(names)), names)
+    names = [f"{k} (n={v['n']})" for k, v in rows.items()]
+    fig, (ax, budget_ax) = plt.subplots(
+        2, 1, figsize=(10, 0.6 * len(rows) + 4.5), gridspec_kw={"height_ratios": [max(len(rows), 1), 1.6]}
+    )
+    shown = [(q, colour) for q, colour in (("p50", "#4c72b0"), ("p95", "#dd8452"), ("p99", "#c44e52"))
+             if any(q in v for v in rows.values())]
+    height = 0.8 / max(len(shown), 1)
+    for offset, (q, colour) in enumerate(shown):
+        ys = [i + (offset - (len(shown) - 1) / 2) * height for i in range(len(rows))]
+        bars = ax.barh(ys, [v.get(q, 0) for v in rows.values()], height=height, label=q, color=colour)
+        ax.bar_label(bars, labels=[_ms(v[q]) if q in v else "" for v in rows.values()], padding=3, fontsize=8)
+    ax.set_yticks(range(len(rows)), names)
     ax.invert_yaxis()
     ax.set_xscale("symlog", linthresh=1)
-    ax.set_xlabel("milliseconds")
-    title = f"railstack profile: {Path(report['config']).name}"
-    if report.get("warning"):
-        title += "\n(" + report["warning"] + ")"
-    ax.set_title(title)
-    ax.legend()
+    ax.set_xlim(0, max([v.get(q, 0) for v in rows.values() for q, _ in shown] or [1]) * 4)
+    ax.set_xlabel("milliseconds (log scale above 1 ms)")
+    title = f"railstack profile: {Path(report['config']).name}\n{_facts(report)}"
+    ax.set_title(title, fontsize=9)
+    ax.legend(loc="upper right")  # the top rows are the cheapest rails: short bars
+    spent = report.get("requests", {}).get("budget")
+    if spent:
+        left = 0.0
+        colours = ("#8172b3", "#55a868", "#c44e52", "#937860", "#b0b0b0")
+        for (segment, ms), colour in zip(spent["mean_ms"].items(), colours):
+            if not ms:  # a tier the config has no rail of
+                continue
+            bar = budget_ax.barh([0], [ms], left=left, color=colour, label=f"{segment}: {_ms(ms)} ms")
+            if ms > 0.06 * sum(spent["mean_ms"].values()):
+                budget_ax.bar_label(bar, labels=[_ms(ms)], label_type="center", fontsize=8)
+            left += ms
+        budget_ax.set_yticks([])
+        budget_ax.set_xlabel("milliseconds (linear)")
+        budget_ax.set_title(f"time budget: mean of {spent['requests']} {spent['of'].split(' ')[0]} requests "
+                            f"({left:.1f} ms in all)", fontsize=9)
+        budget_ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.45), ncol=3, fontsize=8, frameon=False)
+    else:
+        budget_ax.set_axis_off()
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
@@ -279,7 +365,8 @@ def print_report(report: dict[str, Any]) -> None:
     def row(name: str, p: dict) -> str:
         if not p.get("n"):
             return f"  {name:32s} {'-':>8s}"
-        return f"  {name:32s} {p['p50']:8.2f} {p['p95']:8.2f} {p['p99']:8.2f}  n={p['n']}"
+        cells = " ".join(f"{p[q]:8.2f}" if q in p else f"{'-':>8s}" for q in ("p50", "p95", "p99"))
+        return f"  {name:32s} {cells}  n={p['n']}"
 
     if report.get("warning"):
         print(f"NOTE: {report['warning']} ({', '.join(report['random_weights'])})")
@@ -289,7 +376,11 @@ def print_report(report: dict[str, Any]) -> None:
         print(row(rail, p))
     print(row("whole request", summary.get("request_ms", {})))
     print(f"  blocked: {100 * summary.get('blocked_share', 0):.1f}% of {summary.get('requests', 0)}; "
-          f"statuses {summary.get('statuses', {})}")
+          f"statuses {summary.get('statuses', {})}; {report['percentile_rule']}")
+    if summary.get("budget"):
+        spent = summary["budget"]
+        print(f"  time budget (mean ms of {spent['requests']} {spent['of']} requests): "
+              + ", ".join(f"{k} {v:.1f}" for k, v in spent["mean_ms"].items()))
     for mode, t in report.get("ttft_ms", {}).items():
         print(row(f"TTFT {mode} (passing)", t["passing"])
               + f"  main-model calls {t['main_model_calls']}, on blocked requests {t['wasted_main_model_calls']} "
