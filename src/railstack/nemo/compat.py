@@ -92,9 +92,10 @@ def rail_flows(config: Any, section: str) -> list[str]:
     return list(getattr(getattr(config.rails, section, None), "flows", None) or [])
 
 
-def rails_lists_ignored(config: Any) -> list[str]:
-    """The ``rails.<section>.flows`` lists a Colang 2.x config sets: NeMo's 2.x runtime never
-    runs them (its ``input rails``/``output rails`` flows are the rails)."""
+def rails_lists_v2(config: Any) -> list[str]:
+    """The ``rails.<section>.flows`` lists a Colang 2.x config sets. NeMo 0.24 (deprecated) makes
+    the input and output lists an ``input rails``/``output rails`` flow that calls each flow
+    with no argument, and runs none of the others."""
     if not is_colang2(config):
         return []
     return [f"rails.{section}.flows" for section in ("input", "output", "retrieval", "tool_input", "tool_output")

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any, Iterator, Optional
 
 from railstack.core.types import Intent
-from railstack.nemo.compat import elements, flow_id, flows_by_id, is_colang2, is_subflow, rail_flows, rails_lists_ignored, user_intents
+from railstack.nemo.compat import elements, flow_id, flows_by_id, is_colang2, is_subflow, rail_flows, rails_lists_v2, user_intents
 from railstack.settings import RailstackSettings, SettingsError, parse_settings
 
 ALL_SECTIONS = ("input", "output", "retrieval", "tool_input", "tool_output")
@@ -126,11 +126,13 @@ def config_settings(config: Any) -> RailstackSettings:
     section would turn every setting back to its default, admission off, without a word."""
     custom_data = config.custom_data or {}
     settings = parse_settings(custom_data)  # a near miss of the key is named first
-    ignored = rails_lists_ignored(config)
-    if ignored:
+    listed = rails_lists_v2(config)
+    if listed:
         raise SettingsError(
-            f"this config says colang_version 2.x, whose runtime never runs {', '.join(ignored)}: call those flows "
-            "from `flow input rails $input_text` or `flow output rails $output_text` instead (see configs/colang2)"
+            f"this config says colang_version 2.x and sets {', '.join(listed)}: under 2.x NeMo calls such flows "
+            "without the text to check (and never runs retrieval or tool lists). Call the flows from "
+            "`flow input rails $input_text` and `flow output rails $output_text` in a .co file instead, passing "
+            "the text (see configs/colang2/main.co)"
         )
     if "railstack" not in custom_data and rails_named_in_flows(config):
         named = ", ".join(f"custom_data.{key}" for key in custom_data) or "no custom_data"
