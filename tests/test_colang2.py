@@ -173,3 +173,10 @@ def test_the_server_refuses_an_earlier_answer_for_a_2x_config(serve, served):
     assert res.status_code == 400
     assert res.json()["error"]["param"] == "messages[1].role" and "Colang 2.x" in res.json()["error"]["message"]
 
+
+
+def test_railstack_check_refuses_a_2x_config_rather_than_report_no_rails():
+    from railstack.tools.check import CannotLoad, check_rows
+
+    with pytest.raises(CannotLoad, match="Colang 2.x config: railstack check runs NeMo's check_async"):
+        next(check_rows(config_dir("colang2"), [{"text": OVERRIDE}]))
