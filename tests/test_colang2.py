@@ -165,13 +165,19 @@ def test_through_the_server_answered_refused_and_streamed(serve, served, main_mo
         assert sse_events(res)[-1]["choices"][0]["finish_reason"] == "content_filter"
 
 
-def test_the_server_refuses_an_earlier_answer_for_a_2x_config(serve, served):
+@pytest.mark.parametrize("earlier, param", [
+    # NeMo would raise (a 500) on the answer, and of two user messages answer the first.
+    ([{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello!"}], "messages[1].role"),
+    ([{"role": "user", "content": "Hi"}], "messages[1].role"),
+])
+def test_the_server_refuses_more_than_one_turn_for_a_2x_config(serve, served, main_model, earlier, param):
     body = chat("colang2", BENIGN)
-    body["messages"] = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello!"}] + body["messages"]
+    body["messages"] = earlier + body["messages"]
     with serve(served) as client:
         res = client.post("/v1/chat/completions", json=body)
     assert res.status_code == 400
-    assert res.json()["error"]["param"] == "messages[1].role" and "Colang 2.x" in res.json()["error"]["message"]
+    assert res.json()["error"]["param"] == param and "Colang 2.x" in res.json()["error"]["message"]
+    assert main_model.calls == 0
 
 
 

@@ -57,8 +57,7 @@ class ConfigRules:
     # NeMo runs no input rails on a conversation that ends with a tool result; only its tool
     # input rails look at one. Without them such a request would go to the model unchecked.
     tool_results: bool = False
-    # NeMo 0.24 turns a Colang 2.x config's messages into events itself and raises on an
-    # assistant turn (or a tool result it has no action for): a 500, where a 400 says why.
+    # NeMo 0.24 raises on an assistant turn for a Colang 2.x config (a 500, where a 400 says why).
     colang2: bool = False
 
 
@@ -240,11 +239,16 @@ def check_messages(messages: Any, limits: RequestLimits, *, user_last: bool, too
 
 
 def check_one_turn(messages: list[dict]) -> None:
+    """A Colang 2.x config answers one user message a request: NeMo 0.24 raises on an earlier
+    answer or a tool result, and of several user messages answers the first alone."""
+    users = 0
     for i, message in enumerate(messages):
-        if message["role"] in ("assistant", "tool"):
+        users += message["role"] == "user"
+        if message["role"] in ("assistant", "tool") or users > 1:
             raise Rejected(
-                400, "This config runs Colang 2.x, to which NeMo Guardrails 0.24 passes no earlier answers or tool "
-                "results: send the user's turn (and any system messages) only, or use a Colang 1.0 config.",
+                400, "This config runs Colang 2.x, which NeMo Guardrails 0.24 answers one user message at a time, "
+                "without earlier answers or tool results: send the user's turn (and any system messages) only, "
+                "or use a Colang 1.0 config.",
                 f"messages[{i}].role",
             )
 
