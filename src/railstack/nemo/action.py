@@ -65,9 +65,13 @@ async def railstack_rails(
             # A Colang 2.x flow passes what it checks ($input_text, $output_text); NeMo's 2.x
             # passthrough hands the main model the user's message alone.
             if source not in ("input", "output"):
-                return refusal(f"Blocked: a Colang 2.x railstack flow names the source {source!r}; 2.x has input and output rails only.")
+                return refusal(
+                    f"Blocked: a Colang 2.x railstack flow names the source {source!r}; 2.x has input and output rails only."
+                )
             if not isinstance(text, str):
-                return refusal("Blocked: a Colang 2.x railstack flow must pass the text it checks (text=$input_text or text=$output_text).")
+                return refusal(
+                    "Blocked: a Colang 2.x railstack flow must pass the text it checks (text=$input_text or text=$output_text)."
+                )
             user = text if source == "input" else context.get("user_message")
             messages = _messages(None, {"user_message": user})
             if source == "input":

@@ -181,9 +181,7 @@ _MESSAGES: dict[str, Callable[[dict], list[dict]]] = {
 def messages_in_events(events: Optional[list]) -> list[dict]:
     """The conversation in the events NeMo passes an action, as messages (tool results are held
     only when tool input rails are configured)."""
-    # Colang 2.x passes its runtime's history: its own events (objects) among the dicts.
-    return [m for event in events or [] if isinstance(event, dict)
-            for m in _MESSAGES.get(event.get("type"), lambda e: [])(event)]
+    return [m for event in events or [] for m in _MESSAGES.get(event.get("type"), lambda e: [])(event)]
 
 
 # -- streaming -----------------------------------------------------------------------------------
