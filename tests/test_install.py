@@ -48,6 +48,8 @@ def test_wheel_ships_actions_flows_and_configs(wheel):
         "railstack/actions/railstack.py",
         "railstack/rails/heuristics.co",
         "railstack/rails/railstack.co",
+        "railstack/rails/colang2/heuristics.co",
+        "railstack/configs/colang2/main.co",
         "railstack/configs/config.py",
         "railstack/configs/no-models/config.yml",
         "railstack/configs/no-models/config.py",

@@ -54,10 +54,12 @@ def installed(app: Any) -> bool:
 
 def rules_of(config: Any, settings: RailstackSettings) -> Any:
     from railstack.http.rules import ConfigRules
+    from railstack.nemo.compat import is_colang2
 
     main = [m.model for m in config.models if m.type == "main" and m.model]
     return ConfigRules(
-        settings.limits, frozenset(main + settings.limits.models), bool(config.passthrough), bool(config.rails.tool_input.flows)
+        settings.limits, frozenset(main + settings.limits.models), bool(config.passthrough), bool(config.rails.tool_input.flows),
+        is_colang2(config),
     )
 
 

@@ -57,6 +57,8 @@ class ConfigRules:
     # NeMo runs no input rails on a conversation that ends with a tool result; only its tool
     # input rails look at one. Without them such a request would go to the model unchecked.
     tool_results: bool = False
+    # NeMo 0.24 raises on an assistant turn for a Colang 2.x config (a 500, where a 400 says why).
+    colang2: bool = False
 
 
 def config_ids(request: dict) -> list[str]:
@@ -236,6 +238,21 @@ def check_messages(messages: Any, limits: RequestLimits, *, user_last: bool, too
         raise Rejected(400, "The user's message is empty.", f"messages[{len(messages) - 1}].content")
 
 
+def check_one_turn(messages: list[dict]) -> None:
+    """A Colang 2.x config answers one user message a request: NeMo 0.24 raises on an earlier
+    answer or a tool result, and of several user messages answers the first alone."""
+    users = 0
+    for i, message in enumerate(messages):
+        users += message["role"] == "user"
+        if message["role"] in ("assistant", "tool") or users > 1:
+            raise Rejected(
+                400, "This config runs Colang 2.x, which NeMo Guardrails 0.24 answers one user message at a time, "
+                "without earlier answers or tool results: send the user's turn (and any system messages) only, "
+                "or use a Colang 1.0 config.",
+                f"messages[{i}].role",
+            )
+
+
 def check_parameters(request: dict, rules: ConfigRules, *, passthrough_all: bool) -> None:
     """Everything but the messages: the NeMo extensions here, the OpenAI parameters in
     ``railstack.http.params`` (tools only where every config named passes the conversation through)."""
@@ -283,6 +300,9 @@ def validate(request: dict, rules_for: Callable[[str], Optional[ConfigRules]], d
         models=frozenset.intersection(*(r.models for r in each)),
         passthrough=any(r.passthrough for r in each),
         tool_results=all(r.tool_results for r in each),
+        colang2=any(r.colang2 for r in each),
     )
     check_messages(request.get("messages"), rules.limits, user_last=user_last, tool_last=rules.tool_results)
+    if rules.colang2:
+        check_one_turn(request["messages"])
     check_parameters(request, rules, passthrough_all=all(r.passthrough for r in each))

@@ -22,7 +22,10 @@ def _messages(events: Optional[list], context: dict) -> list[dict]:
 def _conversation(events: Optional[list], context: dict) -> tuple[str, tuple[tuple[str, str], ...]]:
     """Every field the main model will read (``railstack.core.fields``): the messages, and the
     parameters NeMo sends with them; and the user and assistant turns on their own."""
-    messages = _messages(events, context)
+    return _conversation_of(_messages(events, context), context)
+
+
+def _conversation_of(messages: list[dict], context: dict) -> tuple[str, tuple[tuple[str, str], ...]]:
     params = ((context.get("generation_options") or {}).get("llm_params") or {}).items()
     return conversation_text(messages, params), dialogue_of(messages)
 
@@ -30,6 +33,7 @@ def _conversation(events: Optional[list], context: dict) -> tuple[str, tuple[tup
 async def railstack_rails(
     rails: str,
     source: str = "input",
+    text: Optional[str] = None,
     context: Optional[dict] = None,
     events: Optional[list] = None,
     config: Any = None,
@@ -57,7 +61,24 @@ async def railstack_rails(
         return passed("the answer is railstack's refusal")
     dialogue: tuple[tuple[str, str], ...] = ()
     try:
-        if source == "input":
+        if compat.is_colang2(config):
+            # A Colang 2.x flow passes what it checks ($input_text, $output_text); NeMo's 2.x
+            # passthrough hands the main model the user's message alone.
+            if source not in ("input", "output"):
+                return refusal(
+                    f"Blocked: a Colang 2.x railstack flow names the source {source!r}; 2.x has input and output rails only."
+                )
+            if not isinstance(text, str):
+                return refusal(
+                    "Blocked: a Colang 2.x railstack flow must pass the text it checks (text=$input_text or text=$output_text)."
+                )
+            user = text if source == "input" else context.get("user_message")
+            messages = _messages(None, {"user_message": user})
+            if source == "input":
+                text, dialogue = _conversation_of(messages, context)
+            else:
+                dialogue = dialogue_of(messages)
+        elif source == "input":
             text, dialogue = _conversation(events, context)
         elif source == "output":
             if compat.streamed_answer_in_full(events, config):

@@ -8,10 +8,13 @@ railstack assumes, refusing to start otherwise.
 
 from __future__ import annotations
 
+import ast
 import contextlib
 import contextvars
+import dataclasses
 import functools
 import importlib.metadata
+import inspect
 import json
 import logging
 import os
@@ -43,18 +46,100 @@ class IncompatibleNeMo(RuntimeError):
 # a subflow a "meta" element with {"subflow": True}.
 
 
-def flows_by_id(config: Any) -> dict[str, dict]:
+def flows_by_id(config: Any) -> dict[str, Any]:
+    if is_colang2(config):
+        return {flow.name: flow for flow in config.flows}
     return {flow.get("id"): flow for flow in config.flows}
 
 
-def elements(flow: dict) -> Iterator[dict]:
+def elements(flow: Any) -> Iterator[dict]:
+    """A flow's elements; a Colang 2.x flow's calls of actions and flows in the shapes of 1.0's."""
+    if not isinstance(flow, dict):
+        yield from _calls_v2(flow)
+        return
     for element in flow.get("elements", []):
         if isinstance(element, dict):
             yield element
 
 
-def is_subflow(flow: dict) -> bool:
+def is_subflow(flow: Any) -> bool:
+    """A flow that runs only when another calls it. Under Colang 2.x NeMo starts ``main`` (and
+    the rails flows, below) itself; every other flow is started by one of them."""
+    if not isinstance(flow, dict):
+        return flow.name != "main"
     return any(e.get("_type") == "meta" and (e.get("meta") or {}).get("subflow") for e in elements(flow))
+
+
+# -- parsed Colang 2.x flows ---------------------------------------------------------------------
+# Under ``colang_version: "2.x"`` RailsConfig.flows holds ``colang_ast.Flow`` objects (``name``,
+# ``elements``: statements that nest in if/when/while branches). An action is called by a
+# ``Spec`` of type ``action`` named in CamelCase (``RailstackRailsAction`` for
+# ``railstack_rails``), its ``arguments`` the Colang expressions (``'"heuristics"'``,
+# ``'$input_text'``); another flow by a ``Spec`` of type ``flow``. NeMo's ``guardrails`` library
+# runs two flows a config defines: ``input rails $input_text`` and ``output rails $output_text``.
+
+RAIL_FLOWS_V2 = {"input": "input rails", "output": "output rails"}
+
+
+def is_colang2(config: Any) -> bool:
+    return getattr(config, "colang_version", "1.0") == "2.x"
+
+
+def rail_flows(config: Any, section: str) -> list[str]:
+    """The flows NeMo runs as a config's ``section`` rails (input, output, retrieval, tool_input...)."""
+    if is_colang2(config):
+        return [RAIL_FLOWS_V2[section]] if section in RAIL_FLOWS_V2 else []
+    return list(getattr(getattr(config.rails, section, None), "flows", None) or [])
+
+
+def rails_lists_v2(config: Any) -> list[str]:
+    """The ``rails.<section>.flows`` lists a Colang 2.x config sets. NeMo 0.24 (deprecated) makes
+    the input and output lists an ``input rails``/``output rails`` flow that calls each flow
+    with no argument, and runs none of the others."""
+    if not is_colang2(config):
+        return []
+    return [f"rails.{section}.flows" for section in ("input", "output", "retrieval", "tool_input", "tool_output")
+            if getattr(getattr(config.rails, section, None), "flows", None)]
+
+
+def _specs(node: Any) -> Iterator[Any]:
+    from nemoguardrails.colang.v2_x.lang.colang_ast import Spec
+
+    todo = [node]
+    while todo:
+        item = todo.pop()
+        if isinstance(item, Spec):
+            yield item
+        if dataclasses.is_dataclass(item) and not isinstance(item, type):
+            todo += [getattr(item, f.name) for f in dataclasses.fields(item)]
+        elif isinstance(item, (list, tuple)):
+            todo += list(item)
+        elif isinstance(item, dict):
+            todo += list(item.values())
+
+
+def _literal(expression: Any) -> Any:
+    """A Colang 2.x argument's value when it is a string literal; None for any other expression
+    (a variable, a computation: known only when the flow runs)."""
+    try:
+        value = ast.literal_eval(expression) if isinstance(expression, str) else None
+    except (ValueError, SyntaxError):
+        return None
+    return value if isinstance(value, str) else None
+
+
+def _calls_v2(flow: Any) -> Iterator[dict]:
+    from nemoguardrails.colang.v2_x.lang.colang_ast import SpecType
+    from nemoguardrails.utils import camelcase_to_snakecase
+
+    for spec in _specs(flow.elements):
+        if spec.spec_type == SpecType.FLOW:
+            yield {"_type": "flow", "flow_name": spec.name}
+        elif spec.spec_type == SpecType.ACTION and spec.name.endswith("Action"):
+            # As NeMo's dispatcher names it (``_normalize_action_name``).
+            name = camelcase_to_snakecase(spec.name[: -len("Action")])
+            params = {k: _literal(v) for k, v in (spec.arguments or {}).items()}
+            yield {"_type": "run_action", "action_name": name, "action_params": params}
 
 
 def user_intents(config: Any) -> list[tuple[str, list[str], Optional[str]]]:
@@ -242,8 +327,6 @@ def action_calls_main_model(app: Any, name: str) -> bool:
     """Whether ``app``'s action ``name`` is handed the main model: NeMo injects it into an action
     whose signature names ``llm`` or ``llms`` (a self-check, an LLM-served Llama Guard...),
     unless the config has a model of the action's own type, which it gets instead."""
-    import inspect
-
     fn = app.runtime.action_dispatcher.registered_actions.get(name)
     if fn is None or not (inspect.isfunction(fn) or inspect.ismethod(fn)):
         return False
@@ -476,11 +559,15 @@ def quiet_verbose_log() -> None:
 # -- the pack's flows ----------------------------------------------------------------------------
 
 
-def parse_colang(name: str, text: str) -> dict:
-    """A Colang 1.0 file as NeMo parses it: ``flows``, ``bot_messages``, ``user_messages``."""
+def parse_colang(name: str, text: str, version: str = "1.0") -> dict:
+    """A Colang file as NeMo parses it: ``flows`` (1.0: also ``bot_messages``, ``user_messages``)."""
     from nemoguardrails.colang import parse_colang_file
 
-    return parse_colang_file(name, text, version="1.0")
+    return parse_colang_file(name, text, version=version)
+
+
+def flow_id(flow: Any) -> Optional[str]:
+    return flow.get("id") if isinstance(flow, dict) else flow.name
 
 
 def reload_flows(app: Any) -> None:
@@ -490,6 +577,51 @@ def reload_flows(app: Any) -> None:
     if not callable(init_flow_configs):
         raise IncompatibleNeMo("RuntimeV1_0._init_flow_configs", "missing: the pack's flows cannot be added")
     init_flow_configs()
+
+
+def stream_answers_when_checked(app: Any) -> None:
+    """Colang 2.x. NeMo 0.24 hands a stream's handler to the main model's call
+    (``PassthroughLLMAction``), so its tokens reach the client as they come, and runs the
+    ``output rails`` flow on the whole answer only afterwards: a blocked answer would have been
+    sent already, and the refusal never is. Its streaming output rails (``rails.output.streaming``)
+    read Colang 1.0 flows only. So a 2.x generation with a handler runs without it, and the
+    handler gets the turn's answer, or refusal, once the rails have said it, as one chunk. An
+    external ``generator`` (``stream_async(generator=...)``) no rail would read is refused."""
+    from nemoguardrails.exceptions import StreamingNotSupportedError
+    from nemoguardrails.streaming import END_OF_STREAM
+
+    generate, stream = app.generate_async, app.stream_async
+
+    @functools.wraps(generate)
+    async def generate_then_send(*args: Any, streaming_handler: Any = None, **kwargs: Any) -> Any:
+        response = await generate(*args, **kwargs)
+        if streaming_handler is not None:
+            await streaming_handler.push_chunk(answer_text(response))
+            await streaming_handler.push_chunk(END_OF_STREAM)
+        return response
+
+    @functools.wraps(stream)
+    def stream_checked(*args: Any, **kwargs: Any) -> Any:
+        if inspect.signature(stream).bind(*args, **kwargs).arguments.get("generator") is not None:
+            raise StreamingNotSupportedError(
+                "railstack: under colang_version 2.x NeMo Guardrails 0.24 runs no output rail on the chunks of "
+                "stream_async(generator=...); stream without a generator (its answer is sent once the output rails "
+                "passed it) or use a Colang 1.0 config with rails.output.streaming."
+            )
+        return stream(*args, **kwargs)
+
+    app.generate_async, app.stream_async = generate_then_send, stream_checked
+
+
+def answer_text(response: Any) -> str:
+    """The bot's text in what ``generate_async`` returned: a message dict, a string (for a
+    prompt), or a ``GenerationResponse`` holding either."""
+    response = getattr(response, "response", response)
+    if isinstance(response, list):
+        response = response[-1] if response else {}
+    if isinstance(response, dict):
+        response = response.get("content")
+    return response if isinstance(response, str) else ""
 
 
 # -- serving -------------------------------------------------------------------------------------

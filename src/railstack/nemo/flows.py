@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any, Iterator, Optional
 
 from railstack.core.types import Intent
-from railstack.nemo.compat import elements, flows_by_id, is_subflow, user_intents
+from railstack.nemo.compat import elements, flow_id, flows_by_id, is_colang2, is_subflow, rail_flows, rails_lists_v2, user_intents
 from railstack.settings import RailstackSettings, SettingsError, parse_settings
 
 ALL_SECTIONS = ("input", "output", "retrieval", "tool_input", "tool_output")
@@ -23,9 +23,9 @@ def actions_reached(config: Any, flow_ids: list[str]) -> Iterator[dict]:
     seen: set[str] = set()
     while todo:
         flow = by_id.get(todo.pop())
-        if flow is None or flow.get("id") in seen:
+        if flow is None or flow_id(flow) in seen:
             continue
-        seen.add(flow.get("id"))
+        seen.add(flow_id(flow))
         for element in elements(flow):
             if element.get("_type") == "flow":
                 todo.append(element.get("flow_name"))
@@ -47,9 +47,9 @@ def rails_named_in_flows(config: Any, sections: tuple[str, ...] = ALL_SECTIONS) 
     action in the flows its rails list (input, output, retrieval, tool), its dialog flows, and
     the subflows those call. Subflows that nothing calls (the pack's library) do not count.
     With ``sections``, only the rails of those sections' flows (and what they call)."""
-    todo = [f for section in sections for f in getattr(getattr(config.rails, section, None), "flows", None) or []]
+    todo = [f for section in sections for f in rail_flows(config, section)]
     if sections == ALL_SECTIONS:
-        todo += [flow_id for flow_id, flow in flows_by_id(config).items() if not is_subflow(flow)]
+        todo += [name for name, flow in flows_by_id(config).items() if not is_subflow(flow)]
     names: list[str] = []
     for element in actions_reached(config, todo):
         names += [n for n in railstack_rails_of(element) if n not in names]
@@ -60,7 +60,10 @@ def input_rails_of(config: Any) -> Optional[list[str]]:
     """The railstack rails of a config's input flows, when those flows are railstack's own:
     each runs ``railstack_rails`` on the input with a fixed list of rails, and otherwise only
     says bot messages (its refusal). Then railstack's HTTP layer can run them before NeMo and
-    spare a passing request NeMo's input-rail machinery. None when any input flow does more."""
+    spare a passing request NeMo's input-rail machinery. None when any input flow does more, and
+    for a Colang 2.x config: its runtime runs the ``input rails`` flow whatever a request's options say."""
+    if is_colang2(config):
+        return None
     by_id = flows_by_id(config)
     names: list[str] = []
     for flow_id in config.rails.input.flows:
@@ -89,22 +92,29 @@ def input_rails_of(config: Any) -> Optional[list[str]]:
 
 
 def add_pack_flows(config: Any) -> bool:
-    """Give ``config`` the pack's flows and bot messages that it does not define itself, read from
-    the installed package (a config dir copied with ``cp -r`` needs no link to them). Whether
+    """Give ``config`` the pack's flows (and bot messages) that it does not define itself, read from
+    the installed package (a config dir copied with ``cp -r`` needs no link to them): ``rails/*.co``
+    for Colang 1.0, ``rails/colang2/*.co`` for a ``colang_version: "2.x"`` config. Whether
     anything was added."""
     from railstack.nemo.compat import parse_colang
     from railstack.paths import rails_dir
 
-    have = {flow.get("id") for flow in config.flows}
+    version, files = ("2.x", "colang2/*.co") if is_colang2(config) else ("1.0", "*.co")
+    have = {flow_id(flow) for flow in config.flows}
     added = False
-    for path in sorted(rails_dir().glob("*.co")):
-        parsed = parse_colang(path.name, path.read_text(encoding="utf-8"))
+    for path in sorted(rails_dir().glob(files)):
+        parsed = parse_colang(path.name, path.read_text(encoding="utf-8"), version)
         for flow in parsed.get("flows", []):
-            if flow.get("id") not in have:
-                # As NeMo marks its own library's flows: they never end up in a prompt.
-                config.flows.append({**flow, "is_system_flow": True})
-                have.add(flow.get("id"))
-                added = True
+            if flow_id(flow) in have:
+                continue
+            # As NeMo marks its own library's flows: they never end up in a prompt.
+            if version == "1.0":
+                flow = {**flow, "is_system_flow": True}
+            else:
+                flow.file_info["exclude_from_llm"] = True
+            config.flows.append(flow)
+            have.add(flow_id(flow))
+            added = True
         for message, utterances in parsed.get("bot_messages", {}).items():
             config.bot_messages.setdefault(message, utterances)
     return added
@@ -116,6 +126,14 @@ def config_settings(config: Any) -> RailstackSettings:
     section would turn every setting back to its default, admission off, without a word."""
     custom_data = config.custom_data or {}
     settings = parse_settings(custom_data)  # a near miss of the key is named first
+    listed = rails_lists_v2(config)
+    if listed:
+        raise SettingsError(
+            f"this config says colang_version 2.x and sets {', '.join(listed)}: under 2.x NeMo calls such flows "
+            "without the text to check (and never runs retrieval or tool lists). Call the flows from "
+            "`flow input rails $input_text` and `flow output rails $output_text` in a .co file instead, passing "
+            "the text (see configs/colang2/main.co)"
+        )
     if "railstack" not in custom_data and rails_named_in_flows(config):
         named = ", ".join(f"custom_data.{key}" for key in custom_data) or "no custom_data"
         raise SettingsError(

@@ -49,6 +49,8 @@ def init(app: Any) -> None:
         return await railstack_rails(*args, **kwargs)
 
     app.register_action(bound, name="railstack_rails")
+    if compat.is_colang2(app.config):
+        compat.stream_answers_when_checked(app)
     _check_before_streaming(app.config, runtime)
     _gate_main_model(app, runtime)
     # For the latency budgets each generate_async call of a Python caller is one request;

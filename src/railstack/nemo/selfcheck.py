@@ -75,6 +75,29 @@ define subflow railstack probe uncalled
   execute railstack_rails(rails="probe_uncalled")
 """
 
+_FLOWS_V2_CO = """\
+flow main
+  activate railstack probe dialog
+
+flow railstack probe dialog
+  await railstack probe called
+
+flow railstack probe called
+  await RailstackRailsAction(rails="probe_called", text="x")
+
+flow railstack probe uncalled
+  await RailstackRailsAction(rails="probe_uncalled", text="x")
+
+flow input rails $input_text
+  $r = await RailstackRailsAction(rails="probe_a, probe_b", text=$input_text)
+  if $r.is_blocked
+    abort
+
+flow output rails $output_text
+  when RailstackRailsAction(rails="probe_out", source="output", text=$output_text)
+    abort
+"""
+
 
 def _prove_parsed_config() -> None:
     """railstack reads which rails a config runs from NeMo's parsed flows (``nemo.flows``), and
@@ -95,6 +118,13 @@ def _prove_parsed_config() -> None:
     }
     if found != expected:
         raise IncompatibleNeMo(hook, f"railstack reads the rails of a parsed snippet as {found}, not {expected}")
+
+    hook = "RailsConfig.flows under Colang 2.x (colang_ast.Flow: Spec of type action / flow, argument expressions)"
+    config_v2 = RailsConfig.from_content(colang_content=_FLOWS_V2_CO, yaml_content='colang_version: "2.x"')
+    found = {"all": sorted(rails_named_in_flows(config_v2)), "output": rails_named_in_flows(config_v2, ("output",))}
+    expected = {"all": ["probe_a", "probe_b", "probe_called", "probe_out"], "output": ["probe_out"]}
+    if found != expected:
+        raise IncompatibleNeMo(hook, f"railstack reads the rails of a parsed 2.x snippet as {found}, not {expected}")
 
     hook = "OutputRailsStreamingConfig.stream_first (model_fields_set)"
     chosen = RailsConfig.from_content(yaml_content="rails: {output: {streaming: {enabled: true, stream_first: true}}}")

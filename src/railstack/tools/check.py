@@ -124,7 +124,7 @@ class _Checker:
     def __init__(self, config_dir: Path, main_model_url: Optional[str] = None):
         from nemoguardrails import LLMRails, RailsConfig
 
-        from railstack.nemo.compat import keep_activated_rails, main_model_of, pooled_model_clients
+        from railstack.nemo.compat import is_colang2, keep_activated_rails, main_model_of, pooled_model_clients
         from railstack.nemo.flows import config_settings, input_rails_of
         from railstack.nemo.hook import config_runtime
 
@@ -132,6 +132,13 @@ class _Checker:
             raise CannotLoad(f"{config_dir} is not a config dir (no config.yml)")
         try:
             config = RailsConfig.from_path(str(config_dir))
+            if is_colang2(config):
+                # It would report every stage as one where no rail ran.
+                raise CannotLoad(
+                    f"{config_dir} is a Colang 2.x config: railstack check runs NeMo's check_async, which NeMo 0.24 "
+                    "does not run for 2.x configs; check a Colang 1.0 config with the same rails (configs/no-models "
+                    "for configs/colang2), or send the turn to the served config"
+                )
             self.limits = config_settings(config).limits
             _, configured_url, _ = main_model_of(config)
             # The main model is built only for rails that call it: most configs have none.
@@ -147,7 +154,7 @@ class _Checker:
                 _with_main_model(config, self.main_model_url)
                 self.rails = LLMRails(config)
                 self.runtime = config_runtime(self.rails)
-        except NeedsMainModel:
+        except (NeedsMainModel, CannotLoad):
             raise
         except Exception as exc:  # noqa: BLE001 - a config that does not load is said, not traced
             raise CannotLoad(f"cannot load {config_dir}: {exc.__cause__ or exc}") from exc
