@@ -127,6 +127,13 @@ def test_http_admission_and_validation_outcomes_are_spans(spans, configs, serve,
         rails_seen = decisions_under_requests(spans.get_finished_spans())
         assert {s.attributes["railstack.source"] for s in rails_seen} == {"input", "output"}
 
+        spans.clear()  # the HTTP layer's input rails block it before NeMo, which then says the refusal
+        blocked = post(chat("no-models", HOSTILE), "carol")
+        assert blocked.status_code == 200 and "Blocked by the heuristics rail" in blocked.text
+        verdicts = {(s.attributes["railstack.rail"], s.attributes["railstack.verdict"])
+                    for s in decisions_under_requests(spans.get_finished_spans())}
+        assert ("heuristics", "block") in verdicts
+
         spans.clear()
 
         assert post(chat("no-models", BENIGN)).status_code == 200
