@@ -4,6 +4,7 @@ off, railstack makes no span."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import subprocess
 import sys
@@ -16,6 +17,11 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
+from railstack.core import tracing
+from railstack.http.asgi import REQUEST_KEY
+from railstack.http.backpressure import BackpressureMiddleware
+from railstack.overload.settings import BackpressureSettings, StageSettings
+from railstack.overload.stages import Stage
 from support import REPO, chat, railstack_config, streamed_text
 
 TRACING = "tracing:\n  enabled: true\n  adapters:\n    - name: OpenTelemetry\n"
@@ -114,6 +120,7 @@ async def test_a_streamed_answer_is_traced_too(spans, main_model, tmp_path):
     assert_no_text(spans.get_finished_spans())
 
 
+@pytest.mark.slow
 def test_http_admission_and_validation_outcomes_are_spans(spans, configs, serve, main_model):
     yml = configs / "no-models" / "config.yml"
     text = yml.read_text().replace("default_tier: {requests_per_minute: 120,", "default_tier: {requests_per_minute: 1,")
@@ -162,6 +169,36 @@ def test_http_admission_and_validation_outcomes_are_spans(spans, configs, serve,
         assert rejected.attributes["railstack.param"] == invalid.json()["error"]["param"]
         assert rejected.attributes["railstack.reason"] == invalid.json()["error"]["message"]
     assert_no_text(spans.get_finished_spans())
+
+
+async def test_a_shed_request_is_a_span(spans):
+    tracing.enable()  # as a config that traces does when it loads
+    stage = Stage("c/main", StageSettings(max_concurrency=1, max_queue=0, max_wait_s=5), BackpressureSettings())
+    await stage.acquire()  # the one slot is taken: the next request finds no room
+
+    async def app(scope, receive, send):
+        raise AssertionError("a shed request must not reach NeMo")
+
+    async def receive():
+        if not received:
+            received.append(True)
+            return {"type": "http.request", "body": b"{}"}
+        await asyncio.Event().wait()  # the client stays
+
+    received, sent = [], []
+    scope = {"type": "http", "method": "POST", "path": "/v1/chat/completions", "headers": [],
+             REQUEST_KEY: {"guardrails": {"config_id": "c"}}}
+    middleware = BackpressureMiddleware(app, {"c": stage}, lambda: None)
+    await middleware(scope, receive, lambda message: _append(sent, message))
+    assert sent[0]["status"] == 503
+    (shed,) = by_name(spans.get_finished_spans(), "railstack.http.backpressure")
+    assert shed.attributes["railstack.stage"] == "c/main"
+    assert shed.attributes["railstack.reason"].startswith("queue_full")
+    assert shed.attributes["railstack.status"] == 503 and shed.attributes["railstack.retry_after_s"] > 0
+
+
+async def _append(sent, message):
+    sent.append(message)
 
 
 def test_without_tracing_railstack_makes_no_span(main_model, tmp_path):
