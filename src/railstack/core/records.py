@@ -1,11 +1,11 @@
 """Where decision records go: the ``railstack.decisions`` log (no message text), the metrics,
-and the current request's list."""
+the current request's list, and its trace when tracing is on."""
 
 from __future__ import annotations
 
 import logging
 
-from railstack.core import metrics, request
+from railstack.core import metrics, request, tracing
 from railstack.core.types import Decision
 
 log = logging.getLogger("railstack.decisions")
@@ -29,3 +29,4 @@ def keep(decision: Decision) -> None:
     ctx = request.current()
     if ctx is not None:
         ctx.decisions.append(decision)
+        tracing.decided(ctx.trace, decision)

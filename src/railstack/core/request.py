@@ -10,6 +10,7 @@ import contextvars
 from dataclasses import dataclass, field, replace
 from typing import Any, Iterator, Optional
 
+from railstack.core import tracing
 from railstack.core.budget import BudgetClock
 from railstack.core.types import Decision
 
@@ -30,6 +31,7 @@ class RequestContext:
     # Why the admission tier does not run for this request (``railstack check``: an audit of
     # many rows from one process is no client's traffic, and rate-limiting it would block most rows).
     unmetered: Optional[str] = None
+    trace: Optional[tracing.RequestTrace] = None  # set only while some config traces
 
 
 _current: contextvars.ContextVar[Optional[RequestContext]] = contextvars.ContextVar("railstack_request", default=None)
@@ -60,12 +62,13 @@ def collect_decisions() -> Iterator[list[Decision]]:
 
 @contextlib.contextmanager
 def one_request() -> Iterator[None]:
-    """Count the latency budgets from here, unless an outer layer already does for this request."""
+    """Count the latency budgets (and trace the decisions) from here, unless an outer layer
+    already does for this request."""
     ctx = _current.get()
     if ctx is not None and ctx.clock is not None:
         yield
         return
-    with derive(clock=BudgetClock()):
+    with derive(clock=BudgetClock(), trace=tracing.new_request()):
         yield
 
 

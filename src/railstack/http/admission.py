@@ -8,6 +8,7 @@ from typing import Awaitable, Callable, Optional
 
 from railstack.admission.quota import Quota
 from railstack.admission.service import Admission
+from railstack.core import tracing
 from railstack.core.request import derive
 from railstack.core.settings import Policy
 from railstack.http.asgi import REQUEST_KEY, config_id_of, context, headers, is_chat, max_tokens, with_headers
@@ -53,8 +54,15 @@ class AdmissionMiddleware:
 
         if not quota.allowed:
             status, payload = quota_refusal(quota)
+            tracing.outcome(
+                "admission", config=config_id_of(body, self.default_config_id),
+                result="limited" if status == 429 else "unavailable", status=status, reason=quota.reason,
+                retry_after_s=quota.retry_after_s,
+            )
             return await send_json(send, status, payload, quota.headers())
 
+        tracing.outcome("admission", config=config_id_of(body, self.default_config_id), result="admitted",
+                        remaining_requests=quota.remaining_requests, remaining_tokens=quota.remaining_tokens)
         # The admission rail inside NeMo sees this decision instead of taking from the buckets again.
         with derive(quota=quota):
             await self.app(scope, receive, with_headers(send, quota.headers))

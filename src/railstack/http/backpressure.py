@@ -6,6 +6,7 @@ import asyncio
 import logging
 from typing import Awaitable, Callable, Optional
 
+from railstack.core import tracing
 from railstack.core.request import current_decisions, derive, request_id
 from railstack.core.types import Shed
 from railstack.http.asgi import REQUEST_KEY, config_id_of, is_chat, replaying
@@ -86,6 +87,7 @@ class BackpressureMiddleware:
                 await self.app(scope, replaying(body.get("body", b""), until_gone), sending)
         except Shed as exc:
             log.info("request=%s shed by %s: %s", request_id(), exc.stage, exc.reason)
+            tracing.outcome("backpressure", status=503, stage=exc.stage, reason=exc.reason, retry_after_s=exc.retry_after_s)
             payload, extra = shed_response(exc)
             await send_json(send, 503, payload, extra)
         except asyncio.CancelledError:

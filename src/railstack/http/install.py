@@ -65,7 +65,7 @@ def rules_of(config: Any, settings: RailstackSettings) -> Any:
 
 def init(app: Any) -> None:
     from railstack.admission.service import admissions as admission_registry
-    from railstack.core import Runtime, runtimes
+    from railstack.core import Runtime, runtimes, tracing
     from railstack.http.admission import AdmissionMiddleware
     from railstack.http.backpressure import BackpressureMiddleware
     from railstack.http.decisions import DecisionsMiddleware
@@ -89,6 +89,8 @@ def init(app: Any) -> None:
     log.info("railstack settings valid for configs: %s", ", ".join(configs))
     admissions, stages, input_rails, main_models = {}, {}, {}, {}
     for config_id, (config, settings) in configs.items():
+        if compat.traces_with_opentelemetry(config):
+            tracing.enable()  # before the first request: its HTTP outcomes are spans too
         name, base_url, api_key = compat.main_model_of(config)
         main_models[config_id] = (MainModel(name, base_url, settings.limits.request_timeout_s), api_key)
         runtime: Runtime = runtimes.get(settings, config_id, config_intents(config))

@@ -9,6 +9,7 @@ from typing import Awaitable, Callable, Optional
 
 from railstack.admission.service import client_key
 from railstack.admission.settings import ClientKeySettings
+from railstack.core import tracing
 from railstack.core.request import derive, one_request, request_id
 from railstack.http.asgi import CHECKS_PATH, REQUEST_KEY, buffer, config_id_of, context, headers, is_chat, requested_config_id
 from railstack.http.errors import error_body, send_json
@@ -62,6 +63,7 @@ class ValidationMiddleware:
                 request_id(), client_key(how, headers(scope), context(body)),
                 r.status, r.param or "-", r.message,
             )
+            tracing.outcome("validation", status=r.status, code=r.code, param=r.param, reason=r.message)
             error_type = {413: "request_too_large", 404: "not_found", 408: "timeout"}.get(r.status, "invalid_request_error")
             return await send_json(send, r.status, error_body(r.message, error_type=error_type, code=r.code, param=r.param), [])
         with derive(messages=body["messages"]), one_request():  # the latency budgets count from here

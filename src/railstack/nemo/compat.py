@@ -660,6 +660,64 @@ class LLMCallLog:
         return list(self._info.llm_calls)
 
 
+# -- tracing -------------------------------------------------------------------------------------
+# With ``tracing: {enabled: true, adapters: [{name: OpenTelemetry}]}`` NeMo builds its log
+# adapters in ``LLMRails.__init__`` (``app._log_adapters``) and, at the end of each
+# ``generate_async`` (streams included), turns the generation log into spans: the
+# ``OpenTelemetryAdapter`` calls ``_create_span(span_data, parent_context, spans, base_time_ns)``
+# once per span, parents first, the request span first (``parent_id`` None, parented under the
+# current OpenTelemetry context), and keeps each ended span in ``spans[span_data.span_id]``.
+
+
+def traces_with_opentelemetry(config: Any) -> bool:
+    tracing = getattr(config, "tracing", None)
+    if tracing is None or not tracing.enabled:
+        return False
+    return any(adapter.name == "OpenTelemetry" for adapter in tracing.adapters or [])
+
+
+def on_request_span(app: Any, then: Callable[[Any], None]) -> bool:
+    """Call ``then(span)`` with NeMo's request span each time ``app``'s OpenTelemetry adapter
+    exports one (in the task of the ``generate_async`` call it traces). False where the config
+    does not trace with OpenTelemetry."""
+    if not traces_with_opentelemetry(app.config):
+        return False
+    init_llms = getattr(app, "_init_llms", None)
+    if not callable(init_llms):
+        raise IncompatibleNeMo("LLMRails._init_llms", "missing: railstack's decisions cannot join NeMo's spans")
+
+    # NeMo builds its adapters after a config's init and before it sets up the models.
+    @functools.wraps(init_llms)
+    def run(*args: Any, **kwargs: Any) -> Any:
+        _hook_request_span(app, then)
+        return init_llms(*args, **kwargs)
+
+    app._init_llms = run
+    return True
+
+
+def _hook_request_span(app: Any, then: Callable[[Any], None]) -> None:
+    from nemoguardrails.tracing.adapters.opentelemetry import OpenTelemetryAdapter
+
+    hook = "LLMRails._log_adapters (OpenTelemetryAdapter._create_span)"
+    adapters = [a for a in getattr(app, "_log_adapters", None) or [] if isinstance(a, OpenTelemetryAdapter)]
+    if not adapters:
+        raise IncompatibleNeMo(hook, "a config with the OpenTelemetry tracing adapter has no such adapter on its LLMRails")
+    for adapter in adapters:
+        create = getattr(adapter, "_create_span", None)
+        if create is None:
+            raise IncompatibleNeMo(hook, "the OpenTelemetry adapter no longer makes its spans one at a time")
+
+        @functools.wraps(create)
+        def creating(span_data: Any, parent_context: Any, spans: dict, base_time_ns: int, _create: Callable = create) -> Any:
+            made = _create(span_data, parent_context, spans, base_time_ns)
+            if span_data.parent_id is None and span_data.span_id in spans:
+                then(spans[span_data.span_id])
+            return made
+
+        adapter._create_span = creating
+
+
 # -- embedding providers --------------------------------------------------------------------------
 # NeMo builds its indexes (user intents, bot messages, flows, the knowledge base) through the
 # provider registered under a config's ``models: [{type: embeddings, engine: ...}]``: the class is

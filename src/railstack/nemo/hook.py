@@ -9,7 +9,7 @@ import weakref
 from pathlib import Path
 from typing import Any, Iterator
 
-from railstack.core import Runtime, request, runtimes
+from railstack.core import Runtime, request, runtimes, tracing
 from railstack.core.request import one_request
 from railstack.nemo import compat, embeddings
 from railstack.nemo.conversations import ConversationCache
@@ -61,6 +61,8 @@ def init(app: Any) -> None:
     compat.bound_events_history(
         app, lambda kept: ConversationCache(memory.conversation_cache_size, memory.conversation_cache_ttl_s, kept)
     )
+    if compat.on_request_span(app, _decisions_under):
+        tracing.enable()
     compat.keep_railstack_log()
     if not runtime.settings.logging.nemo_verbose:
         compat.quiet_verbose_log()
@@ -109,6 +111,11 @@ def _one_generation() -> Iterator[None]:
         req.main_calls.add(asyncio.current_task())
     with one_request():
         yield
+
+
+def _decisions_under(nemo_span: Any) -> None:
+    req = request.current()
+    tracing.under_nemo_span(req.trace if req is not None else None, nemo_span)
 
 
 class UnguardedServing(RuntimeError):
