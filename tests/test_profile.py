@@ -41,7 +41,7 @@ def test_profile_of_the_no_models_config_reports_every_rail_and_both_ttfts(tmp_p
     spent = summary["budget"]
     passing = round(6 * (1 - summary["blocked_share"]))
     assert spent["requests"] == passing and list(spent["mean_ms"]) == [
-        "admission", "cheap", "classifiers", "other rails", "main model + NeMo, HTTP"
+        "admission", "cheap", "embedding", "classifiers", "other rails", "main model + NeMo, HTTP"
     ]
     assert spent["mean_ms"]["cheap"] > 0 and spent["mean_ms"]["classifiers"] == 0
     assert spent["mean_ms"]["main model + NeMo, HTTP"] >= 50  # the main model's time to first token is in it

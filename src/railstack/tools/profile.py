@@ -82,8 +82,8 @@ def percentiles(values: list[float]) -> dict[str, float]:
 
 # Where a request's time goes, in the chart's order; the last is the request's time no rail
 # accounts for: the main model's answer, and NeMo's and the HTTP layer's own work.
-BUDGET = ("admission", "cheap", "classifiers", "other rails", "main model + NeMo, HTTP")
-_SEGMENTS = {"ADMISSION": "admission", "CHEAP": "cheap", "SMALL_CLASSIFIER": "classifiers",
+BUDGET = ("admission", "cheap", "embedding", "classifiers", "other rails", "main model + NeMo, HTTP")
+_SEGMENTS = {"ADMISSION": "admission", "CHEAP": "cheap", "EMBEDDING": "embedding", "SMALL_CLASSIFIER": "classifiers",
              "LARGE_CLASSIFIER": "classifiers"}
 
 
