@@ -42,9 +42,9 @@ def _quiet_guardrails() -> None:
             "pip install 'railstack[guardrails-ai]'"
         ) from exc
     # Guardrails sends every validation as a trace to its own collector unless ~/.guardrailsrc
-    # says enable_metrics=false (every Guard re-reads that file). Its telemetry is a singleton that
-    # keeps the choice of its first construction: made here, first, it stays off for the process.
-    HubTelemetry(enabled=False)
+    # says enable_metrics=false: every Guard re-reads that file and turns its one process-wide
+    # telemetry instance back on. Without a tracer that instance starts no span, so sends none.
+    HubTelemetry(enabled=False)._tracer = None
 
 
 def _flow_validators(config: Any) -> list[str]:
