@@ -53,6 +53,7 @@ async def test_a_streamed_answer_carrying_a_credential_never_sends_the_secret(co
     sent = "".join([c if isinstance(c, str) else str(c) async for c in rails.stream_async(
         messages=[{"role": "user", "content": "Key?"}])])
     assert SECRET[:12] not in sent
+    assert 'guardrailsai check output $validator=\\"regex_match\\"' in sent
     assert main_model.calls == 1
 
 
