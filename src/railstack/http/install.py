@@ -31,6 +31,7 @@ log = logging.getLogger("railstack.server")
 
 def validate_configs(root: Path) -> dict[str, tuple[Any, RailstackSettings]]:
     """Load every config dir under ``root`` and validate its railstack settings."""
+    from railstack.nemo import guardrails_ai
     from railstack.nemo.flows import config_settings, load_config
 
     configs, problems = {}, []
@@ -38,6 +39,7 @@ def validate_configs(root: Path) -> dict[str, tuple[Any, RailstackSettings]]:
         try:
             config = load_config(config_path)
             configs[config_path.name] = (config, config_settings(config))
+            guardrails_ai.check(config)
         except SettingsError as exc:
             problems.append(f"config '{config_path.name}': {exc}")
     if problems:

@@ -750,3 +750,41 @@ def embedding_index_users(config: Any) -> str:
     if config.user_messages and not config.passthrough:
         users.append("its `define user` examples, for intent matching")
     return " and ".join(users)
+
+
+# -- Guardrails AI (library/guardrails_ai) -------------------------------------------------------
+# NeMo looks a validator name up in its VALIDATOR_REGISTRY (by name or hub path), and any other
+# name through the Guardrails Hub, where a failed lookup is sys.exit(1) inside guardrails. Its
+# actions build one Guard per (name, parameters) with _get_guard and keep it.
+
+
+def guardrails_ai_validators(config: Any) -> list[Any]:
+    """The validators under ``rails.config.guardrails_ai`` (name, parameters, metadata)."""
+    section = getattr(config.rails.config, "guardrails_ai", None)
+    return list(section.validators) if section is not None else []
+
+
+def guardrails_ai_known(name: str) -> Optional[dict]:
+    """NeMo's own registry entry for ``name``, without ever asking the Hub."""
+    from nemoguardrails.library.guardrails_ai.registry import VALIDATOR_REGISTRY
+
+    return VALIDATOR_REGISTRY.get(name) or next(
+        (info for info in VALIDATOR_REGISTRY.values() if info["hub_path"] == f"hub://{name}"), None
+    )
+
+
+def guardrails_ai_register(name: str, module: str, cls: str) -> None:
+    """Make NeMo resolve ``name`` to an installed class, so that it never reaches the Hub lookup."""
+    from nemoguardrails.library.guardrails_ai.registry import VALIDATOR_REGISTRY
+
+    VALIDATOR_REGISTRY[name] = {"module": module, "class": cls, "hub_path": f"hub://{name}", "default_params": {}}
+
+
+def guardrails_ai_guard(name: str, parameters: dict, metadata: dict) -> Any:
+    """Build (and keep, as NeMo's action will find it) the Guard NeMo runs for this validator."""
+    from nemoguardrails.library.guardrails_ai.actions import _get_guard
+
+    # As validate_guardrails_ai does: parameters and metadata together, Nones dropped.
+    joined = {**parameters, **metadata}
+    joined.pop("metadata", None)
+    return _get_guard(name, **{k: v for k, v in joined.items() if v is not None})

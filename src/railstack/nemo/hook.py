@@ -11,7 +11,7 @@ from typing import Any, Iterator
 
 from railstack.core import Runtime, request, runtimes, tracing
 from railstack.core.request import one_request
-from railstack.nemo import compat, embeddings
+from railstack.nemo import compat, embeddings, guardrails_ai
 from railstack.nemo.conversations import ConversationCache
 from railstack.nemo.flows import add_pack_flows, config_intents, config_settings, rails_named_in_flows
 from railstack.nemo.selfcheck import selfcheck
@@ -30,6 +30,7 @@ def init(app: Any) -> None:
     # Before anything is built: on a NeMo whose internals moved, refuse rather than run with a rail skipped.
     selfcheck.rails()
     _refuse_unguarded_serving(app)
+    guardrails_ai.check(app.config)  # before NeMo's rail could ask the Hub (and exit) for a validator
     embeddings.install(app.config)  # before NeMo builds its knowledge base with it
     if add_pack_flows(app.config):
         compat.reload_flows(app)
