@@ -48,7 +48,8 @@ def init(app: Any) -> None:
         kwargs["railstack_runtime"] = runtime
         return await railstack_rails(*args, **kwargs)
 
-    app.register_action(bound, name="railstack_rails")
+    # A system action, as actions/railstack.py declares it (this copy may be all a config has).
+    app.register_action(compat.action(is_system_action=True, name="railstack_rails")(bound), name="railstack_rails")
     _check_before_streaming(app.config, runtime)
     _gate_main_model(app, runtime)
     # For the latency budgets each generate_async call of a Python caller is one request;
