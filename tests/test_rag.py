@@ -172,3 +172,23 @@ async def test_a_poisoned_chunk_is_dropped_before_the_main_model_and_the_answer_
         else:
             assert checked["verdict"] == "block"
             assert content.startswith("Blocked by the hallucination rail: 1 of 1 sentences not supported by the context")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("answer, passes", [(SUPPORTED, True), (CONTRADICTED, False)])
+def test_over_http_the_served_config_drops_the_poison_and_checks_the_answer(
+    poisoned, checkpoints, thresholds, serve, main_model, monkeypatch, answer, passes
+):
+    guarded(monkeypatch, checkpoints, **thresholds)
+    main_model.reply = answer
+    with serve(poisoned, warm=["rag"]) as client:
+        res = client.post("/v1/chat/completions", json=chat("rag", QUESTION))
+    assert res.status_code == 200, res.text
+    seen = prompt(main_model)
+    assert QUESTION in seen and "Each Starter workspace includes 100 GB" in seen and POISON not in seen
+    content = res.json()["choices"][0]["message"]["content"]
+    decisions = res.headers["x-railstack-decisions"]
+    if passes:
+        assert content == answer and "prompt_guard=allow,exfiltration=allow,hallucination=allow" in decisions
+    else:
+        assert content.startswith("Blocked by the hallucination rail") and "hallucination=block" in decisions
