@@ -183,6 +183,9 @@ def test_over_http_the_served_config_drops_the_poison_and_checks_the_answer(
     main_model.reply = answer
     with serve(poisoned, warm=["rag"]) as client:
         res = client.post("/v1/chat/completions", json=chat("rag", QUESTION))
+        streamed = client.post("/v1/chat/completions", json=chat("rag", QUESTION, stream=True))
+    # Output streaming is off in configs/rag: a streamed request is refused, naming the setting.
+    assert streamed.status_code == 400 and "rails.output.streaming.enabled" in streamed.text
     assert res.status_code == 200, res.text
     seen = prompt(main_model)
     assert QUESTION in seen and "Each Starter workspace includes 100 GB" in seen and POISON not in seen
