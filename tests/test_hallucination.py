@@ -192,7 +192,7 @@ async def test_the_checks_of_one_streamed_answer_share_one_set_of_samples(checkp
 
 @pytest.fixture(scope="module")
 def root(module_configs, checkpoint, loopback):
-    rag = railstack_config(module_configs / "rag", loopback.base_url, ["railstack heuristics"],
+    rag = railstack_config(module_configs / "client-context", loopback.base_url, ["railstack heuristics"],
                            '{hallucination: {model: "%s", precision: fp32, mode: grounded}}' % checkpoint,
                            output=["railstack hallucination"])
     # NeMo 0.24 takes a context only when it builds the main model's prompt itself (no passthrough).
@@ -202,9 +202,10 @@ def root(module_configs, checkpoint, loopback):
 
 @pytest.fixture
 def served(root, serve):
-    """`nemoguardrails server` with a RAG-style config `rag`: the client sends the retrieved
-    context in a `context` message, and the answer is checked against it."""
-    return lambda threshold: serve(root, warm=["rag"], RAILSTACK__HALLUCINATION__THRESHOLD=str(threshold))
+    """`nemoguardrails server` with a config `client-context`: the client sends the retrieved
+    context in a `context` message, and the answer is checked against it (configs/rag, where
+    NeMo retrieves it from kb/, is tests/test_rag.py)."""
+    return lambda threshold: serve(root, warm=["client-context"], RAILSTACK__HALLUCINATION__THRESHOLD=str(threshold))
 
 
 def rag_request(question: str) -> dict:
@@ -212,7 +213,7 @@ def rag_request(question: str) -> dict:
         "model": "main",
         "messages": [{"role": "context", "content": {"relevant_chunks": CONTEXT}},
                      {"role": "user", "content": question}],
-        "guardrails": {"config_id": "rag"},
+        "guardrails": {"config_id": "client-context"},
     }
 
 

@@ -11,6 +11,9 @@ from railstack.core.text import Unreadable, dialogue_of, message_text
 from railstack.nemo import compat
 from railstack.nemo.outcome import outcome, passed, refusal, replay, run
 
+REFUSAL = "railstack refuse"  # the bot intents of railstack's refusals (rails/railstack.co, intents.co)
+
+
 def _messages(events: Optional[list], context: dict) -> list[dict]:
     req = request.current()
     if req is not None and req.messages is not None:  # behind railstack's HTTP layer: the request as it came
@@ -87,6 +90,10 @@ async def railstack_rails(
             text = message_text(kwargs.get("bot_message", context.get("bot_message")))
             dialogue = dialogue_of(_messages(events, context))
         elif source == "retrieval":
+            if (compat.bot_intent(events) or "").startswith(REFUSAL):
+                # NeMo retrieves before every bot message. A refusal's text is fixed, so its chunks
+                # are unused; and a refusal of this rail would start another retrieval, endlessly.
+                return passed("the bot is saying railstack's refusal")
             text = message_text(context.get("relevant_chunks"))
         else:
             return refusal(f"Blocked: a railstack flow names an unknown source {source!r}.")

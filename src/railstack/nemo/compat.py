@@ -184,6 +184,14 @@ def messages_in_events(events: Optional[list]) -> list[dict]:
     return [m for event in events or [] for m in _MESSAGES.get(event.get("type"), lambda e: [])(event)]
 
 
+def bot_intent(events: Optional[list]) -> Optional[str]:
+    """The bot intent NeMo is generating a message for (the last ``BotIntent`` event), if any."""
+    for event in reversed(events or []):
+        if event.get("type") == "BotIntent":
+            return event.get("intent")
+    return None
+
+
 # -- streaming -----------------------------------------------------------------------------------
 
 

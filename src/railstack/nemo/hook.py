@@ -49,7 +49,8 @@ def init(app: Any) -> None:
         kwargs["railstack_runtime"] = runtime
         return await railstack_rails(*args, **kwargs)
 
-    app.register_action(bound, name="railstack_rails")
+    # A system action, as actions/railstack.py declares it (this copy may be all a config has).
+    app.register_action(compat.action(is_system_action=True, name="railstack_rails")(bound), name="railstack_rails")
     if compat.is_colang2(app.config):
         compat.stream_answers_when_checked(app)
     _check_before_streaming(app.config, runtime)
