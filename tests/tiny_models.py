@@ -19,6 +19,37 @@ def prompt_guard(where: Path, version: int = 2, *, labels: list[str] | None = No
     return deberta_classifier(where, labels, seed=version, **size)
 
 
+def prompt_guard_flagging(where: Path, flagged: list[str], clean: list[str]) -> Path:
+    """A Prompt Guard 2 checkpoint (tiny, random body) whose malicious logit grows along the
+    direction in which its own pooled representations of ``flagged`` texts differ from those of
+    ``clean`` ones: a real forward pass that scores those texts far apart, as a trained one scores
+    an injection and a product description, rather than within noise of each other."""
+    import torch
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    prompt_guard(where)
+    model = AutoModelForSequenceClassification.from_pretrained(where).eval()
+    tokenizer = AutoTokenizer.from_pretrained(where)
+    with torch.no_grad():
+        def pooled(texts: list[str]):
+            return torch.stack([model.pooler(model.deberta(**tokenizer(t, return_tensors="pt")).last_hidden_state)[0]
+                                for t in texts])
+
+        bad, good = pooled(flagged), pooled(clean)
+        direction = bad.mean(0) - good.mean(0)
+        direction /= direction.norm()
+        high, low = (bad @ direction).min(), (good @ direction).max()
+        assert high > low, "the flagged and clean texts are not apart along their mean difference"
+        model.classifier.weight.zero_()
+        model.classifier.bias.zero_()
+        # Logit 0 at the midpoint, +-8 at the nearest texts of each side: p(malicious) > 0.999 or < 0.001.
+        scale = 16 / (high - low)
+        model.classifier.weight[1] = scale * direction
+        model.classifier.bias[1] = -scale * (high + low) / 2
+    model.save_pretrained(where)
+    return where
+
+
 def nli(where: Path, labels: tuple[str, ...] = ("entailment", "neutral", "contradiction"), **size) -> Path:
     """An NLI checkpoint (as MNLI cross-encoders are): DebertaV2ForSequenceClassification whose
     entailment and contradiction logits move apart along the main direction in which its pooled
