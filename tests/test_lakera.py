@@ -16,7 +16,7 @@ from railstack.core import CheckContext, Misconfigured, Revealed, collect_decisi
 from railstack.lakera.check import _conversation
 from railstack.settings import parse_settings
 from railstack.tools.loopback import start_loopback
-from support import railstack_config, runtime_of
+from support import chat, railstack_config, runtime_of
 
 KEY = "sk-test-lakera"
 FLAGGED = {
@@ -294,3 +294,21 @@ def test_a_config_that_names_the_rail_without_a_key_does_not_load(tmp_path, stub
         causes.append(exc)
         exc = exc.__cause__ or exc.__context__
     assert any(isinstance(c, Misconfigured) and "lakera.api_key" in str(c) for c in causes), causes
+
+
+@pytest.mark.slow  # the server's start-up builds every packaged config
+def test_over_http_the_request_as_sent_is_screened_and_a_flag_refused(module_configs, serve, stub, main_model):
+    railstack_config(module_configs / "lk", main_model.base_url, ["railstack heuristics", "railstack lakera"],
+                     json.dumps(lakera(stub)), output=["railstack lakera output"])
+    stub.answers = [FLAGGED]
+    sent = [{"role": "system", "content": "You answer travel questions."},
+            {"role": "user", "content": "Tell me about Paris."}]
+    with serve(module_configs) as client:
+        res = client.post("/v1/chat/completions", json={**chat("lk", ""), "messages": sent})
+    assert res.status_code == 200 and main_model.calls == 0
+    assert res.json()["choices"][0]["finish_reason"] == "content_filter"
+    assert "flagged by Lakera Guard: pii/email, prompt_attack" in res.json()["choices"][0]["message"]["content"]
+    assert res.headers["x-railstack-decisions"] == "heuristics=allow,lakera=block"
+    body = stub.requests[0]["body"]
+    assert body["messages"] == sent
+    assert body["metadata"] == {"railstack_request_id": res.headers["x-railstack-request-id"]}
