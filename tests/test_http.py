@@ -106,7 +106,7 @@ def test_input_flows_of_railstack_rails_run_in_the_http_layer(tmp_path):
         add_pack_flows(config)
         return config
 
-    expected = ["admission", "heuristics", "topic", "prompt_guard", "llama_guard"]
+    expected = ["admission", "heuristics", "topic", "prompt_guard", "lakera", "llama_guard"]
     assert input_rails_of(loaded(config_dir("default"))) == expected
     # A flow that does more than run railstack rails and refuse keeps NeMo's input rails.
     mixed = tmp_path / "mixed"
@@ -137,8 +137,8 @@ def test_a_request_the_input_rails_pass_skips_nemos_input_rails(client, main_mod
     assert ok.status_code == blocked.status_code == 200
     # Each request's input rails ran once, in the HTTP layer (the model rails are off: not run),
     # and the passing one's answer went through the output rails.
-    inputs = ["admission", "heuristics", "topic", "prompt_guard", "llama_guard"]
-    assert runs == [inputs, ["exfiltration"], ["llama_guard"], ["hallucination"], inputs]
+    inputs = ["admission", "heuristics", "topic", "prompt_guard", "lakera", "llama_guard"]
+    assert runs == [inputs, ["exfiltration"], ["lakera"], ["llama_guard"], ["hallucination"], inputs]
     assert "I can only talk about our own products" in blocked.text
     assert main_model.calls == 1
 

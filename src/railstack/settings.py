@@ -22,6 +22,7 @@ from railstack.exfiltration.settings import ExfiltrationSettings
 from railstack.hallucination.settings import HallucinationSettings
 from railstack.heuristics.settings import HeuristicsSettings
 from railstack.intents.settings import IntentsSettings
+from railstack.lakera.settings import LakeraSettings
 from railstack.http.settings import RequestLimits
 from railstack.llama_guard.settings import LlamaGuardSettings
 from railstack.overload.settings import BackpressureSettings, HealthSettings
@@ -40,6 +41,7 @@ RAIL_SECTIONS: dict[str, type[RailPolicy]] = {
     "topic": TopicSettings,
     "intents": IntentsSettings,
     "prompt_guard": PromptGuardSettings,
+    "lakera": LakeraSettings,
     "llama_guard": LlamaGuardSettings,
     "hallucination": HallucinationSettings,
 }

@@ -6,9 +6,9 @@ A rail module needs only ``from railstack.core import CheckContext, Tier, Verdic
 from railstack.core.registry import rail, registry
 from railstack.core.request import collect_decisions
 from railstack.core.runtime import Runtime, runtimes
-from railstack.core.types import CheckContext, Decision, ModelRail, Revealed, Tier, UnknownRails, Verdict
+from railstack.core.types import CheckContext, Decision, Misconfigured, ModelRail, Revealed, Tier, UnknownRails, Verdict
 
 __all__ = [
-    "CheckContext", "Decision", "ModelRail", "Revealed", "Runtime", "Tier", "UnknownRails", "Verdict", "collect_decisions",
+    "CheckContext", "Decision", "Misconfigured", "ModelRail", "Revealed", "Runtime", "Tier", "UnknownRails", "Verdict", "collect_decisions",
     "rail", "registry", "runtimes",
 ]

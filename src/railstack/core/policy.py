@@ -9,7 +9,7 @@ from dataclasses import replace
 from typing import Any, Callable, Optional
 
 from railstack.core.settings import OnFailure
-from railstack.core.types import CheckContext, Decision, Outcome, Rail, Shed, Verdict
+from railstack.core.types import CheckContext, Decision, Misconfigured, Outcome, Rail, Shed, Verdict
 
 log = logging.getLogger("railstack.decisions")
 
@@ -65,6 +65,9 @@ async def run_check(
         # Its engine's queue is full: over HTTP this becomes a 503 with Retry-After.
         failure = f"was shed ({exc})"
         metadata = {"shed": exc.stage, "shed_reason": exc.reason, "retry_after_s": exc.retry_after_s}
+    except Misconfigured as exc:
+        log.error("rail %s cannot run as configured: %s", rail.name, exc)
+        failure, on_failure = f"failed: {exc}", "closed"
     except Exception as exc:  # noqa: BLE001 - any failure of a check is a policy decision
         log.debug("rail %s raised", rail.name, exc_info=True)
         failure = f"raised {type(exc).__name__}"

@@ -145,5 +145,11 @@ class Shed(Exception):
         self.retry_after_s = retry_after_s
 
 
+class Misconfigured(Exception):
+    """A check cannot run as its config stands (a service refused the configured key): it fails
+    closed whatever ``on_failure`` says, since letting turns through would hide a fault that only a
+    changed setting mends; the message names that setting."""
+
+
 class UnknownRails(ValueError):
     """A config's flows name rails that no module has registered."""
