@@ -38,7 +38,8 @@ async def scores(config_dir: Path, texts: list[str]) -> tuple[list[float], float
     found: list[float] = []
     for start in range(0, len(texts), 64):  # as many at once as the engine's stage admits
         batch = texts[start : start + 64]
-        found += [s for s, _ in await asyncio.gather(*(index.nearest(parts_of(t, settings.intents.max_parts)) for t in batch))]
+        nearest = await asyncio.gather(*(index.nearest(parts_of(t, settings.intents.max_parts)) for t in batch))
+        found += [similarity for similarity, _ in nearest]
     return found, settings.intents.threshold
 
 
@@ -70,7 +71,8 @@ def table(scored: list[tuple[dict, float]], threshold: float) -> list[str]:
     positives = [s >= threshold for row, s in scored if row["label"] == "competitors"]
     negatives = [s >= threshold for row, s in scored if row["label"] != "competitors"]
     lines.append(f"| **recall** (competitors) | {len(positives)} | {100 * sum(positives) / len(positives):.1f}% |")
-    lines.append(f"| **false positives** (all others) | {len(negatives)} | {100 * sum(negatives) / len(negatives):.1f}% |")
+    share = 100 * sum(negatives) / len(negatives)
+    lines.append(f"| **false positives** (all others) | {len(negatives)} | {share:.1f}% |")
     return lines
 
 

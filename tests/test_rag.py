@@ -2,8 +2,6 @@
 retrieval, Prompt Guard dropping a poisoned chunk (tiny real checkpoint) and the hallucination rail
 checking the answer against the chunks that were kept (tiny real NLI checkpoint)."""
 
-import shutil
-
 import pytest
 from nemoguardrails import LLMRails, RailsConfig
 

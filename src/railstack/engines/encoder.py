@@ -105,7 +105,6 @@ class Encoder:
     def __init__(self, model: str, *, sha256: Optional[str] = None, device: str = "auto",
                  precision: str = "auto", max_batch: Optional[int] = None, max_delay_ms: float = 2.0,
                  cache_size: int = 10_000, setting: str = "the encoder's model"):
-        import torch
         from transformers import AutoModel, AutoTokenizer
 
         self.name = model

@@ -5,7 +5,9 @@ from __future__ import annotations
 from typing import Any, Iterator, Optional
 
 from railstack.core.types import Intent
-from railstack.nemo.compat import elements, flow_id, flows_by_id, is_colang2, is_subflow, rail_flows, rails_lists_v2, user_intents
+from railstack.nemo.compat import (
+    elements, flow_id, flows_by_id, is_colang2, is_subflow, rail_flows, rails_lists_v2, user_intents,
+)
 from railstack.settings import RailstackSettings, SettingsError, parse_settings
 
 ALL_SECTIONS = ("input", "output", "retrieval", "tool_input", "tool_output")
@@ -66,8 +68,8 @@ def input_rails_of(config: Any) -> Optional[list[str]]:
         return None
     by_id = flows_by_id(config)
     names: list[str] = []
-    for flow_id in config.rails.input.flows:
-        flow = by_id.get(flow_id)
+    for name in config.rails.input.flows:
+        flow = by_id.get(name)
         if flow is None:
             return None
         ran = False
