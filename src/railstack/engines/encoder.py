@@ -223,6 +223,8 @@ def encoder(model: str = PACKAGED, **how: Any) -> Encoder:
     model and way of running, shared by every config and by NeMo's indexes."""
     bound = inspect.signature(Encoder).bind(model, **how)
     bound.apply_defaults()  # the same encoder whether a default is given or left out
+    if model == PACKAGED and bound.arguments["sha256"] == PACKAGED_SHA256:
+        bound.arguments["sha256"] = None  # pinned either way
     key = tuple(sorted((k, v) for k, v in bound.arguments.items() if k != "setting"))
     with _lock:
         if key not in _encoders:

@@ -58,20 +58,36 @@ class Index:
         return float(cosines.flat[best]), best % self.matrix.shape[0]
 
 
-def parts_of(message: str, most: int) -> list[str]:
-    """The message, and its sentences when it has several, in at most ``most`` parts: a question
-    inside a long message is compared on its own, not diluted by the rest; past ``most``,
-    neighbouring sentences are compared together so that every one of them is compared."""
-    from railstack.core.sentences import split_sentences
+WINDOW_WORDS = 40  # a question's length many times over, well inside the encoder's 256 tokens
 
-    sentences = split_sentences(message)
-    if len(sentences) <= 1:
-        return [message]
-    room = most - 1
-    if len(sentences) > room:
-        size = -(-len(sentences) // room)
-        sentences = [" ".join(sentences[i : i + size]) for i in range(0, len(sentences), size)]
-    return [message, *sentences]
+
+class TooLong(ValueError):
+    """A message of more parts than ``intents.max_parts`` allows."""
+
+
+def parts_of(message: str, most: int) -> list[str]:
+    """What of a message is compared: the message, and its sentences when it has several, a
+    sentence longer than ``WINDOW_WORDS`` in overlapping windows of that many words (the encoder
+    reads 256 tokens and no more: a question at the end of a long run-on text would go unread),
+    each normalized as the cheap tier reads text (look-alike letters folded, spaced-out letters
+    joined). Past ``most`` parts, ``TooLong``: every part is compared, or the message is refused."""
+    from railstack.core.sentences import split_sentences
+    from railstack.core.text import normalize
+
+    pieces: list[str] = []
+    for sentence in split_sentences(message) or [message]:
+        words = sentence.split()
+        step = WINDOW_WORDS // 2
+        if len(words) <= WINDOW_WORDS:
+            pieces.append(sentence)
+        else:
+            pieces += [" ".join(words[i : i + WINDOW_WORDS]) for i in range(0, len(words) - step, step)]
+    # The whole message too, where the encoder reads all of it.
+    whole = [message] if len(pieces) != 1 and len(message.split()) <= 2 * WINDOW_WORDS else []
+    parts = [normalize(part).text for part in whole + pieces]
+    if len(parts) > most:
+        raise TooLong(f"the message is {len(parts)} parts to compare, more than intents.max_parts ({most})")
+    return parts
 
 
 def last_user_message(text: str, ctx: CheckContext) -> str:
@@ -85,7 +101,10 @@ async def check(text: str, ctx: CheckContext) -> Verdict:
     message = last_user_message(text, ctx)
     if not message.strip():
         return Verdict.allow(score=0.0)
-    parts = parts_of(message, settings.max_parts)
+    try:
+        parts = parts_of(message, settings.max_parts)
+    except TooLong as exc:  # not compared whole: refused, as a check that cannot judge fails closed
+        return Verdict.block(str(exc), parts=settings.max_parts + 1, model=settings.model)
     similarity, nearest = await index.nearest(parts)
     intent, example = index.examples[nearest]
     facts = {"intent": intent, "example": example, "parts": len(parts), "model": settings.model}

@@ -24,5 +24,6 @@ class IntentsSettings(RailPolicy):
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
     max_batch: Optional[int] = Field(default=None, gt=0, le=1024, description="texts per forward pass")
     max_delay_ms: float = Field(default=2.0, ge=0, le=1000, description="how long a batch waits to fill")
-    max_parts: int = Field(default=32, gt=0, le=512, description="parts a long message is compared in at most")
+    # A 32,000-character message (heuristics' cap) is about 300 parts.
+    max_parts: int = Field(default=512, gt=0, le=4096, description="parts compared at most; a message of more is refused")
     timeout_s: Optional[float] = Field(default=2.0, gt=0, le=600)
