@@ -64,6 +64,10 @@ WINDOW_WORDS = 40  # a question's length many times over, well inside the encode
 class TooLong(ValueError):
     """A message of more parts than ``intents.max_parts`` allows."""
 
+    def __init__(self, parts: int, most: int):
+        super().__init__(f"the message is {parts} parts to compare, more than intents.max_parts ({most})")
+        self.parts = parts
+
 
 def parts_of(message: str, most: int) -> list[str]:
     """What of a message is compared: the message, and its sentences when it has several, a
@@ -86,7 +90,7 @@ def parts_of(message: str, most: int) -> list[str]:
     whole = [message] if len(pieces) != 1 and len(message.split()) <= 2 * WINDOW_WORDS else []
     parts = [normalize(part).text for part in whole + pieces]
     if len(parts) > most:
-        raise TooLong(f"the message is {len(parts)} parts to compare, more than intents.max_parts ({most})")
+        raise TooLong(len(parts), most)
     return parts
 
 
@@ -104,7 +108,7 @@ async def check(text: str, ctx: CheckContext) -> Verdict:
     try:
         parts = parts_of(message, settings.max_parts)
     except TooLong as exc:  # not compared whole: refused, as a check that cannot judge fails closed
-        return Verdict.block(str(exc), parts=settings.max_parts + 1, model=settings.model)
+        return Verdict.block(str(exc), parts=exc.parts, model=settings.model)
     similarity, nearest = await index.nearest(parts)
     intent, example = index.examples[nearest]
     facts = {"intent": intent, "example": example, "parts": len(parts), "model": settings.model}

@@ -14,13 +14,12 @@ client, lakeraai/guard-demo-client ``designdocs/LAKERA_MAPPING.md``, shows an an
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
-import weakref
 from dataclasses import dataclass
 from typing import Any, Optional
 
 from railstack.core import Misconfigured
+from railstack.engines.clients import PerLoop
 from railstack.lakera.settings import KEY_SETTING, LakeraSettings
 from railstack.overload.stages import Stage
 
@@ -71,19 +70,16 @@ class LakeraClient:
         self.url = settings.base_url.rstrip("/") + "/v2/guard"
         self.timeout_s = timeout_s
         self.stage = stage
-        self._clients: "weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Any]" = weakref.WeakKeyDictionary()
+        self._clients = PerLoop(self._new_client)
+
+    def _new_client(self) -> Any:
+        import httpx
+
+        return httpx.AsyncClient(headers={"Authorization": f"Bearer {self.settings.api_key}"},
+                                 timeout=httpx.Timeout(self.timeout_s))
 
     def _client(self) -> Any:
-        # A connection pool belongs to the event loop that opened it.
-        loop = asyncio.get_running_loop()
-        if loop not in self._clients:
-            import httpx
-
-            self._clients[loop] = httpx.AsyncClient(
-                headers={"Authorization": f"Bearer {self.settings.api_key}"},
-                timeout=httpx.Timeout(self.timeout_s),
-            )
-        return self._clients[loop]
+        return self._clients.get()
 
     def body(self, messages: list[dict], request_id: Optional[str] = None) -> dict:
         body: dict[str, Any] = {"messages": messages, "breakdown": self.settings.breakdown}

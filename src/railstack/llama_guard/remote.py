@@ -6,9 +6,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import weakref
 from typing import Any, Optional, Sequence
 
+from railstack.engines.clients import PerLoop
 from railstack.llama_guard.scoring import EngineSpec, Ids, Query, Score
 from railstack.overload.stages import Stage
 
@@ -27,7 +27,7 @@ class RemoteEngine:
         self.timeout_s = spec.settings.timeout_s
         self.category_tokens = spec.settings.category_tokens
         self.served = self.settings.served_model or spec.settings.model
-        self._clients: "weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Any]" = weakref.WeakKeyDictionary()
+        self._clients = PerLoop(self._new_client)
         # A server names a top token by its id or by its text, as return_tokens_as_token_ids says.
         decode = spec.tokenizer.decode
         self.keys = {
@@ -35,19 +35,18 @@ class RemoteEngine:
             "safe": (f"token_id:{self.answer.safe}", decode([self.answer.safe])),
         }
 
-    def _client(self) -> Any:
-        # An HTTP connection pool belongs to the event loop that opened it.
-        loop = asyncio.get_running_loop()
-        if loop not in self._clients:
-            import httpx
-            from openai import AsyncOpenAI
+    def _new_client(self) -> Any:
+        import httpx
+        from openai import AsyncOpenAI
 
-            limits = httpx.Limits(max_connections=self.settings.max_connections)
-            self._clients[loop] = AsyncOpenAI(
-                base_url=self.settings.base_url, api_key=self.settings.api_key, max_retries=0,
-                timeout=self.timeout_s, http_client=httpx.AsyncClient(limits=limits),
-            )
-        return self._clients[loop]
+        limits = httpx.Limits(max_connections=self.settings.max_connections)
+        return AsyncOpenAI(
+            base_url=self.settings.base_url, api_key=self.settings.api_key, max_retries=0,
+            timeout=self.timeout_s, http_client=httpx.AsyncClient(limits=limits),
+        )
+
+    def _client(self) -> Any:
+        return self._clients.get()
 
     async def score(self, items: Sequence[Query]) -> list[Score]:
         slot = self.stage.slot() if self.stage is not None else contextlib.nullcontext()
