@@ -111,8 +111,8 @@ def main() -> None:
                 results[label] = rate
                 print(line(label, rate, lat) + f"   ({tokens:.0f} tokens/text, {pg.batcher.batches} forwards)")
                 if precision == args.precisions[0]:
-                    window = tuple(pg.windows(" ".join(batch))[0])
-                    assert len(window) == 512
+                    window = pg.windows(" ".join(batch))[0]
+                    assert len(pg.runner.layout.row(window)[0]) == 512
                     single = []
                     for _ in range(10):
                         start = time.perf_counter()

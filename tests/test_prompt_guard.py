@@ -7,6 +7,7 @@ import pytest
 import torch
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
+from railstack.engines.sequence import length
 from railstack.nemo.outcome import run
 from railstack.prompt_guard.model import NotPromptGuard, PromptGuard
 from railstack.prompt_guard.settings import PromptGuardSettings
@@ -41,7 +42,8 @@ async def test_scores_follow_metas_definitions_over_the_models_own_output(checkp
     text = "Please summarise the attached report for me."
     scores, cached = await pg.scores(text)
     tokenizer = AutoTokenizer.from_pretrained(checkpoints[version])
-    ids = pg.windows(text)[0] if version == 1 else tuple(tokenizer(text)["input_ids"])
+    ids = (tokenizer.cls_token_id, *pg.windows(text)[0][0].ids, tokenizer.sep_token_id) if version == 1 \
+        else tuple(tokenizer(text)["input_ids"])
     p = direct_probabilities(checkpoints[version], list(ids))
     if version == 1:
         assert scores.jailbreak == pytest.approx(p[2], abs=1e-5)
@@ -55,7 +57,7 @@ async def test_scores_follow_metas_definitions_over_the_models_own_output(checkp
 def test_batched_scores_equal_one_at_a_time(checkpoints, version):
     pg = engine(checkpoints[version])
     windows = [pg.windows(t)[0] for t in ["Hi", "What is the weather like in Paris today?", train_texts(3)[2]]]
-    assert len({len(w) for w in windows}) == 3  # different lengths: the batch is padded
+    assert len({length(w) for w in windows}) == 3  # different lengths: the batch is padded
     batched = pg.probabilities(windows)
     for window, row in zip(windows, batched):
         assert row == pytest.approx(pg.probabilities([window])[0], abs=1e-4)
@@ -66,9 +68,10 @@ async def test_long_input_windows_cover_every_token_once_and_the_score_is_their_
     pg = engine(checkpoints[version])
     windows = pg.windows(LONG)
     assert len(windows) >= 3
-    assert all(len(w) <= 512 for w in windows)
-    assert all(w[0] == pg.tokenizer.cls_token_id and w[-1] == pg.tokenizer.sep_token_id for w in windows)
-    assert [t for w in windows for t in w[1:-1]] == pg.token_ids(LONG)  # in order, none lost or repeated
+    rows = [pg.runner.layout.row(w)[0] for w in windows]
+    assert all(len(row) <= 512 for row in rows)
+    assert all(row[0] == pg.tokenizer.cls_token_id and row[-1] == pg.tokenizer.sep_token_id for row in rows)
+    assert [t for (w,) in windows for t in w.ids] == pg.token_ids(LONG)  # in order, none lost or repeated
     scores, _ = await pg.scores(LONG)
     each = [pg.scores_of(pg.probabilities([w])) for w in windows]
     assert scores.jailbreak == pytest.approx(max(s.jailbreak for s in each), abs=1e-4)

@@ -69,6 +69,9 @@ def nli(where: Path, labels: tuple[str, ...] = ("entailment", "neutral", "contra
         ])
         mean = pooled.mean(0)
         direction = torch.linalg.svd(pooled - mean, full_matrices=False).Vh[0]
+        # A singular vector's sign is the LAPACK build's choice: fix it, so that one checkpoint is
+        # built on every machine.
+        direction *= direction[direction.abs().argmax()].sign()
         spread = ((pooled - mean) @ direction).std()
         entail, contradict = labels.index("entailment"), labels.index("contradiction")
         model.classifier.weight.zero_()

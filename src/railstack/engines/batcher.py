@@ -4,7 +4,8 @@ Every model rail (Prompt Guard, Llama Guard, the NLI hallucination check) scores
 ``Batcher``: the inputs of concurrent requests are collected for at most ``max_delay_ms`` or
 until ``max_batch`` are waiting, sorted by length so that a batch pads little, and run as one
 forward pass on the model's own worker thread (torch releases the GIL, so the event loop keeps
-serving); each request gets its own results back. In front of it sits the engine's bounded
+serving), or awaited on the loop where ``forward`` is a coroutine function (a remote server's
+client); each request gets its own results back. In front of it sits the engine's bounded
 stage, so a slow model backs up its own queue and sheds its own overload.
 
 An engine is anything with ``async score(items) -> results`` (one result per item): ``Batcher``
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 import weakref
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -100,7 +102,11 @@ class Batcher(Generic[Item, Result]):
                 if not batch:
                     continue
                 try:
-                    results = await loop.run_in_executor(self._worker, self.forward, [p.item for p in batch])
+                    items = [p.item for p in batch]
+                    if inspect.iscoroutinefunction(self.forward):  # a remote server's client
+                        results = await self.forward(items)
+                    else:
+                        results = await loop.run_in_executor(self._worker, self.forward, items)
                     self.batches += 1
                 except Exception as exc:  # noqa: BLE001 - each waiting check fails under its own policy
                     for p in batch:

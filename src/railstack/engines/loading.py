@@ -153,6 +153,17 @@ def quantize_int8(model: Any) -> Any:
     return torch.ao.quantization.quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)
 
 
+def load_tokenizer(rail: str, model: str) -> Any:
+    """The tokenizer of checkpoint ``model`` alone (an engine whose model runs elsewhere)."""
+    from transformers import AutoTokenizer
+
+    where = source(rail, model)
+    try:
+        return AutoTokenizer.from_pretrained(where.model, **where.kwargs)
+    except Exception as exc:  # noqa: BLE001 - missing or broken files: the same refusal
+        raise where.failure(exc) from exc
+
+
 def load_checkpoint(
     settings: Any, rail: str, model_class: Any, tokenizer: Any = None
 ) -> tuple[Any, Any, str, str]:

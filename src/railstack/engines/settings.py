@@ -19,3 +19,8 @@ class ClassifierSettings(RailPolicy):
     max_batch: Optional[int] = Field(default=None, gt=0, le=512, description="inputs per forward pass")
     max_delay_ms: float = Field(default=2.0, ge=0, le=1000, description="how long a batch waits to fill")
     cache_size: int = Field(default=10_000, ge=0, description="scores kept per model; 0 turns the cache off")
+
+
+class EncoderSettings(ClassifierSettings):
+    """An encoder classifier (Prompt Guard, the NLI model): the checkpoint, and where its forward
+    pass runs (``engines/sequence.runner``)."""

@@ -15,15 +15,17 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import Optional
 
-from railstack.overload.stages import Stage
 from railstack.engines.batcher import Batcher
 from railstack.engines.cache import ScoreCache
-from railstack.engines.loading import load_checkpoint
+from railstack.engines.loading import load_tokenizer
+from railstack.engines.sequence import Input, LayoutError, Tokenized, forward, layout, length, runner, softmax, tokenize
 from railstack.hallucination.settings import HallucinationSettings
+from railstack.overload.stages import Stage
 
 log = logging.getLogger("railstack.hallucination")
+
 
 class NotAnNLIModel(ValueError):
     """The checkpoint's labels lack the ones the settings name."""
@@ -36,37 +38,34 @@ class Support:
 
 
 class NLI:
-    """One NLI / factual-consistency checkpoint behind the micro-batcher."""
+    """One NLI / factual-consistency checkpoint (run where the settings say) behind the micro-batcher."""
 
     def __init__(self, settings: HallucinationSettings, stage: Optional[Stage] = None):
-        from transformers import AutoModelForSequenceClassification
-
         self.settings = settings
-        self.tokenizer, model, self.device, self.precision = load_checkpoint(
-            settings, "hallucination", AutoModelForSequenceClassification
-        )
-        labels = {str(name).lower(): int(i) for i, name in model.config.id2label.items()}
+        self.tokenizer = load_tokenizer("hallucination", settings.model)
+        try:
+            self.specials = layout(self.tokenizer).specials(2)
+        except LayoutError as exc:
+            raise NotAnNLIModel(f"hallucination: {exc}") from exc
+        self.runner = runner(settings, "hallucination", self.tokenizer)
+        self.device, self.precision = self.runner.device, self.runner.precision
+        labels = {name.lower(): i for i, name in enumerate(self.runner.labels)}
         self.entailed = self._label(labels, settings.entailed_label, "entailed_label")
         self.contradicted = (
             self._label(labels, settings.contradiction_label, "contradiction_label")
             if settings.contradiction_label else None
         )
-        self.model = model
-        self.width = min(settings.max_tokens, getattr(model.config, "max_position_embeddings", None) or settings.max_tokens)
-        self.prefix, self.middle, self.suffix, self.types = _pair_layout(self.tokenizer)
-        self.uses_types = "token_type_ids" in self.tokenizer.model_input_names and (
-            getattr(model.config, "type_vocab_size", 0) or 0) > 1
-        self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
+        self.width = min(settings.max_tokens, self.runner.max_tokens or settings.max_tokens)
         self.cache: ScoreCache[Support] = ScoreCache(settings.cache_size)
-        self.batcher: Batcher[tuple[tuple[int, ...], tuple[int, ...]], list[float]] = Batcher(
+        self.probabilities = forward(self.runner, softmax)  # softmax(logits) of each (premise, hypothesis) window
+        self.batcher: Batcher[Input, list[float]] = Batcher(
             f"nli:{settings.model}",
             self.probabilities,
-            length=lambda pair: len(pair[0]) + len(pair[1]),
-            max_batch=settings.max_batch or (64 if self.device.startswith("cuda") else 8),
+            length=length,
+            max_batch=settings.max_batch or self.runner.max_batch,
             max_delay_s=settings.max_delay_ms / 1000,
             stage=stage,
         )
-        self.probabilities([(tuple(self.ids("warm-up")), tuple(self.ids("warm-up")))])
         log.info("hallucination: loaded %s on %s in %s", settings.model, self.device, self.precision)
 
     def _label(self, labels: dict[str, int], name: str, key: str) -> int:
@@ -77,42 +76,17 @@ class NLI:
             )
         return labels[name.lower()]
 
-    def ids(self, text: str) -> list[int]:
-        return self.tokenizer(text, add_special_tokens=False)["input_ids"]
+    def ids(self, text: str) -> Tokenized:
+        return tokenize(self.tokenizer, text)
 
-    def windows(self, premise: list[int], hypothesis: list[int]) -> list[tuple[tuple[int, ...], tuple[int, ...]]]:
+    def windows(self, premise: Tokenized, hypothesis: Tokenized) -> list[Input]:
         """(premise window, hypothesis) pairs that fit the model and cover the premise, neighbours
         sharing ``window_overlap`` tokens, so a fact across a cut is whole in one of them."""
-        specials = len(self.prefix) + len(self.middle) + len(self.suffix)
-        hypothesis = hypothesis[: (self.width - specials) // 2]  # a sentence never crowds out the evidence
-        room = self.width - specials - len(hypothesis)
+        claim = hypothesis.span(0, (self.width - self.specials) // 2)  # a sentence never crowds out the evidence
+        room = self.width - self.specials - len(claim)
         step = max(room - self.settings.window_overlap, 1)
         starts = range(0, max(len(premise) - self.settings.window_overlap, 1), step)
-        return [(tuple(premise[s : s + room]), tuple(hypothesis)) for s in starts]
-
-    def probabilities(self, batch: list[tuple[tuple[int, ...], tuple[int, ...]]]) -> list[list[float]]:
-        """softmax(logits) of each (premise, hypothesis) pair: one padded forward pass."""
-        import torch
-
-        rows, kinds = [], []
-        for premise, hypothesis in batch:
-            parts = (self.prefix, premise, self.middle, hypothesis, self.suffix)
-            rows.append([t for part in parts for t in part])
-            kinds.append([kind for part, kind in zip(parts, self.types) for _ in part])
-        width = max(len(r) for r in rows)
-        ids = torch.full((len(rows), width), self.pad_id, dtype=torch.long)
-        mask = torch.zeros((len(rows), width), dtype=torch.long)
-        types = torch.zeros((len(rows), width), dtype=torch.long)
-        for i, (row, kind) in enumerate(zip(rows, kinds)):
-            ids[i, : len(row)] = torch.tensor(row)
-            mask[i, : len(row)] = 1
-            types[i, : len(row)] = torch.tensor(kind)
-        inputs = {"input_ids": ids.to(self.device), "attention_mask": mask.to(self.device)}
-        if self.uses_types:
-            inputs["token_type_ids"] = types.to(self.device)
-        with torch.inference_mode():
-            logits = self.model(**inputs).logits
-        return torch.softmax(logits.float(), dim=-1).cpu().tolist()
+        return [(premise.span(s, s + room), claim) for s in starts]
 
     async def support(self, premise: str, hypotheses: list[str]) -> list[Support]:
         """Each hypothesis's support in the premise (its best window), scored together."""
@@ -138,24 +112,6 @@ class NLI:
         if self.contradicted is None:
             return 1.0 - s.entailed
         return s.contradicted / (s.entailed + s.contradicted) if s.entailed + s.contradicted > 0 else 0.5
-
-
-def _pair_layout(tokenizer: Any) -> tuple[list[int], list[int], list[int], tuple[int, ...]]:
-    """What the tokenizer puts around and between a premise and a hypothesis ([CLS] a [SEP] b
-    [SEP] for BERT/DeBERTa, <s> a </s></s> b </s> for RoBERTa), and each part's token type."""
-    a, b = tokenizer("a", add_special_tokens=False)["input_ids"], tokenizer("b", add_special_tokens=False)["input_ids"]
-    encoded = tokenizer("a", "b", return_token_type_ids=True)
-    full, kinds = encoded["input_ids"], encoded.get("token_type_ids") or [0] * len(encoded["input_ids"])
-    for i in range(len(full)):
-        if full[i : i + len(a)] != a:
-            continue
-        for j in range(i + len(a), len(full)):
-            if full[j : j + len(b)] == b:
-                at = (0, i, i + len(a), j, j + len(b), len(full))
-                parts = [full[at[k] : at[k + 1]] for k in range(5)]
-                types = tuple(kinds[min(at[k], len(full) - 1)] for k in range(5))
-                return parts[0], parts[2], parts[4], types
-    raise NotAnNLIModel("hallucination: cannot tell how the tokenizer joins a premise and a hypothesis")
 
 
 def engine_key(settings: HallucinationSettings) -> tuple:

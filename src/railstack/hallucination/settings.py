@@ -6,10 +6,10 @@ from typing import Literal, Optional
 
 from pydantic import Field
 
-from railstack.engines.settings import ClassifierSettings
+from railstack.engines.settings import EncoderSettings
 
 
-class HallucinationSettings(ClassifierSettings):
+class HallucinationSettings(EncoderSettings):
     """Grounded NLI check of each answer sentence against the turn's context, or, with no context,
     against k more answers sampled from the main model (SelfCheckGPT-NLI)."""
 

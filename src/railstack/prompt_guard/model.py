@@ -24,12 +24,13 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import Optional
 
-from railstack.overload.stages import Stage
 from railstack.engines.batcher import Batcher
 from railstack.engines.cache import ScoreCache
-from railstack.engines.loading import load_checkpoint
+from railstack.engines.loading import load_tokenizer
+from railstack.engines.sequence import Input, LayoutError, Tokenized, forward, layout, length, runner, softmax, tokenize
+from railstack.overload.stages import Stage
 from railstack.prompt_guard.settings import PromptGuardSettings
 
 log = logging.getLogger("railstack.prompt_guard")
@@ -50,38 +51,39 @@ class Scores:
 
 
 class PromptGuard:
-    """One loaded Prompt Guard checkpoint with its micro-batcher and score cache."""
+    """One Prompt Guard checkpoint (run where the settings say) with its micro-batcher and score cache."""
 
     def __init__(self, settings: PromptGuardSettings, stage: Optional[Stage] = None):
-        from transformers import AutoModelForSequenceClassification
-
         self.settings = settings
-        self.tokenizer, self.model, self.device, self.precision = load_checkpoint(
-            settings, "prompt_guard", AutoModelForSequenceClassification
-        )
-        self.scheme = _scheme(self.model.config, settings.model)
+        self.tokenizer = load_tokenizer("prompt_guard", settings.model)
         if not self.tokenizer.is_fast:
             raise NotPromptGuard(f"prompt_guard: {settings.model!r} has no fast tokenizer (needed for offsets)")
-        self.prefix, self.suffix = _special_tokens(self.tokenizer)
-        self.body = MAX_TOKENS - len(self.prefix) - len(self.suffix)
-        self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
+        try:
+            self.body = MAX_TOKENS - layout(self.tokenizer).specials(1)
+        except LayoutError as exc:
+            raise NotPromptGuard(f"prompt_guard: {exc}") from exc
+        self.runner = runner(settings, "prompt_guard", self.tokenizer)
+        self.device, self.precision = self.runner.device, self.runner.precision
+        self.scheme = _scheme(self.runner.labels, settings.model)
         self.cache = ScoreCache(settings.cache_size)
-        self.batcher: Batcher[tuple[int, ...], list[float]] = Batcher(
+        # softmax(logits / T) of each window, on the batcher's worker thread.
+        self.probabilities = forward(self.runner, lambda logits: softmax(logits, settings.temperature))
+        self.batcher: Batcher[Input, list[float]] = Batcher(
             f"prompt-guard:{settings.model}",
             self.probabilities,
-            length=len,
-            max_batch=settings.max_batch or (64 if self.device.startswith("cuda") else 8),
+            length=length,
+            max_batch=settings.max_batch or self.runner.max_batch,
             max_delay_s=settings.max_delay_ms / 1000,
             stage=stage,
         )
-        self.probabilities([self._with_specials(self.token_ids("warm-up"))])  # first forward off the request path
         log.info("prompt_guard: loaded %s (%s) on %s in %s", settings.model, self.scheme, self.device, self.precision)
 
+    def tokenized(self, text: str) -> Tokenized:
+        """The text's tokens, without special tokens; for PG1 after Meta's whitespace defence."""
+        return tokenize(self.tokenizer, self._respaced(text) if self.scheme == "pg1" else text)
+
     def token_ids(self, text: str) -> list[int]:
-        """The text's token ids, without special tokens; for PG1 after Meta's whitespace defence."""
-        if self.scheme == "pg1":
-            text = self._respaced(text)
-        return self.tokenizer(text, add_special_tokens=False)["input_ids"]
+        return list(self.tokenized(text).ids)
 
     def _respaced(self, text: str) -> str:
         """The string Meta's ``preprocess_text_for_promptguard`` makes of the text.
@@ -110,27 +112,10 @@ class PromptGuard:
                 at = end
         return "".join(parts)
 
-    def windows(self, text: str) -> list[tuple[int, ...]]:
+    def windows(self, text: str) -> list[Input]:
         """Model inputs of at most 512 tokens that cover the text's tokens, each once, in order."""
-        ids = self.token_ids(text)
-        return [self._with_specials(ids[i : i + self.body]) for i in range(0, len(ids), self.body)]
-
-    def _with_specials(self, ids: list[int]) -> tuple[int, ...]:
-        return (*self.prefix, *ids, *self.suffix)
-
-    def probabilities(self, batch: list[tuple[int, ...]]) -> list[list[float]]:
-        """softmax(logits / T) of each window: one padded forward pass (on the worker thread)."""
-        import torch
-
-        width = max(len(w) for w in batch)
-        ids = torch.full((len(batch), width), self.pad_id, dtype=torch.long)
-        mask = torch.zeros((len(batch), width), dtype=torch.long)
-        for row, window in enumerate(batch):
-            ids[row, : len(window)] = torch.tensor(window)
-            mask[row, : len(window)] = 1
-        with torch.inference_mode():
-            logits = self.model(input_ids=ids.to(self.device), attention_mask=mask.to(self.device)).logits
-        return torch.softmax(logits.float() / self.settings.temperature, dim=-1).cpu().tolist()
+        tokens = self.tokenized(text)
+        return [(tokens.span(i, i + self.body),) for i in range(0, len(tokens), self.body)]
 
     def scores_of(self, probabilities: list[list[float]]) -> Scores:
         if self.scheme == "pg1":
@@ -150,26 +135,16 @@ class PromptGuard:
         return found, False
 
 
-def _scheme(config: Any, model: str) -> str:
-    labels = tuple(str(config.id2label[i]).upper() for i in range(config.num_labels))
+def _scheme(labels: tuple[str, ...], model: str) -> str:
+    labels = tuple(label.upper() for label in labels)
     if labels == PG1_LABELS:
         return "pg1"
-    if config.num_labels == 2:
+    if len(labels) == 2:
         return "pg2"
     raise NotPromptGuard(
         f"prompt_guard: {model!r} is not a Prompt Guard checkpoint: labels {list(labels)}, expected "
         f"{list(PG1_LABELS)} (Prompt Guard 1) or two labels (Prompt Guard 2)"
     )
-
-
-def _special_tokens(tokenizer: Any) -> tuple[list[int], list[int]]:
-    """What the tokenizer puts before and after a text's own ids ([CLS] and [SEP] for DeBERTa)."""
-    plain = tokenizer("a", add_special_tokens=False)["input_ids"]
-    full = tokenizer("a")["input_ids"]
-    for start in range(len(full) - len(plain) + 1):
-        if full[start : start + len(plain)] == plain:
-            return full[:start], full[start + len(plain) :]
-    raise NotPromptGuard("prompt_guard: cannot tell the tokenizer's special tokens apart")
 
 
 def engine_key(settings: PromptGuardSettings) -> tuple:

@@ -6,10 +6,10 @@ from typing import Literal, Optional
 
 from pydantic import Field
 
-from railstack.engines.settings import ClassifierSettings
+from railstack.engines.settings import EncoderSettings
 
 
-class PromptGuardSettings(ClassifierSettings):
+class PromptGuardSettings(EncoderSettings):
     """Prompt Guard 1 or 2: jailbreak score on the conversation, injection score on third-party
     text (tool results, retrieved chunks)."""
 

@@ -1,0 +1,201 @@
+"""A sequence classifier's forward pass, wherever it runs (Prompt Guard, the NLI model).
+
+The rail's engine owns the tokenizer: it cuts an input into windows of token ids, batches them
+and caches scores. A *runner* turns a batch of windows into logits: torch in this process (here),
+ONNX Runtime in this process, or a TEI server. Each window carries its token ids and a string the
+checkpoint's tokenizer turns into exactly those ids, so every runner reads the same windows and
+their scores agree wherever they are computed.
+"""
+
+from __future__ import annotations
+
+import inspect
+from dataclasses import dataclass
+from typing import Any, Callable, Optional, Protocol, Sequence
+
+
+@dataclass(frozen=True)
+class Span:
+    """Token ids without special tokens, and a string that tokenizes to them."""
+
+    ids: tuple[int, ...]
+    text: str
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+
+Input = tuple[Span, ...]  # one text, or (premise, hypothesis)
+
+
+def length(item: Input) -> int:
+    return sum(map(len, item))
+
+
+@dataclass(frozen=True)
+class Tokenized:
+    """A text's token ids (no special tokens) with each token's character offsets."""
+
+    text: str
+    ids: tuple[int, ...]
+    offsets: tuple[tuple[int, int], ...]
+
+    def span(self, start: int, end: int) -> Span:
+        """Tokens ``start:end`` (as a slice takes them): their ids, and the text they were read from."""
+        end = min(end, len(self.ids))
+        if start >= end:
+            return Span((), "")
+        return Span(self.ids[start:end], self.text[self.offsets[start][0] : self.offsets[end - 1][1]])
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+
+def tokenize(tokenizer: Any, text: str) -> Tokenized:
+    encoded = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+    return Tokenized(text, tuple(encoded["input_ids"]), tuple(map(tuple, encoded["offset_mapping"])))
+
+
+@dataclass(frozen=True)
+class Layout:
+    """What the tokenizer puts around one text ([CLS] a [SEP]) and around and between a pair
+    ([CLS] a [SEP] b [SEP] for BERT/DeBERTa, <s> a </s></s> b </s> for RoBERTa), and each part's
+    token type."""
+
+    prefix: tuple[int, ...]
+    suffix: tuple[int, ...]
+    pair_prefix: tuple[int, ...]
+    pair_middle: tuple[int, ...]
+    pair_suffix: tuple[int, ...]
+    pair_types: tuple[int, ...]  # of: prefix, a, middle, b, suffix
+
+    def specials(self, segments: int) -> int:
+        """How many special tokens an input of ``segments`` texts carries."""
+        if segments == 1:
+            return len(self.prefix) + len(self.suffix)
+        return len(self.pair_prefix) + len(self.pair_middle) + len(self.pair_suffix)
+
+    def row(self, item: Input) -> tuple[list[int], list[int]]:
+        """The model's input ids of one window, and their token types."""
+        if len(item) == 1:
+            ids = [*self.prefix, *item[0].ids, *self.suffix]
+            return ids, [0] * len(ids)
+        (a, b), kinds = item, self.pair_types
+        parts = (self.pair_prefix, a.ids, self.pair_middle, b.ids, self.pair_suffix)
+        return [t for part in parts for t in part], [kinds[k] for k, part in enumerate(parts) for _ in part]
+
+
+class LayoutError(ValueError):
+    """The tokenizer's special tokens cannot be told apart from a text's own."""
+
+
+def layout(tokenizer: Any) -> Layout:
+    a = tokenizer("a", add_special_tokens=False)["input_ids"]
+    b = tokenizer("b", add_special_tokens=False)["input_ids"]
+    single = tokenizer("a")["input_ids"]
+    at = _find(single, a, 0)
+    if at is None:
+        raise LayoutError("cannot tell the tokenizer's special tokens apart")
+    prefix, suffix = single[:at], single[at + len(a) :]
+    encoded = tokenizer("a", "b", return_token_type_ids=True)
+    full = encoded["input_ids"]
+    kinds = encoded.get("token_type_ids") or [0] * len(full)
+    i = _find(full, a, 0)
+    j = _find(full, b, i + len(a)) if i is not None else None
+    if j is None:
+        raise LayoutError("cannot tell how the tokenizer joins a pair of texts")
+    cuts = (0, i, i + len(a), j, j + len(b), len(full))
+    parts = [tuple(full[cuts[k] : cuts[k + 1]]) for k in range(5)]
+    types = tuple(kinds[min(cuts[k], len(full) - 1)] for k in range(5))
+    return Layout(tuple(prefix), tuple(suffix), parts[0], parts[2], parts[4], types)
+
+
+def _find(seq: list[int], part: list[int], start: int) -> Optional[int]:
+    return next((i for i in range(start, len(seq) - len(part) + 1) if seq[i : i + len(part)] == part), None)
+
+
+def padded(rows: Sequence[tuple[list[int], list[int]]], pad_id: int) -> tuple[Any, Any, Any]:
+    """Input ids, attention mask and token types of a batch as int64 arrays, right-padded."""
+    import numpy as np
+
+    width = max(len(ids) for ids, _ in rows)
+    ids = np.full((len(rows), width), pad_id, dtype=np.int64)
+    mask = np.zeros((len(rows), width), dtype=np.int64)
+    types = np.zeros((len(rows), width), dtype=np.int64)
+    for i, (row, kinds) in enumerate(rows):
+        ids[i, : len(row)] = row
+        mask[i, : len(row)] = 1
+        types[i, : len(row)] = kinds
+    return ids, mask, types
+
+
+class Runner(Protocol):
+    """Where a checkpoint's forward pass runs."""
+
+    labels: tuple[str, ...]  # id2label, in index order
+    device: str
+    precision: str
+    max_tokens: Optional[int]  # the longest input it takes, special tokens included (None: no limit known)
+    max_batch: int  # inputs per forward pass unless the settings say
+
+    def logits(self, batch: list[Input]) -> list[list[float]]:
+        """The logits of each window (a blocking call: the batcher runs it on its worker thread),
+        or a coroutine function returning them, for a runner that waits on the network."""
+        ...
+
+
+class TorchRunner:
+    """The checkpoint in this process, with transformers on torch."""
+
+    def __init__(self, settings: Any, rail: str, tokenizer: Any):
+        from transformers import AutoModelForSequenceClassification
+
+        from railstack.engines.loading import load_checkpoint
+
+        _, self.model, self.device, self.precision = load_checkpoint(
+            settings, rail, AutoModelForSequenceClassification, tokenizer
+        )
+        config = self.model.config
+        self.labels = tuple(str(config.id2label[i]) for i in range(config.num_labels))
+        self.max_tokens = getattr(config, "max_position_embeddings", None)
+        self.max_batch = 64 if self.device.startswith("cuda") else 8
+        self.layout = layout(tokenizer)
+        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+        self.uses_types = "token_type_ids" in tokenizer.model_input_names and (
+            getattr(config, "type_vocab_size", 0) or 0) > 1
+        warm_up = tokenize(tokenizer, "warm-up")
+        self.logits([(warm_up.span(0, len(warm_up)),)])  # the first forward pass off the request path
+
+    def logits(self, batch: list[Input]) -> list[list[float]]:
+        import torch
+
+        ids, mask, types = (torch.from_numpy(a).to(self.device) for a in padded([self.layout.row(i) for i in batch], self.pad_id))
+        inputs = {"input_ids": ids, "attention_mask": mask} | ({"token_type_ids": types} if self.uses_types else {})
+        with torch.inference_mode():
+            return self.model(**inputs).logits.float().cpu().tolist()
+
+
+def runner(settings: Any, rail: str, tokenizer: Any) -> Runner:
+    """The runner the rail's settings choose."""
+    return TorchRunner(settings, rail, tokenizer)
+
+
+def forward(runner: Runner, transform: Callable[[list[float]], list[float]]) -> Callable:
+    """A batcher's forward pass over ``runner``: each window's logits through ``transform``,
+    blocking or awaitable as the runner is."""
+    if inspect.iscoroutinefunction(runner.logits):
+        async def scored(batch: list[Input]) -> list[list[float]]:
+            return [transform(row) for row in await runner.logits(batch)]
+    else:
+        def scored(batch: list[Input]) -> list[list[float]]:
+            return [transform(row) for row in runner.logits(batch)]
+    return scored
+
+
+def softmax(logits: list[float], temperature: float = 1.0) -> list[float]:
+    import math
+
+    top = max(logits)
+    exp = [math.exp((x - top) / temperature) for x in logits]
+    total = sum(exp)
+    return [e / total for e in exp]
