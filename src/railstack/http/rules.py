@@ -229,6 +229,9 @@ def check_messages(messages: Any, limits: RequestLimits, *, user_last: bool, too
     if total > limits.max_total_chars:
         raise Rejected(413, f"The messages hold {total} characters, the limit is {limits.max_total_chars}.", "messages", "too_large")
     if not user_last:
+        # NeMo's check_async passes a conversation with neither without running a rail.
+        if not any(m["role"] in ("user", "assistant") for m in messages):
+            raise Rejected(400, "A check needs a user or an assistant message: with neither, no rail would run.", "messages")
         return
     last = messages[-1]
     if last["role"] not in (("user", "tool") if tool_last else ("user",)):
