@@ -1,4 +1,5 @@
-"""Hallucination check: each answer sentence against evidence, with a local NLI model.
+"""Hallucination check: each answer sentence against evidence, with an NLI model (run here or on a
+TEI server: ``engine``).
 
 - Grounded (the turn has retrieved context): every sentence is a hypothesis and the context the
   premise; a context longer than the model's input is cut into overlapping windows of token ids,

@@ -1,11 +1,12 @@
-"""Prompt Guard 1 and 2, run locally with transformers.
+"""Prompt Guard 1 and 2, run with transformers here or on a TEI server (``engine``).
 
 - The checkpoint says which it is: three labels BENIGN/INJECTION/JAILBREAK is Prompt Guard 1
   (``meta-llama/Prompt-Guard-86M``), two labels is Prompt Guard 2 (``Llama-Prompt-Guard-2-86M``
   and ``-22M``). Scores follow Meta's definitions over softmax(logits / temperature): PG1
   jailbreak = p[JAILBREAK], injection = p[INJECTION] + p[JAILBREAK]; PG2 both = p[malicious].
 - Long inputs are cut into windows of at most 512 tokens from the token ids (never by decoding
-  and re-encoding, which PG2's tokenizer does not round-trip); an input's score is the maximum
+  and re-encoding, which PG2's tokenizer does not round-trip), where words begin, so that each
+  window's text tokenizes to its ids (what a TEI server reads); an input's score is the maximum
   over its windows, and every window goes through the model's micro-batcher.
 - PG1 was evaded by spacing letters out ("I g n o r e"). Its input goes through Meta's fix,
   ``preprocess_text_for_promptguard`` (llama-cookbook ``end-to-end-use-cases/responsible_ai/
