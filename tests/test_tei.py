@@ -12,6 +12,7 @@ from railstack.engines.sequence import Span, TorchRunner, tokenize, windows
 from railstack.engines.tei import PredictError, ServerRefused, WindowMismatch
 from railstack.hallucination.nli import NLI
 from railstack.hallucination.settings import HallucinationSettings
+from railstack.nemo.outcome import run
 from railstack.prompt_guard.model import PromptGuard
 from railstack.prompt_guard.settings import PromptGuardSettings
 from railstack.tools.tei import tei_server
@@ -196,6 +197,19 @@ async def test_failed_requests_follow_the_failure_policy(checkpoints, tei, fault
     assert decision.failed and decision.verdict == ("block" if on_failure == "closed" else "allow")
     assert decision.reason == f"the check raised PredictError (fail-{on_failure})"
     assert len(tei["pg2"].requests) == 1
+
+
+@pytest.mark.parametrize("on_failure", ["closed", "open"])
+async def test_a_slow_server_follows_the_failure_policy(checkpoints, tei, on_failure):
+    tei["pg2"].delay_s = 1.0
+    runtime = model_runtime("prompt_guard", checkpoints["pg2"], cache_size=0, timeout_s=0.3, on_failure=on_failure,
+                            **remote(tei["pg2"]))
+    outcome = await run(runtime, ["prompt_guard"], source="input", text="Hello there")
+    assert outcome.is_blocked == (on_failure == "closed")
+    if on_failure == "closed":
+        assert outcome.reason == "Blocked by the prompt_guard rail: the check did not finish within 0.3 s (fail-closed)"
+    (decision,) = outcome.metadata["decisions"]
+    assert decision["failed"] and decision["reason"] == f"the check did not finish within 0.3 s (fail-{on_failure})"
 
 
 async def test_what_a_failed_request_raises_says_what_the_server_answered(checkpoints, tei):
