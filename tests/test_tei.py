@@ -253,3 +253,18 @@ def test_end_to_end_through_nemo_the_remote_engine_blocks_and_allows(served, mai
     else:
         assert res.json()["choices"][0]["message"]["content"] == main_model.reply and main_model.calls == 1
     assert any("What is the capital of France?" in text for body in tei["pg2"].requests for (text,) in body["inputs"])
+
+
+def test_configs_share_a_remote_engine_only_with_the_same_server_and_timeout():
+    from railstack.hallucination.nli import engine_key as nli_key
+    from railstack.prompt_guard.model import engine_key as pg_key
+
+    for key, settings in ((pg_key, PromptGuardSettings), (nli_key, HallucinationSettings)):
+        base = settings(engine="remote")
+        assert key(base) == key(settings(engine="remote")) != key(settings())
+        assert key(base) != key(settings(engine="remote", remote={"base_url": "http://10.0.0.2:8002"}))
+        assert key(base) != key(settings(engine="remote", remote={"max_batch": 8}))
+        assert key(base) != key(settings(engine="remote", timeout_s=1.0))
+        assert key(settings()) == key(settings(remote={"max_batch": 8}))  # a local engine ignores the server
+    assert HallucinationSettings().remote.base_url == "http://127.0.0.1:8003" != PromptGuardSettings().remote.base_url
+    assert HallucinationSettings(remote={"api_key": "k"}).remote.base_url == "http://127.0.0.1:8003"

@@ -40,7 +40,7 @@ class Tokenized:
     text: str
     ids: tuple[int, ...]
     offsets: tuple[tuple[int, int], ...]
-    starts: tuple[bool, ...] = ()
+    starts: tuple[bool, ...]
 
     def span(self, start: int, end: int) -> Span:
         """Tokens ``start:end`` (as a slice takes them): their ids, and the text they were read from."""

@@ -104,12 +104,16 @@ class TeiRunner:
             limits=httpx.Limits(max_connections=self.remote.max_connections),
         )
 
-    def _texts(self, item: Input) -> list[str]:
-        for span in item:
-            if tuple(self.tokenizer(span.text, add_special_tokens=False)["input_ids"]) != span.ids:
+    def _inputs(self, part: list[Input]) -> list[list[str]]:
+        """The texts of each input, each checked to tokenize to its span's ids."""
+        spans = [span for item in part for span in item]
+        read = self.tokenizer([span.text for span in spans], add_special_tokens=False)["input_ids"]
+        for span, ids in zip(spans, read):
+            if tuple(ids) != span.ids:
                 raise WindowMismatch(f"{self.rail}: a window's text does not tokenize to its {len(span)} token ids; "
                                      "the TEI server would read another input")
-        return [span.text for span in item]
+        # Each input a list, [text] or [premise, hypothesis]: a bare [a, b] is one pair to TEI.
+        return [[span.text for span in item] for item in part]
 
     async def logits(self, batch: list[Input]) -> list[list[float]]:
         """Each window's logits, in requests of at most ``max_batch`` inputs sent together (the
@@ -121,8 +125,7 @@ class TeiRunner:
     async def _predict(self, part: list[Input]) -> list[list[float]]:
         import httpx
 
-        # Each input a list, [text] or [premise, hypothesis]: a bare [a, b] is one pair to TEI.
-        body = {"inputs": [self._texts(item) for item in part], "raw_scores": True, "truncate": False}
+        body = {"inputs": self._inputs(part), "raw_scores": True, "truncate": False}
         try:
             response = await self._clients.get().post("/predict", json=body)
         except httpx.HTTPError as exc:
