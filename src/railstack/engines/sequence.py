@@ -34,11 +34,13 @@ def length(item: Input) -> int:
 
 @dataclass(frozen=True)
 class Tokenized:
-    """A text's token ids (no special tokens) with each token's character offsets."""
+    """A text's token ids (no special tokens) with each token's character offsets, and whether it
+    begins a word (as the tokenizer's pre-tokenizer splits the text)."""
 
     text: str
     ids: tuple[int, ...]
     offsets: tuple[tuple[int, int], ...]
+    starts: tuple[bool, ...]
 
     def span(self, start: int, end: int) -> Span:
         """Tokens ``start:end`` (as a slice takes them): their ids, and the text they were read from."""
@@ -47,13 +49,55 @@ class Tokenized:
             return Span((), "")
         return Span(self.ids[start:end], self.text[self.offsets[start][0] : self.offsets[end - 1][1]])
 
+    def word_start(self, at: int, after: int) -> int:
+        """The last token at or before ``at`` that begins a word (the text's end counts as one)
+        and lies past ``after``; ``at`` itself when no word begins there (a word longer than the
+        whole stretch)."""
+        i = at
+        while after < i < len(self.ids) and not self.starts[i]:
+            i -= 1
+        return i if i > after else at
+
     def __len__(self) -> int:
         return len(self.ids)
 
 
 def tokenize(tokenizer: Any, text: str) -> Tokenized:
     encoded = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
-    return Tokenized(text, tuple(encoded["input_ids"]), tuple(map(tuple, encoded["offset_mapping"])))
+    words = encoded.word_ids()
+    starts = tuple(i == 0 or words[i] != words[i - 1] for i in range(len(words)))
+    return Tokenized(text, tuple(encoded["input_ids"]), tuple(map(tuple, encoded["offset_mapping"])), starts)
+
+
+def window(tokenizer: Any, tokens: Tokenized, start: int, most: int) -> tuple[Span, int]:
+    """At most ``most`` tokens from token ``start``, cut where a word begins, and the token it ends
+    before. A SentencePiece piece cut in mid-word reads as a new word (it gains the word-start
+    marker), so only a word longer than ``most`` is cut inside; that window (and any other whose
+    text does not re-tokenize to its slice of ids) carries its text's own ids, so that every
+    runner, sending ids or text, reads the same window."""
+    end = tokens.word_start(min(start + most, len(tokens)), start)
+    while True:
+        span = tokens.span(start, end)
+        ids = tuple(tokenizer(span.text, add_special_tokens=False)["input_ids"])
+        if ids == span.ids:
+            return span, end
+        if len(ids) <= most or end - 1 <= start:
+            return Span(ids, span.text), end
+        end -= 1
+
+
+def windows(tokenizer: Any, tokens: Tokenized, most: int, overlap: int = 0) -> list[Span]:
+    """Windows (``window``) of at most ``most`` tokens that cover the text's tokens in order,
+    neighbours sharing at least ``overlap`` of them; none for an empty text."""
+    found: list[Span] = []
+    start = 0
+    while start < len(tokens):
+        span, end = window(tokenizer, tokens, start, most)
+        found.append(span)
+        if end >= len(tokens):
+            break
+        start = tokens.word_start(max(end - overlap, start + 1), start)
+    return found
 
 
 @dataclass(frozen=True)
@@ -177,6 +221,10 @@ class TorchRunner:
 
 def runner(settings: Any, rail: str, tokenizer: Any) -> Runner:
     """The runner the rail's settings choose."""
+    if settings.engine == "remote":
+        from railstack.engines.tei import TeiRunner
+
+        return TeiRunner(settings, rail, tokenizer)
     return TorchRunner(settings, rail, tokenizer)
 
 

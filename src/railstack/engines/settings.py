@@ -6,7 +6,7 @@ from typing import Literal, Optional
 
 from pydantic import Field
 
-from railstack.core.settings import RailPolicy
+from railstack.core.settings import RailPolicy, Strict
 
 
 class ClassifierSettings(RailPolicy):
@@ -21,6 +21,21 @@ class ClassifierSettings(RailPolicy):
     cache_size: int = Field(default=10_000, ge=0, description="scores kept per model; 0 turns the cache off")
 
 
+class TEISettings(Strict):
+    """A text-embeddings-inference server serving the same checkpoint (``engines/tei``)."""
+
+    base_url: str = Field(default="http://127.0.0.1:8002", min_length=1, description="Prompt Guard's; the NLI model's :8003")
+    api_key: Optional[str] = Field(default=None, description="the server's --api-key, sent as a Bearer token")
+    served_model: Optional[str] = Field(default=None, description="checked against the server's model_id when given")
+    max_connections: int = Field(default=64, gt=0)
+    # TEI's --max-client-batch-size default; the server's own, when smaller, wins.
+    max_batch: int = Field(default=32, gt=0, le=4096, description="inputs per /predict request")
+
+
 class EncoderSettings(ClassifierSettings):
     """An encoder classifier (Prompt Guard, the NLI model): the checkpoint, and where its forward
-    pass runs (``engines/sequence.runner``)."""
+    pass runs (``engines/sequence.runner``): here (``local``), or on a TEI server (``remote``: only
+    the checkpoint's tokenizer is loaded here, to cut the windows)."""
+
+    engine: Literal["local", "remote"] = "local"
+    remote: TEISettings = Field(default_factory=TEISettings)

@@ -1,4 +1,5 @@
-"""Hallucination check: each answer sentence against evidence, with a local NLI model.
+"""Hallucination check: each answer sentence against evidence, with an NLI model (run here or on a
+TEI server: ``engine``).
 
 - Grounded (the turn has retrieved context): every sentence is a hypothesis and the context the
   premise; a context longer than the model's input is cut into overlapping windows of token ids,
@@ -20,7 +21,10 @@ from typing import Optional
 from railstack.engines.batcher import Batcher
 from railstack.engines.cache import ScoreCache
 from railstack.engines.loading import load_tokenizer
-from railstack.engines.sequence import Input, LayoutError, Tokenized, forward, layout, length, runner, softmax, tokenize
+from railstack.engines.sequence import (
+    Input, LayoutError, Tokenized, forward, layout, length, runner, softmax, tokenize, window, windows,
+)
+from railstack.engines.tei import refusal
 from railstack.hallucination.settings import HallucinationSettings
 from railstack.overload.stages import Stage
 
@@ -50,11 +54,21 @@ class NLI:
         self.runner = runner(settings, "hallucination", self.tokenizer)
         self.device, self.precision = self.runner.device, self.runner.precision
         labels = {name.lower(): i for i, name in enumerate(self.runner.labels)}
-        self.entailed = self._label(labels, settings.entailed_label, "entailed_label")
-        self.contradicted = (
-            self._label(labels, settings.contradiction_label, "contradiction_label")
-            if settings.contradiction_label else None
-        )
+        try:
+            self.entailed = self._label(labels, settings.entailed_label, "entailed_label")
+            self.contradicted = (
+                self._label(labels, settings.contradiction_label, "contradiction_label")
+                if settings.contradiction_label else None
+            )
+        except NotAnNLIModel as exc:
+            if settings.engine == "remote":
+                raise refusal("hallucination", settings, str(exc)) from exc
+            raise
+        if settings.engine == "remote" and (self.runner.max_tokens or settings.max_tokens) < settings.max_tokens:
+            # Locally the checkpoint's own limit narrows the windows; a server's is a deployment's choice.
+            raise refusal("hallucination", settings, f"it takes at most {self.runner.max_tokens} tokens per input, "
+                          f"hallucination.max_tokens is {settings.max_tokens}: lower hallucination.max_tokens to "
+                          f"{self.runner.max_tokens}")
         self.width = min(settings.max_tokens, self.runner.max_tokens or settings.max_tokens)
         self.cache: ScoreCache[Support] = ScoreCache(settings.cache_size)
         self.probabilities = forward(self.runner, softmax)  # softmax(logits) of each (premise, hypothesis) window
@@ -82,11 +96,10 @@ class NLI:
     def windows(self, premise: Tokenized, hypothesis: Tokenized) -> list[Input]:
         """(premise window, hypothesis) pairs that fit the model and cover the premise, neighbours
         sharing ``window_overlap`` tokens, so a fact across a cut is whole in one of them."""
-        claim = hypothesis.span(0, (self.width - self.specials) // 2)  # a sentence never crowds out the evidence
+        claim, _ = window(self.tokenizer, hypothesis, 0, (self.width - self.specials) // 2)  # never crowds out the evidence
         room = self.width - self.specials - len(claim)
-        step = max(room - self.settings.window_overlap, 1)
-        starts = range(0, max(len(premise) - self.settings.window_overlap, 1), step)
-        return [(premise.span(s, s + room), claim) for s in starts]
+        cut = windows(self.tokenizer, premise, room, self.settings.window_overlap) or [premise.span(0, 0)]
+        return [(part, claim) for part in cut]
 
     async def support(self, premise: str, hypotheses: list[str]) -> list[Support]:
         """Each hypothesis's support in the premise (its best window), scored together."""
@@ -118,4 +131,5 @@ def engine_key(settings: HallucinationSettings) -> tuple:
     """What makes two configs' NLI model one engine (thresholds and modes apply per config)."""
     return (settings.model_dump_json(include={
         "model", "device", "precision", "max_batch", "max_delay_ms", "cache_size", "entailed_label",
-        "contradiction_label", "max_tokens", "window_overlap"}),)
+        "contradiction_label", "max_tokens", "window_overlap", "engine"}),
+        settings.model_dump_json(include={"remote", "timeout_s"}) if settings.engine == "remote" else None)

@@ -6,7 +6,13 @@ from typing import Literal, Optional
 
 from pydantic import Field
 
-from railstack.engines.settings import EncoderSettings
+from railstack.engines.settings import EncoderSettings, TEISettings
+
+
+class NLIServer(TEISettings):
+    """The NLI model's TEI server: a port of its own (one server serves one model)."""
+
+    base_url: str = Field(default="http://127.0.0.1:8003", min_length=1)
 
 
 class HallucinationSettings(EncoderSettings):
@@ -15,6 +21,7 @@ class HallucinationSettings(EncoderSettings):
 
     model: str = Field(default="MoritzLaurer/DeBERTa-v3-base-mnli-fever-anli", min_length=1)
     timeout_s: Optional[float] = Field(default=10.0, gt=0, le=600)
+    remote: NLIServer = Field(default_factory=NLIServer)
     entailed_label: str = Field(default="entailment", min_length=1, description="the label meaning supported")
     contradiction_label: Optional[str] = Field(
         default="contradiction", description="for self-consistency; None: inconsistency = 1 - P(entailed)"

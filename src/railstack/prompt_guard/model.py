@@ -1,11 +1,12 @@
-"""Prompt Guard 1 and 2, run locally with transformers.
+"""Prompt Guard 1 and 2, run with transformers here or on a TEI server (``engine``).
 
 - The checkpoint says which it is: three labels BENIGN/INJECTION/JAILBREAK is Prompt Guard 1
   (``meta-llama/Prompt-Guard-86M``), two labels is Prompt Guard 2 (``Llama-Prompt-Guard-2-86M``
   and ``-22M``). Scores follow Meta's definitions over softmax(logits / temperature): PG1
   jailbreak = p[JAILBREAK], injection = p[INJECTION] + p[JAILBREAK]; PG2 both = p[malicious].
 - Long inputs are cut into windows of at most 512 tokens from the token ids (never by decoding
-  and re-encoding, which PG2's tokenizer does not round-trip); an input's score is the maximum
+  and re-encoding, which PG2's tokenizer does not round-trip), where words begin, so that each
+  window's text tokenizes to its ids (what a TEI server reads); an input's score is the maximum
   over its windows, and every window goes through the model's micro-batcher.
 - PG1 was evaded by spacing letters out ("I g n o r e"). Its input goes through Meta's fix,
   ``preprocess_text_for_promptguard`` (llama-cookbook ``end-to-end-use-cases/responsible_ai/
@@ -29,7 +30,10 @@ from typing import Optional
 from railstack.engines.batcher import Batcher
 from railstack.engines.cache import ScoreCache
 from railstack.engines.loading import load_tokenizer
-from railstack.engines.sequence import Input, LayoutError, Tokenized, forward, layout, length, runner, softmax, tokenize
+from railstack.engines.sequence import (
+    Input, LayoutError, Tokenized, forward, layout, length, runner, softmax, tokenize, windows,
+)
+from railstack.engines.tei import refusal
 from railstack.overload.stages import Stage
 from railstack.prompt_guard.settings import PromptGuardSettings
 
@@ -64,7 +68,15 @@ class PromptGuard:
             raise NotPromptGuard(f"prompt_guard: {exc}") from exc
         self.runner = runner(settings, "prompt_guard", self.tokenizer)
         self.device, self.precision = self.runner.device, self.runner.precision
-        self.scheme = _scheme(self.runner.labels, settings.model)
+        try:
+            self.scheme = _scheme(self.runner.labels, settings.model)
+            if (self.runner.max_tokens or MAX_TOKENS) < MAX_TOKENS:
+                raise NotPromptGuard(f"prompt_guard: it takes {self.runner.max_tokens} tokens per input, Prompt Guard's "
+                                     f"windows {MAX_TOKENS}")
+        except NotPromptGuard as exc:
+            if settings.engine == "remote":
+                raise refusal("prompt_guard", settings, str(exc).removeprefix("prompt_guard: ")) from exc
+            raise
         self.cache = ScoreCache(settings.cache_size)
         # softmax(logits / T) of each window, on the batcher's worker thread.
         self.probabilities = forward(self.runner, lambda logits: softmax(logits, settings.temperature))
@@ -114,8 +126,7 @@ class PromptGuard:
 
     def windows(self, text: str) -> list[Input]:
         """Model inputs of at most 512 tokens that cover the text's tokens, each once, in order."""
-        tokens = self.tokenized(text)
-        return [(tokens.span(i, i + self.body),) for i in range(0, len(tokens), self.body)]
+        return [(span,) for span in windows(self.tokenizer, self.tokenized(text), self.body)]
 
     def scores_of(self, probabilities: list[list[float]]) -> Scores:
         if self.scheme == "pg1":
@@ -149,6 +160,8 @@ def _scheme(labels: tuple[str, ...], model: str) -> str:
 
 def engine_key(settings: PromptGuardSettings) -> tuple:
     """What makes two configs' Prompt Guard one engine: the same model, device, precision,
-    batching, cache and temperature (thresholds apply per config, after the scores)."""
+    batching, cache and temperature, and the same server and timeout when remote (thresholds
+    apply per config, after the scores)."""
+    remote = (settings.remote, settings.timeout_s) if settings.engine == "remote" else None
     return (settings.model, settings.device, settings.precision, settings.max_batch, settings.max_delay_ms,
-            settings.cache_size, settings.temperature)
+            settings.cache_size, settings.temperature, settings.engine, remote)
