@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal, Optional
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from railstack.core.settings import RailPolicy
 
@@ -24,3 +24,14 @@ class ClassifierSettings(RailPolicy):
 class EncoderSettings(ClassifierSettings):
     """An encoder classifier (Prompt Guard, the NLI model): the checkpoint, and where its forward
     pass runs (``engines/sequence.runner``)."""
+
+    # auto: ONNX Runtime on a CPU when the `onnx` extra is installed (faster there:
+    # scripts/bench_prompt_guard.py), torch on a GPU (``engines/onnx.runtime_of``).
+    runtime: Literal["auto", "torch", "onnx"] = Field(default="auto", description="what runs the forward pass")
+
+    @model_validator(mode="after")
+    def _onnx_precision(self) -> "EncoderSettings":
+        if self.runtime == "onnx" and self.precision in ("bf16", "fp16"):
+            raise ValueError(f"precision {self.precision} does not run with runtime: onnx (ONNX Runtime takes fp32, "
+                             "int8 or auto): set precision to one of those, or runtime to torch")
+        return self

@@ -148,7 +148,7 @@ def _scheme(labels: tuple[str, ...], model: str) -> str:
 
 
 def engine_key(settings: PromptGuardSettings) -> tuple:
-    """What makes two configs' Prompt Guard one engine: the same model, device, precision,
+    """What makes two configs' Prompt Guard one engine: the same model, runtime, device, precision,
     batching, cache and temperature (thresholds apply per config, after the scores)."""
-    return (settings.model, settings.device, settings.precision, settings.max_batch, settings.max_delay_ms,
-            settings.cache_size, settings.temperature)
+    return (settings.model, settings.runtime, settings.device, settings.precision, settings.max_batch,
+            settings.max_delay_ms, settings.cache_size, settings.temperature)
