@@ -119,7 +119,7 @@ def main() -> None:
                 tokens = statistics.mean(len(pg.token_ids(t)) for t in batch)
                 label = f"railstack ({type(pg.runner).__name__.removesuffix('Runner').lower()} {pg.precision}, batched)"
                 rate, lat = asyncio.run(rounds(pg.scores, batch, args.rounds))
-                results[label] = rate
+                results[engine] = label, rate
                 scores = asyncio.run(jailbreak_scores(pg, batch))
                 first = first or scores
                 gap = max(abs(a - b) for a, b in zip(scores, first))
@@ -138,8 +138,8 @@ def main() -> None:
             nemo = LocalBackend(LocalHFClassifierConfig(model=str(path), blocked_labels=["LABEL_1"], parameters=options))
             rate, lat = asyncio.run(rounds(nemo.classify, batch, max(1, args.rounds // 2)))
             print(line("NeMo hf_classifier (local pipeline)", rate, lat))
-            for label, ours in results.items():
-                print(f"  speed-up {label:28s} {ours / rate:5.2f}x   (target CPU >= 3x, GPU >= 10x)")
+            for label, ours in results.values():
+                print(f"  speed-up {label:34s} {ours / rate:5.2f}x   (target CPU >= 3x, GPU >= 10x)")
 
 
 if __name__ == "__main__":
