@@ -93,10 +93,12 @@ class OnnxRunner(InProcess):
                          f"({self.device}): set {rail}.device: cpu, or {rail}.runtime: torch (or auto) for the GPU")
         from transformers import AutoConfig
 
+        if settings.precision in ("bf16", "fp16"):  # settings copied past their validation
+            raise _error(rail, f"{rail}.precision: {settings.precision} does not run on ONNX Runtime: set fp32, int8 or "
+                         f"auto, or {rail}.runtime: torch")
         self.settings, self.rail, self.tokenizer = settings, rail, tokenizer
-        self.precision = "fp32" if settings.precision == "fp32" else "int8"
-        directory = _checkpoint_dir(settings, rail)
-        where = source(rail, settings.model)
+        self.precision = settings.onnx_auto_precision if settings.precision == "auto" else settings.precision
+        where, directory = _checkpoint_dir(settings, rail)
         try:
             config = AutoConfig.from_pretrained(str(directory))
         except Exception as exc:  # noqa: BLE001 - missing or broken config: the same refusal as torch's
@@ -105,7 +107,11 @@ class OnnxRunner(InProcess):
         check_tokenizer(rail, settings.model, tokenizer, int(getattr(config, "vocab_size", len(tokenizer))))
         self.names = ("input_ids", "attention_mask") + (("token_type_ids",) if self.uses_types else ())
         self.graph = self._entry(directory, self.precision == "int8")
-        self.session = self._session(self.graph)
+        try:
+            self.session = self._session(self.graph)
+        except Exception as exc:  # noqa: BLE001 - a graph this onnxruntime does not take
+            raise _unexportable(settings, rail, f"ONNX Runtime cannot load its export {self.graph} "
+                                f"({type(exc).__name__}: {exc})") from exc
         self.warm_up(tokenizer)
 
     def logits(self, batch: list[Input]) -> list[list[float]]:
@@ -232,15 +238,17 @@ class OnnxRunner(InProcess):
                                 f"{self.rail}.precision: fp32 runs it unquantized") from exc
 
 
-def _checkpoint_dir(settings: Any, rail: str) -> Path:
-    """The local directory of the checkpoint's files (a hub id: its snapshot in the Hugging Face cache)."""
+def _checkpoint_dir(settings: Any, rail: str) -> tuple[Any, Path]:
+    """Where the checkpoint loads from, and the local directory of its files (a hub id: its
+    snapshot in the Hugging Face cache)."""
     where = source(rail, settings.model)
     if os.path.isdir(where.model):
-        return Path(where.model)
+        return where, Path(where.model)
     from huggingface_hub import snapshot_download
 
     try:
-        return Path(snapshot_download(where.model, allow_patterns=CHECKPOINT_FILES, local_files_only=bool(where.unreachable)))
+        return where, Path(snapshot_download(where.model, allow_patterns=CHECKPOINT_FILES,
+                                             local_files_only=bool(where.unreachable)))
     except Exception as exc:  # noqa: BLE001 - unreachable, gated, no such model: the same refusal as torch's
         raise where.failure(exc) from exc
 
