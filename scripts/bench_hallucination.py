@@ -7,8 +7,11 @@ The same questions and retrieved contexts (HaluEval QA rows) go through three LL
 around one loopback OpenAI-compatible main model that answers after --latency seconds:
 no output rail (baseline); railstack's `railstack hallucination` in grounded mode on a
 random-weight NLI model of the default checkpoint's size (DeBERTa-v3-base: 12 layers, hidden
-768, vocab 128100); NeMo 0.24's `self check hallucination` action (two extra answers, then a judge
-call), called after each answer as its flow calls it. Reported per response: extra main-model calls and latency added over the baseline.
+768, vocab 128100), once per --engines runtime:precision (torch:auto was the default before
+ONNX Runtime; onnx exports into a scratch cache during the warm-up); NeMo 0.24's `self check hallucination` action (two extra answers, then a judge
+call), called after each answer as its flow calls it. Reported per response: extra main-model calls and latency added over the baseline,
+and each railstack row's speed-up of the added latency over the first one's (goal: the default
+on a CPU >= 2x faster than torch's).
 Verdicts of a random model are meaningless; its time is real.
 Run from the repo checkout (it reads ../shared/data).
 """
@@ -80,6 +83,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--requests", type=int, default=8)
     parser.add_argument("--latency", type=float, default=0.3, help="the main model's seconds per answer")
+    parser.add_argument("--engines", nargs="+", default=["torch:auto", "onnx:fp32", "onnx:int8"],
+                        help="runtime:precision of each railstack row")
     args = parser.parse_args()
 
     from nemoguardrails import LLMRails, RailsConfig
@@ -91,16 +96,17 @@ def main() -> None:
     model = LoopbackModel(reply=items[0]["answer"], latency_s=args.latency).start()
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
+        os.environ["RAILSTACK_CACHE_DIR"] = str(tmp / "cache")  # the random model's exports go with it
         texts = [r["context"] for r in rows(1000)]
         nli = deberta_classifier(tmp / "nli", ["entailment", "neutral", "contradiction"], seed=0, texts=texts,
                                  tokenizer_vocab=8000, **DEBERTA_V3_BASE)
-        sides = {
-            "no output rail": config(tmp / "base", model.base_url, ""),
-            "railstack hallucination (grounded)": config(
-                tmp / "railstack", model.base_url, "railstack hallucination",
-                '{hallucination: {model: "%s", mode: grounded}}' % nli),
-            "NeMo self check hallucination": config(tmp / "nemo", model.base_url, "", extra=NEMO_PROMPT),
-        }
+        sides = {"no output rail": config(tmp / "base", model.base_url, "")}
+        for engine in args.engines:
+            runtime, precision = engine.split(":")
+            sides[f"railstack grounded ({runtime} {precision})"] = config(
+                tmp / engine.replace(":", "-"), model.base_url, "railstack hallucination",
+                '{hallucination: {model: "%s", mode: grounded, runtime: %s, precision: %s}}' % (nli, runtime, precision))
+        sides["NeMo self check hallucination"] = config(tmp / "nemo", model.base_url, "", extra=NEMO_PROMPT)
 
         async def run_all() -> dict:  # one event loop: NeMo's model clients belong to the loop they start on
             results = {}
@@ -117,9 +123,15 @@ def main() -> None:
     base_calls = results["no output rail"][1]
     print(f"main model latency {args.latency:g} s, {args.requests} responses each, sequential")
     print(f"{'':38s} {'p50 ms':>9s} {'added ms':>9s} {'main-model calls':>17s} {'extra calls':>12s}")
+    first = None
     for name, (seconds, calls) in results.items():
         p50 = statistics.median(seconds)
-        print(f"{name:38s} {1000 * p50:9.1f} {1000 * (p50 - base_p50):9.1f} {calls:17.1f} {calls - base_calls:12.1f}")
+        added = p50 - base_p50
+        speed_up = ""
+        if name.startswith("railstack"):
+            first = first or added
+            speed_up = f"   {first / added:5.2f}x the first railstack row's speed (goal >= 2x)"
+        print(f"{name:38s} {1000 * p50:9.1f} {1000 * added:9.1f} {calls:17.1f} {calls - base_calls:12.1f}{speed_up}")
 
 
 if __name__ == "__main__":

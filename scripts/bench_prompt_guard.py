@@ -7,8 +7,10 @@ Random-weight checkpoints of the real Prompt Guard 2 sizes (86M: mDeBERTa-v3-bas
 22M: DeBERTa-v3-xsmall, vocab 128100) are built and saved, then loaded by both sides from the
 same directory. Each round sends --concurrency requests of ~100 words at once; railstack's side
 goes through its micro-batcher with the score cache off (every text is scored). Reported:
-texts/s and per-request p50/p99. Targets: CPU >= 3x NeMo; GPU >= 10x at 64 concurrent, and
-PG2-86M 512-token check p50 <= 10 ms on an H100.
+texts/s and per-request p50/p99, and each engine's largest score gap from the first one's over
+the texts (--engines: runtime:precision; onnx exports into a scratch cache, its time printed).
+Targets: CPU >= 3x NeMo; GPU >= 10x at 64 concurrent, and PG2-86M 512-token check p50 <= 10 ms
+on an H100.
 Run from the repo checkout (it reads ../shared/data).
 """
 
@@ -65,6 +67,10 @@ async def rounds(check, batch: list[str], n: int) -> tuple[float, list[float]]:
     return n * len(batch) / (time.perf_counter() - start), latencies
 
 
+async def jailbreak_scores(pg, batch: list[str]) -> list[float]:
+    return [s.jailbreak for s, _ in await asyncio.gather(*(pg.scores(t) for t in batch))]
+
+
 def pct(values: list[float], p: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(p / 100 * len(ordered)))]
@@ -80,14 +86,15 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=64)
     parser.add_argument("--rounds", type=int, default=4)
     parser.add_argument("--device", default="auto")
-    parser.add_argument("--precisions", nargs="+", default=["fp32", "auto"])
+    parser.add_argument("--engines", nargs="+", default=["torch:fp32", "torch:auto", "onnx:fp32", "onnx:int8"],
+                        help="runtime:precision of each railstack row (auto:auto is the default settings)")
     args = parser.parse_args()
 
     import torch
     from nemoguardrails.library.hf_classifier.backends import LocalBackend
     from nemoguardrails.library.hf_classifier.rail_config import LocalHFClassifierConfig
 
-    from railstack.engines.loading import resolve_device, resolve_precision
+    from railstack.engines.loading import resolve_device
     from railstack.prompt_guard.model import PromptGuard
     from railstack.prompt_guard.settings import PromptGuardSettings
 
@@ -96,36 +103,43 @@ def main() -> None:
     print(f"torch {torch.__version__} on {device} ({name}); {args.concurrency} concurrent requests of ~100 words")
     batch = texts(args.concurrency)
     with tempfile.TemporaryDirectory() as tmp:
+        os.environ["RAILSTACK_CACHE_DIR"] = str(Path(tmp) / "cache")  # the random models' exports go with them
         for size in args.sizes:
             path = build(size, Path(tmp) / size)
             print(f"\n== Prompt Guard 2 {size.upper()} (random weights, real size) ==")
-            results = {}
-            for precision in args.precisions:
+            results, first = {}, None
+            for engine in args.engines:
+                runtime, precision = engine.split(":")
                 settings = PromptGuardSettings(
-                    model=str(path), device=device, precision=precision, cache_size=0
+                    model=str(path), device=device, precision=precision, runtime=runtime, cache_size=0
                 )
+                start = time.perf_counter()
                 pg = PromptGuard(settings)
+                loaded = time.perf_counter() - start
                 tokens = statistics.mean(len(pg.token_ids(t)) for t in batch)
-                label = f"railstack ({resolve_precision(precision, device)}, batched)"
+                label = f"railstack ({type(pg.runner).__name__.removesuffix('Runner').lower()} {pg.precision}, batched)"
                 rate, lat = asyncio.run(rounds(pg.scores, batch, args.rounds))
-                results[label] = rate
-                print(line(label, rate, lat) + f"   ({tokens:.0f} tokens/text, {pg.batcher.batches} forwards)")
-                if precision == args.precisions[0]:
-                    window = pg.windows(" ".join(batch))[0]
-                    assert len(pg.runner.layout.row(window)[0]) == 512
-                    single = []
-                    for _ in range(10):
-                        start = time.perf_counter()
-                        pg.probabilities([window])
-                        single.append(time.perf_counter() - start)
-                    print(f"  one 512-token check ({label.split(' ')[1][1:-1]}):  p50 {pct(single, 50) * 1000:.1f} ms")
+                results[engine] = label, rate
+                scores = asyncio.run(jailbreak_scores(pg, batch))
+                first = first or scores
+                gap = max(abs(a - b) for a, b in zip(scores, first))
+                print(line(label, rate, lat) + f"   ({tokens:.0f} tokens/text, {pg.batcher.batches} forwards, "
+                      f"load {loaded:.1f} s, max |score - first row's| {gap:.4f})")
+                window = pg.windows(" ".join(batch))[0]
+                assert len(pg.runner.layout.row(window)[0]) == 512
+                single = []
+                for _ in range(10):
+                    start = time.perf_counter()
+                    pg.probabilities([window])
+                    single.append(time.perf_counter() - start)
+                print(f"  one 512-token check ({label.split(' (')[1].split(',')[0]}):  p50 {pct(single, 50) * 1000:.1f} ms")
                 del pg
             options = {"device": 0} if device.startswith("cuda") else {}
             nemo = LocalBackend(LocalHFClassifierConfig(model=str(path), blocked_labels=["LABEL_1"], parameters=options))
             rate, lat = asyncio.run(rounds(nemo.classify, batch, max(1, args.rounds // 2)))
             print(line("NeMo hf_classifier (local pipeline)", rate, lat))
-            for label, ours in results.items():
-                print(f"  speed-up {label:28s} {ours / rate:5.2f}x   (target CPU >= 3x, GPU >= 10x)")
+            for label, ours in results.values():
+                print(f"  speed-up {label:34s} {ours / rate:5.2f}x   (target CPU >= 3x, GPU >= 10x)")
 
 
 if __name__ == "__main__":

@@ -11,6 +11,8 @@ against the row's context. Self-consistency: against ``samples`` answers drawn (
 an OpenAI-compatible main model at --main-model-url for the row's question; skipped without one.
 Rows labelled ``hallucinated`` are positives, scored 1 - the answer's support. Reported per
 mode: ROC-AUC, and balanced accuracy at the configured threshold.
+The runtime and precision are the settings' (say RAILSTACK__HALLUCINATION__RUNTIME=onnx
+RAILSTACK__HALLUCINATION__PRECISION=int8 for ONNX Runtime in int8).
 """
 
 from __future__ import annotations
@@ -77,7 +79,7 @@ def main() -> int:
     hs = settings.hallucination.model_copy(update={"cache_size": 0, **({"model": args.model} if args.model else {})})
     rows = [json.loads(line) for line in args.data.open(encoding="utf-8")][: args.limit]
     nli = NLI(hs)
-    print(f"{len(rows)} rows of {args.data.name}; {hs.model} ({nli.device}, {nli.precision}), threshold {hs.threshold:g}")
+    print(f"{len(rows)} rows of {args.data.name}; {hs.model} ({type(nli.runner).__name__} on {nli.device}, {nli.precision}), threshold {hs.threshold:g}")
     client = None
     if args.main_model_url:
         from openai import AsyncOpenAI

@@ -10,6 +10,8 @@ config names (``custom_data.railstack.prompt_guard.model``, or --model): ROC-AUC
 the threshold that flags 1% of the benign rows, and per-source detection and false-positive
 rates at the configured threshold; then the same rates for the whole input stack (heuristics,
 then Prompt Guard), as the rails run it.
+The runtime and precision are the settings' (say RAILSTACK__PROMPT_GUARD__RUNTIME=onnx
+RAILSTACK__PROMPT_GUARD__PRECISION=int8 for ONNX Runtime in int8).
 """
 
 from __future__ import annotations
@@ -70,7 +72,7 @@ def main() -> int:
     threshold = getattr(pg_settings, f"{args.score}_threshold")
     rows = [json.loads(line) for line in args.data.open(encoding="utf-8")]
     pg = PromptGuard(pg_settings)
-    print(f"{len(rows)} rows of {args.data.name}; {pg_settings.model} ({pg.scheme}, {pg.device}, {pg.precision}); "
+    print(f"{len(rows)} rows of {args.data.name}; {pg_settings.model} ({pg.scheme}, {type(pg.runner).__name__} on {pg.device}, {pg.precision}); "
           f"{args.score} score, threshold {threshold:g}")
     async def score(text: str) -> float:
         return getattr((await pg.scores(text))[0], args.score)

@@ -9,8 +9,9 @@ cd "$(dirname "$0")/.."
 export NEMO_GUARDRAILS_NO_USAGE_STATS=1
 [ -x .venv/bin/python ] || python3 -m venv .venv
 .venv/bin/python -m pip install -q torch==2.13.0
-# The extras the shipped configs need: configs/seed's sentence encoder, configs/guardrails-ai's validators.
-.venv/bin/python -m pip install -q '.[embeddings,guardrails-ai]'
+# The extras the shipped configs need: configs/seed's sentence encoder, configs/guardrails-ai's validators,
+# ONNX Runtime for Prompt Guard and the NLI model on a CPU.
+.venv/bin/python -m pip install -q '.[embeddings,guardrails-ai,onnx]'
 configs=$(.venv/bin/python -c 'import railstack.paths as p; print(p.configs_root())')
 # `railstack serve` always puts railstack's HTTP layer in front of NeMo's server.
 exec .venv/bin/railstack serve "$configs" --default-config-id "${1:-default}" --port "${PORT:-8080}"

@@ -10,7 +10,7 @@ if ! command -v redis-server >/dev/null; then
 fi
 [ -x .venv/bin/python ] || python3 -m venv .venv
 .venv/bin/python -m pip install -q torch==2.13.0
-.venv/bin/python -m pip install -q -e '.[dev,redis,embeddings,tracing,guardrails-ai]'
+.venv/bin/python -m pip install -q -e '.[dev,redis,embeddings,tracing,guardrails-ai,onnx]'
 # The benign corpora of scripts/benign_sources.py: data files only, so none of its (heavy) dependencies.
 .venv/bin/python -m pip install -q --no-deps inspect-evals==0.26.0
 exec .venv/bin/python -m pytest "$@"

@@ -190,3 +190,23 @@ def _prompt(family: str, text: str) -> str:
 
 def _is_violation(word: str) -> bool:
     return word in ("unsafe", "Yes")
+
+
+def fnet_classifier(where: Path, labels: tuple[str, ...] = ("LABEL_0", "LABEL_1")) -> Path:
+    """A sequence classifier of an architecture torch.onnx does not export: FNet mixes tokens with
+    a Fourier transform (``aten::fft_fftn``, which the TorchScript exporter has no ONNX form of)."""
+    import torch
+    from transformers import FNetConfig, FNetForSequenceClassification
+
+    from railstack.tools.random_models import deberta_tokenizer
+
+    tokenizer = deberta_tokenizer(where / "tok")
+    torch.manual_seed(0)
+    model = FNetForSequenceClassification(FNetConfig(
+        vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=1, intermediate_size=64,
+        max_position_embeddings=512, pad_token_id=tokenizer.pad_token_id, num_labels=len(labels),
+        id2label=dict(enumerate(labels)), label2id={label: i for i, label in enumerate(labels)},
+    ))
+    model.save_pretrained(where)
+    tokenizer.save_pretrained(where)
+    return where

@@ -132,7 +132,7 @@ class Encoder:
         if info.get("missing_keys"):
             raise _error(model, setting, f"{len(info['missing_keys'])} of its weights are missing "
                          f"({', '.join(sorted(info['missing_keys'])[:3])}, ...): it is not a complete encoder")
-        check_tokenizer("encoder", model, self.tokenizer, loaded)
+        check_tokenizer("encoder", model, self.tokenizer, loaded.get_input_embeddings().num_embeddings)
         self.model = loaded.to(self.device).eval()
         self.dimensions = int(self.model.config.hidden_size)
         self.cache: ScoreCache[tuple[float, ...]] = ScoreCache(cache_size)

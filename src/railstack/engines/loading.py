@@ -91,10 +91,9 @@ def source(rail: str, model: str) -> Source:
     return Source(rail, model, _hub_unreachable())
 
 
-def check_tokenizer(rail: str, model_id: str, tokenizer: Any, model: Any) -> None:
-    """The tokenizer belongs to the model: its ids fit the embedding table, and it tells ordinary
-    words apart."""
-    rows = model.get_input_embeddings().num_embeddings
+def check_tokenizer(rail: str, model_id: str, tokenizer: Any, rows: int) -> None:
+    """The tokenizer belongs to the model: its ids fit the embedding table (of ``rows`` rows), and
+    it tells ordinary words apart."""
     if len(tokenizer) > rows:
         raise checkpoint_error(rail, model_id, f"its tokenizer has {len(tokenizer)} tokens, its embedding table {rows} rows: "
                                "they do not belong together")
@@ -191,6 +190,6 @@ def load_checkpoint(
             rail, settings.model, f"it is not a {model_class.__name__.removeprefix('AutoModelFor')} checkpoint of a kind this "
             f"rail runs: {len(missing)} weights it needs are missing ({', '.join(missing[:3])}, ...)"
         )
-    check_tokenizer(rail, settings.model, tokenizer, model)
+    check_tokenizer(rail, settings.model, tokenizer, model.get_input_embeddings().num_embeddings)
     model = quantize_int8(model) if precision == "int8" else model.to(device)
     return tokenizer, model.eval(), device, precision

@@ -188,7 +188,34 @@ class Runner(Protocol):
         ...
 
 
-class TorchRunner:
+class InProcess:
+    """What a runner in this process reads off the checkpoint's config and tokenizer, and how it
+    lays out a batch (the torch and ONNX Runtime runners)."""
+
+    def describe(self, config: Any, tokenizer: Any, device: str) -> None:
+        self.labels = tuple(str(config.id2label[i]) for i in range(config.num_labels))
+        self.max_tokens = getattr(config, "max_position_embeddings", None)
+        self.max_batch = 64 if device.startswith("cuda") else 8
+        self.layout = layout(tokenizer)
+        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+        self.uses_types = "token_type_ids" in tokenizer.model_input_names and (
+            getattr(config, "type_vocab_size", 0) or 0) > 1
+
+    def arrays(self, batch: list[Input]) -> dict[str, Any]:
+        """The model's inputs of a batch, as int64 numpy arrays by name."""
+        ids, mask, types = padded([self.layout.row(i) for i in batch], self.pad_id)
+        return {"input_ids": ids, "attention_mask": mask} | ({"token_type_ids": types} if self.uses_types else {})
+
+    def warm_up(self, tokenizer: Any) -> None:
+        """The first forward pass, off the request path."""
+        text = tokenize(tokenizer, "warm-up")
+        self.logits([(text.span(0, len(text)),)])
+
+    def logits(self, batch: list[Input]) -> list[list[float]]:
+        raise NotImplementedError
+
+
+class TorchRunner(InProcess):
     """The checkpoint in this process, with transformers on torch."""
 
     def __init__(self, settings: Any, rail: str, tokenizer: Any):
@@ -199,22 +226,13 @@ class TorchRunner:
         _, self.model, self.device, self.precision = load_checkpoint(
             settings, rail, AutoModelForSequenceClassification, tokenizer
         )
-        config = self.model.config
-        self.labels = tuple(str(config.id2label[i]) for i in range(config.num_labels))
-        self.max_tokens = getattr(config, "max_position_embeddings", None)
-        self.max_batch = 64 if self.device.startswith("cuda") else 8
-        self.layout = layout(tokenizer)
-        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-        self.uses_types = "token_type_ids" in tokenizer.model_input_names and (
-            getattr(config, "type_vocab_size", 0) or 0) > 1
-        warm_up = tokenize(tokenizer, "warm-up")
-        self.logits([(warm_up.span(0, len(warm_up)),)])  # the first forward pass off the request path
+        self.describe(self.model.config, tokenizer, self.device)
+        self.warm_up(tokenizer)
 
     def logits(self, batch: list[Input]) -> list[list[float]]:
         import torch
 
-        ids, mask, types = (torch.from_numpy(a).to(self.device) for a in padded([self.layout.row(i) for i in batch], self.pad_id))
-        inputs = {"input_ids": ids, "attention_mask": mask} | ({"token_type_ids": types} if self.uses_types else {})
+        inputs = {name: torch.from_numpy(a).to(self.device) for name, a in self.arrays(batch).items()}
         with torch.inference_mode():
             return self.model(**inputs).logits.float().cpu().tolist()
 
@@ -225,6 +243,9 @@ def runner(settings: Any, rail: str, tokenizer: Any) -> Runner:
         from railstack.engines.tei import TeiRunner
 
         return TeiRunner(settings, rail, tokenizer)
+    from railstack.engines.onnx import OnnxRunner, runtime_of
+    if runtime_of(settings) == "onnx":
+        return OnnxRunner(settings, rail, tokenizer)
     return TorchRunner(settings, rail, tokenizer)
 
 

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Literal, Optional
+from typing import ClassVar, Literal, Optional
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from railstack.core.settings import RailPolicy, Strict
 
@@ -34,8 +34,22 @@ class TEISettings(Strict):
 
 class EncoderSettings(ClassifierSettings):
     """An encoder classifier (Prompt Guard, the NLI model): the checkpoint, and where its forward
-    pass runs (``engines/sequence.runner``): here (``local``), or on a TEI server (``remote``: only
-    the checkpoint's tokenizer is loaded here, to cut the windows)."""
+    pass runs (``engines/sequence.runner``): here (``local``, on ``runtime``), or on a TEI server
+    (``remote``: only the checkpoint's tokenizer is loaded here, to cut the windows)."""
 
     engine: Literal["local", "remote"] = "local"
     remote: TEISettings = Field(default_factory=TEISettings)
+
+    # auto: ONNX Runtime on a CPU when the `onnx` extra is installed (faster there:
+    # scripts/bench_prompt_guard.py), torch on a GPU (``engines/onnx.runtime_of``).
+    runtime: Literal["auto", "torch", "onnx"] = Field(default="auto", description="what runs the forward pass")
+    # What precision: auto is on ONNX Runtime: int8 where it was measured faster and within
+    # tolerance (Prompt Guard, scripts/bench_prompt_guard.py).
+    onnx_auto_precision: ClassVar[str] = "int8"
+
+    @model_validator(mode="after")
+    def _onnx_precision(self) -> "EncoderSettings":
+        if self.runtime == "onnx" and self.precision in ("bf16", "fp16"):
+            raise ValueError(f"precision {self.precision} does not run with runtime: onnx (ONNX Runtime takes fp32, "
+                             "int8 or auto): set precision to one of those, or runtime to torch")
+        return self

@@ -130,6 +130,6 @@ class NLI:
 def engine_key(settings: HallucinationSettings) -> tuple:
     """What makes two configs' NLI model one engine (thresholds and modes apply per config)."""
     return (settings.model_dump_json(include={
-        "model", "device", "precision", "max_batch", "max_delay_ms", "cache_size", "entailed_label",
+        "model", "runtime", "device", "precision", "max_batch", "max_delay_ms", "cache_size", "entailed_label",
         "contradiction_label", "max_tokens", "window_overlap", "engine"}),
         settings.model_dump_json(include={"remote", "timeout_s"}) if settings.engine == "remote" else None)

@@ -159,9 +159,9 @@ def _scheme(labels: tuple[str, ...], model: str) -> str:
 
 
 def engine_key(settings: PromptGuardSettings) -> tuple:
-    """What makes two configs' Prompt Guard one engine: the same model, device, precision,
+    """What makes two configs' Prompt Guard one engine: the same model, runtime, device, precision,
     batching, cache and temperature, and the same server and timeout when remote (thresholds
     apply per config, after the scores)."""
     remote = (settings.remote, settings.timeout_s) if settings.engine == "remote" else None
-    return (settings.model, settings.device, settings.precision, settings.max_batch, settings.max_delay_ms,
-            settings.cache_size, settings.temperature, settings.engine, remote)
+    return (settings.model, settings.runtime, settings.device, settings.precision, settings.max_batch,
+            settings.max_delay_ms, settings.cache_size, settings.temperature, settings.engine, remote)
