@@ -1,7 +1,12 @@
 import contextlib
 import os
+import tempfile
 
 os.environ["NEMO_GUARDRAILS_NO_USAGE_STATS"] = "1"
+# The tests' ONNX exports of their random checkpoints (and the unpacked encoder) in a cache of the
+# session's own, so that runs leave nothing behind in the user's ~/.cache/railstack.
+_CACHE = tempfile.TemporaryDirectory(prefix="railstack-test-cache-")
+os.environ["RAILSTACK_CACHE_DIR"] = _CACHE.name
 
 from pathlib import Path  # noqa: E402
 from typing import Iterator  # noqa: E402

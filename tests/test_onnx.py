@@ -157,12 +157,14 @@ def test_a_damaged_cache_entry_is_rebuilt_not_used(checkpoints, cache_dir, expor
     assert scored(rebuilt) == expected
 
 
-def test_a_checkpoint_that_cannot_be_exported_is_a_startup_error(tmp_path):
+def test_a_checkpoint_that_cannot_be_exported_is_a_startup_error_with_onnx_and_runs_on_torch_with_auto(tmp_path):
     path = fnet_classifier(tmp_path / "fnet")
     with pytest.raises(OnnxError) as caught:
         guard(path, runtime="onnx")
     message = str(caught.value)
     assert "prompt_guard.runtime: torch" in message and str(path) in message and "fft" in message
+    # auto chose ONNX Runtime only for speed: that checkpoint runs on torch, as it would with runtime: torch.
+    assert isinstance(guard(path).runner, TorchRunner)
 
 
 def test_without_the_extra_onnx_is_refused_and_auto_runs_torch(checkpoints, monkeypatch):

@@ -59,7 +59,7 @@ def remote(server, **given) -> dict:
 
 
 def prompt_guards(path, server, **given) -> tuple[PromptGuard, PromptGuard]:
-    local = PromptGuard(PromptGuardSettings(model=str(path), device="cpu", precision="fp32", **given))
+    local = PromptGuard(PromptGuardSettings(model=str(path), runtime="torch", device="cpu", precision="fp32", **given))
     return local, PromptGuard(PromptGuardSettings(model=str(path), **remote(server, **given)))
 
 
@@ -120,7 +120,7 @@ async def test_the_logits_of_each_window_are_the_local_ones_in_label_order(check
 
 async def test_remote_nli_support_equals_the_local_one(checkpoints, tei):
     given = dict(model=str(checkpoints["nli"]), max_tokens=96, window_overlap=8, cache_size=0)
-    local = NLI(HallucinationSettings(device="cpu", precision="fp32", **given))
+    local = NLI(HallucinationSettings(runtime="torch", device="cpu", precision="fp32", **given))
     far = NLI(HallucinationSettings(**remote(tei["nli"], **given)))
     context = " ".join(SENTENCES * 2)
     assert len(far.windows(far.ids(context), far.ids(SENTENCES[0]))) >= 3

@@ -75,9 +75,13 @@ def _error(rail: str, problem: str) -> OnnxError:
     return OnnxError(f"{rail}: {problem}")
 
 
-def _unexportable(settings: Any, rail: str, problem: str) -> OnnxError:
-    return _error(rail, f"model {settings.model!r} cannot run on ONNX Runtime: {problem}. Set {rail}.runtime: torch "
-                  f"(or give another checkpoint with {rail}.model)")
+class Unexportable(OnnxError):
+    """The checkpoint does not export to a graph ONNX Runtime runs as torch does."""
+
+
+def _unexportable(settings: Any, rail: str, problem: str) -> Unexportable:
+    return Unexportable(f"{rail}: model {settings.model!r} cannot run on ONNX Runtime: {problem}. Set {rail}.runtime: "
+                        f"torch (or give another checkpoint with {rail}.model)")
 
 
 class OnnxRunner(InProcess):

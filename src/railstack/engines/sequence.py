@@ -10,8 +10,11 @@ their scores agree wherever they are computed.
 from __future__ import annotations
 
 import inspect
+import logging
 from dataclasses import dataclass
 from typing import Any, Callable, Optional, Protocol, Sequence
+
+log = logging.getLogger("railstack.engines")
 
 
 @dataclass(frozen=True)
@@ -243,9 +246,16 @@ def runner(settings: Any, rail: str, tokenizer: Any) -> Runner:
         from railstack.engines.tei import TeiRunner
 
         return TeiRunner(settings, rail, tokenizer)
-    from railstack.engines.onnx import OnnxRunner, runtime_of
+    from railstack.engines.onnx import OnnxRunner, Unexportable, runtime_of
+
     if runtime_of(settings) == "onnx":
-        return OnnxRunner(settings, rail, tokenizer)
+        try:
+            return OnnxRunner(settings, rail, tokenizer)
+        except Unexportable as exc:
+            if settings.runtime == "onnx":
+                raise
+            # auto chose ONNX Runtime only for speed: torch gives the same scores.
+            log.warning("%s; %s.runtime is auto, so torch runs it", exc, rail)
     return TorchRunner(settings, rail, tokenizer)
 
 
