@@ -13,7 +13,7 @@ bounded stage, so a slow model backs up its own queue and sheds its own overload
 Shorter inputs go first, but not for long: once the oldest waiting input has waited
 ``max_reorder_s``, every batch is cut around the oldest input (with the inputs nearest its
 length), so an input is passed over by shorter ones for at most ``max_reorder_s``; after that it
-waits only for inputs that arrived before it. A long input cannot starve.
+waits only for batches cut around inputs that arrived before it. A long input cannot starve.
 
 An engine is anything with ``async score(items) -> results`` (one result per item): ``Batcher``
 over a local model here; a client of a remote server (vLLM) offers the same call.
