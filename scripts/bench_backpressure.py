@@ -7,8 +7,10 @@
    most --max-wait s, in front of a main model with a fixed --service-time. The service time
    of a request through the server is measured unloaded first; capacity is concurrency /
    that time. Open-loop arrivals at --factor x capacity for --duration s. Targets: goodput
-   >= 95% of capacity; no 5xx but the 503 of a shed request; shed answers p99 <= 10 ms;
-   admitted p99 <= max wait + unloaded service time (p99).
+   >= 95% of capacity; no 5xx but the 503 of a shed request; sheds at the door (queue full,
+   wait estimate) p99 <= 10 ms; sheds after a wait (wait_timeout: let in by the wait estimate,
+   then out of time) <= 2% of sheds, reported apart; admitted p99 <= max wait + unloaded
+   service time (p99).
 2. Added latency of the cheap tiers (admission + backpressure + heuristics) against bare NeMo
    (no railstack at all) with the same main model answering at once, one request at a time,
    alternating between the two servers. Target: <= 2 ms p50.
@@ -153,7 +155,14 @@ def part_overload(args: argparse.Namespace, base: Path) -> None:
           f"other: {len(other)} {sorted(set(other)) if other else ''}; all answered {wall:.1f} s after the start")
     print(f"goodput            {goodput:8.1f} req/s = {100 * goodput / capacity:5.1f}% of capacity   (target >= 95%)")
     print(f"5xx besides shed   {sum(1 for s in other if s >= 500 or s < 0):8d}                            (target 0)")
-    print(f"shed answer        p50 {pct(shed, 50) * 1000:7.2f} ms  p99 {pct(shed, 99) * 1000:7.2f} ms   (target p99 <= 10 ms)")
+    print(f"shed rate          {100 * len(shed) / max(1, len(results)):8.1f}% of requests")
+    # A door shed answers at once; a wait_timeout one only after the whole wait: apart, as they differ.
+    door = [t for s, t, w in results if s == 503 and w != "wait_timeout"]
+    late = [t for s, t, w in results if s == 503 and w == "wait_timeout"]
+    print(f"shed at the door   {len(door):5d}  p50 {pct(door, 50) * 1000:7.2f} ms  p99 {pct(door, 99) * 1000:7.2f} ms   "
+          "(target p99 <= 10 ms)")
+    print(f"shed after waiting {len(late):5d}  p50 {pct(late, 50) * 1000:7.2f} ms  p99 {pct(late, 99) * 1000:7.2f} ms   "
+          f"= {100 * len(late) / max(1, len(shed)):4.1f}% of sheds (target <= 2%)")
     for why in sorted({w for _, _, w in results if w}):
         these = [t for s, t, w in results if w == why]
         print(f"  {why:16s} {len(these):5d}  p50 {pct(these, 50) * 1000:7.2f} ms  p99 {pct(these, 99) * 1000:7.2f} ms")

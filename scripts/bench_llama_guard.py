@@ -8,13 +8,20 @@ A random-weight model of the Llama Guard 3 1B size (the Llama 3.2 1B config: 16 
 tokenizer is trained on the safety evaluation set, so a prompt costs about as many tokens as
 with the real one. Same prompts for every side:
 
-- score: railstack's verdict, P(unsafe) from one prefill (threshold 1, so no category decode), with the
-  policy prefix's key/value cache reused (the default) and without;
-- generate: `model.generate(max_new_tokens=10)` greedy, as code that reads the answer text does;
+- score: railstack's verdict, P(unsafe) from one prefill, with the policy prefix's key/value cache
+  reused (the default) and without; on the safe path (threshold 1: no category decode) and on the
+  unsafe path (threshold 0: every verdict unsafe, so the category line is decoded, as an unsafe
+  verdict of the real model triggers);
+- generate: `model.generate` greedy, stopping where a trained Llama Guard 3 stops: a logits
+  processor makes the random model write the real answer tokens, `safe<|eot_id|>` (2 tokens) or
+  `unsafe\nS1<|eot_id|>` (5 tokens: Llama 3's pre-tokenizer splits "\nS1" into "\n", "S", "1"),
+  and generation ends at the end-of-turn token, so the baseline runs the real model's decode steps.
+  railstack's category decode gets the same budget (category_tokens=4: "\nS1" and the end of turn),
+  as random weights never write the end of turn themselves;
 - 8 concurrent checks through the micro-batcher (one forward) against the same 8 one by one.
 
-Targets: score >= 1.6x faster than generate on a CPU; on a GPU >= 5x, and 8 concurrent checks
-<= 2.5x the time of one. Verdicts of a random model are meaningless; the time is real.
+Targets (safe path): score >= 1.6x faster than generate on a CPU; on a GPU >= 5x, and 8 concurrent
+checks <= 2.5x the time of one. The unsafe path has no target: it is reported. Verdicts of a random model are meaningless; the time is real.
 Run from the repo checkout (it reads ../shared/data).
 """
 
@@ -31,6 +38,22 @@ from pathlib import Path
 
 os.environ.setdefault("NEMO_GUARDRAILS_NO_USAGE_STATS", "1")
 REPO = Path(__file__).resolve().parent.parent
+
+UNSAFE_LINE = "\nS1"  # what a trained Llama Guard 3 writes after "unsafe" for one category
+
+
+class Answer:
+    """A logits processor that makes greedy decoding write ``tokens`` after the prompt: random
+    weights do not answer as a trained guard, whose answer decides how many steps a decode runs."""
+
+    def __init__(self, tokens: list[int], prompt_length: int):
+        self.tokens, self.prompt_length = tokens, prompt_length
+
+    def __call__(self, input_ids, scores):
+        forced = scores.new_full(scores.shape, float("-inf"))
+        forced[:, self.tokens[input_ids.shape[1] - self.prompt_length]] = 0.0
+        return forced
+
 
 def safety_texts(n: int) -> list[str]:
     with open(REPO.parent / "shared" / "data" / "safety_eval.jsonl") as f:
@@ -62,6 +85,7 @@ def main() -> None:
     args = parser.parse_args()
 
     import torch
+    from transformers import LogitsProcessorList
 
     from railstack.llama_guard.classifier import SafetyModel
     from railstack.llama_guard.settings import LlamaGuardSettings
@@ -91,29 +115,52 @@ def main() -> None:
             if engine.device.startswith("cuda"):
                 torch.cuda.synchronize()
 
-        def score(ids) -> None:
-            engine.forward([(ids, 1.0)])
+        def score(ids, threshold: float = 1.0) -> None:
+            engine.forward([(ids, threshold)])
             sync()
 
-        def generate(ids) -> None:
+        def flagged(ids) -> None:
+            score(ids, 0.0)
+
+        tokenizer = engine.tokenizer
+        eot = tokenizer.convert_tokens_to_ids("<|eot_id|>")
+        line = tokenizer(UNSAFE_LINE, add_special_tokens=False)["input_ids"]
+        answers = {"safe": [engine.answer.safe, eot], "unsafe": [engine.answer.unsafe, *line, eot]}
+        engine.category_tokens = len(line) + 1  # the real model's category decode: the line and the end of turn
+        print(f"real answers as generated: safe {len(answers['safe'])} tokens, unsafe {len(answers['unsafe'])} tokens")
+
+        def generate(ids, answer: str = "safe") -> None:
             ids_t, mask, _ = engine._padded([ids])
+            tokens = answers[answer]
             with torch.inference_mode():
-                engine.model.generate(input_ids=ids_t, attention_mask=mask, max_new_tokens=10, min_new_tokens=10,
-                                      do_sample=False, pad_token_id=engine.pad_id)
+                out = engine.model.generate(
+                    input_ids=ids_t, attention_mask=mask, max_new_tokens=len(tokens), do_sample=False,
+                    pad_token_id=engine.pad_id, eos_token_id=eot,
+                    logits_processor=LogitsProcessorList([Answer(tokens, ids_t.shape[1])]),
+                )
             sync()
+            assert out[0, ids_t.shape[1] :].tolist() == tokens  # the real model's decode steps, no more
 
-        score(prompts[0]), generate(prompts[0])  # warm-up
-        one = timed(score, prompts[: args.prompts])
+        def generate_unsafe(ids) -> None:
+            generate(ids, "unsafe")
+
+        score(prompts[0]), flagged(prompts[0]), generate(prompts[0]), generate_unsafe(prompts[0])  # warm-up
+        decodes = engine.decodes
+        one, one_unsafe = timed(score, prompts[: args.prompts]), timed(flagged, prompts[: args.prompts])
+        assert engine.decodes - decodes == args.prompts  # the unsafe path did decode its category lines
         prefixes, engine.prefixes = engine.prefixes, {}  # the same, prefilling each whole prompt
-        whole = timed(score, prompts[: args.prompts])
+        whole, whole_unsafe = timed(score, prompts[: args.prompts]), timed(flagged, prompts[: args.prompts])
         engine.prefixes = prefixes
-        gen = timed(generate, prompts[: args.prompts])
+        gen, gen_unsafe = timed(generate, prompts[: args.prompts]), timed(generate_unsafe, prompts[: args.prompts])
         shared = statistics.median(len(p) for p in prefixes)
-        print(f"one-prefill score, policy prefix cached ({shared:.0f} tokens) {ms(one)}")
-        print(f"one-prefill score, whole prompt            {ms(whole)}")
-        print(f"generate(max_new_tokens=10), whole prompt  {ms(gen)}")
-        print(f"speedup over generate: {statistics.median(gen) / statistics.median(one):.2f}x with the prefix cache, "
-              f"{statistics.median(gen) / statistics.median(whole):.2f}x without (target >= 1.6x CPU, >= 5x GPU)")
+        for path, cached, bare, baseline in (("safe", one, whole, gen), ("unsafe", one_unsafe, whole_unsafe, gen_unsafe)):
+            print(f"-- {path} verdict --")
+            print(f"score, policy prefix cached ({shared:.0f} tokens)   {ms(cached)}")
+            print(f"score, whole prompt                      {ms(bare)}")
+            print(f"generate until the real answer ends      {ms(baseline)}")
+            print(f"speedup over generate: {statistics.median(baseline) / statistics.median(cached):.2f}x with the prefix "
+                  f"cache, {statistics.median(baseline) / statistics.median(bare):.2f}x without"
+                  + ("   (target >= 1.6x CPU, >= 5x GPU)" if path == "safe" else ""))
 
         eight = [(("user", t),) for t in texts[args.prompts : args.prompts + 8]]
 

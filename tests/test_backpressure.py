@@ -5,6 +5,7 @@ process on loopback, with the test main model answering after a fixed service ti
 """
 
 import asyncio
+import random
 import time
 
 import httpx
@@ -73,6 +74,81 @@ async def test_a_request_that_would_wait_past_its_maximum_is_shed_at_once():
         await stage.acquire()
     assert time.monotonic() - start < 0.05
     assert stage.queued == 0
+
+
+async def held_for(stage: Stage, seconds: float) -> None:
+    taken = await stage.acquire()
+    await asyncio.sleep(seconds)
+    stage.release(taken)
+
+
+async def test_the_wait_estimate_counts_from_when_the_slots_in_use_were_taken():
+    stage = a_stage(concurrency=2, queue=5, wait=0.1)
+    await held_for(stage, 0.2)  # slots are held about 0.2 s
+    await stage.acquire()
+    await stage.acquire()
+    # Both slots were just taken: none is back within 0.1 s, however many slots there are.
+    with pytest.raises(Shed, match="wait_estimate"):
+        await stage.acquire()
+    stage.release(), stage.release()
+    old = asyncio.ensure_future(held_for(stage, 0.2))
+    await asyncio.sleep(0.15)
+    await stage.acquire()
+    # One slot comes back in about 0.05 s: the request waits for it, and gets it.
+    await asyncio.wait_for(stage.acquire(), 0.1)
+    await old
+    assert stage.shed == 1
+
+
+async def test_holds_that_vary_make_the_wait_estimate_longer():
+    steady, varied = a_stage(wait=0.15), a_stage(wait=0.15)
+    for _ in range(8):
+        await held_for(steady, 0.1)
+    for hold in (0.02, 0.18) * 4:  # the same mean hold
+        await held_for(varied, hold)
+    await steady.acquire()
+    await varied.acquire()
+    waiter = asyncio.ensure_future(steady.acquire())  # about 0.1 s: let in
+    with pytest.raises(Shed, match="wait_estimate"):  # about 0.07 s and twice its spread: over 0.15 s
+        await varied.acquire()
+    steady.release()
+    await waiter
+
+
+async def overload(stage: Stage, factor: float, hold: float, seconds: float) -> tuple[int, dict[str, int]]:
+    """``factor`` x the stage's capacity of requests holding a slot ``hold`` s on average (from
+    half to one and a half times it), arriving evenly for ``seconds`` s: (requests served, sheds
+    by kind)."""
+    served, sheds = 0, {"queue_full": 0, "wait_estimate": 0, "wait_timeout": 0}
+    holds = random.Random(0)
+
+    async def one() -> None:
+        nonlocal served
+        try:
+            async with stage.slot():
+                await asyncio.sleep(hold * holds.uniform(0.5, 1.5))
+            served += 1
+        except Shed as exc:
+            sheds[exc.reason.split(":")[0]] += 1
+
+    gap = hold / stage.settings.max_concurrency / factor
+    loop = asyncio.get_running_loop()
+    start, tasks = loop.time(), []
+    while loop.time() - start < seconds:
+        due = int((loop.time() - start) / gap) + 1
+        tasks += [asyncio.ensure_future(one()) for _ in range(due - len(tasks))]
+        await asyncio.sleep(gap / 4)
+    await asyncio.gather(*tasks)
+    return served, sheds
+
+
+@pytest.mark.parametrize("factor", [1, 2, 4])
+async def test_under_overload_the_slots_stay_busy_and_few_admitted_requests_time_out(factor):
+    stage = a_stage(concurrency=4, queue=16, wait=0.1)
+    served, sheds = await overload(stage, factor, hold=0.05, seconds=1.5)
+    capacity = 1.5 * 4 / 0.05
+    assert served >= 0.85 * capacity, sheds  # shed no more than keeps the slots busy
+    assert sheds["wait_timeout"] <= 0.02 * max(1, sum(sheds.values())), sheds
 
 
 async def test_the_first_waiter_is_served_first():
@@ -334,9 +410,14 @@ async def test_a_request_that_waited_past_its_maximum_is_shed(server):
 @pytest.mark.slow
 async def test_a_client_that_disconnects_frees_its_slot_and_its_queue_place(server):
     srv, model = server
-    model.latency_s = 10.0  # the model is still busy with every request below when it is checked
     try:
         async with httpx.AsyncClient(base_url=srv.url, timeout=30) as client:
+            # Short, steady holds: the wait estimate lets a request queue whatever holds the tests
+            # before left in the stage's history (the 3 s ones would make it shed at the door).
+            model.latency_s = 0.1
+            for _ in range(6):
+                await asyncio.gather(*(client.post("/v1/chat/completions", json=chat("bp", "Hello")) for _ in range(2)))
+            model.latency_s = 10.0  # the model is still busy with every request below when it is checked
 
             async def give_up_after(wait):
                 with pytest.raises(httpx.ReadTimeout):

@@ -57,6 +57,8 @@ class Stage:
         self.admitted = 0
         self.shed = 0
         self.hold_s: Optional[float] = None  # moving average of how long a slot is held
+        self.hold_dev_s = 0.0  # moving average of how far a hold is from hold_s
+        self._taken: list[float] = []  # when each slot in use was taken
         metrics.STAGE_CAPACITY.labels(name).set(settings.max_concurrency)
         self._publish()
 
@@ -78,8 +80,7 @@ class Stage:
         if not await self._slots.async_acquire(blocking=False):
             with self._lock:
                 full = self.queued >= self.settings.max_queue
-                # A slot frees about every hold_s / max_concurrency seconds while all are busy.
-                expected = None if self.hold_s is None else (self.queued + 1) * self.hold_s / self.settings.max_concurrency
+                expected = self._expected_wait()
                 late = expected is not None and expected > self.settings.max_wait_s
                 if not (full or late):
                     self.queued += 1
@@ -97,18 +98,47 @@ class Stage:
                 self._publish()
             if not got:
                 raise self._shed("wait_timeout", f"no slot within {self.settings.max_wait_s:g} s")
+        taken_at = time.monotonic()
         with self._lock:
             self.in_flight += 1
             self.admitted += 1
+            self._taken.append(taken_at)
         self._publish()
-        return time.monotonic()
+        return taken_at
+
+    def _expected_wait(self) -> Optional[float]:
+        """How long a request joining the queue now would wait for a slot, on the long side: a
+        wait the estimate lets in that then runs out is a slow shed instead of a fast one.
+
+        The queue is served first come, first served, so the newcomer gets the slot of the
+        (queued + 1)-th release. Each slot in use is expected back ``hold`` after it was taken,
+        ``hold`` being the mean hold time plus twice its mean deviation (a hold rarely runs
+        longer), and each slot then taken is held ``hold`` again. (Spreading the releases evenly,
+        mean hold / slots apart, lets in about half the requests whose estimate is near the
+        maximum wait, and those time out.) None until a slot has been held once."""
+        if self.hold_s is None:
+            return None
+        hold = self.hold_s + 2 * self.hold_dev_s
+        now = time.monotonic()
+        slots = self.settings.max_concurrency
+        back = sorted(max(0.0, taken + hold - now) for taken in self._taken)
+        back = [0.0] * (slots - len(back)) + back  # a slot released but not yet taken again
+        rounds, nth = divmod(self.queued, slots)
+        return back[nth] + rounds * hold
 
     def release(self, taken_at: Optional[float] = None) -> None:
         with self._lock:
             self.in_flight -= 1
-            if taken_at is not None:
+            if taken_at is None:  # a release that does not say which slot: the longest held
+                taken_at = min(self._taken)
+            else:
                 held = time.monotonic() - taken_at
-                self.hold_s = held if self.hold_s is None else 0.9 * self.hold_s + 0.1 * held
+                if self.hold_s is None:
+                    self.hold_s = held
+                else:
+                    self.hold_dev_s = 0.75 * self.hold_dev_s + 0.25 * abs(held - self.hold_s)
+                    self.hold_s = 0.9 * self.hold_s + 0.1 * held
+            self._taken.remove(taken_at)
         self._publish()
         self._slots.release()
 
