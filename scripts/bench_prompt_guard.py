@@ -8,7 +8,8 @@ Random-weight checkpoints of the real Prompt Guard 2 sizes (86M: mDeBERTa-v3-bas
 same directory. Each round sends --concurrency requests of ~100 words at once; railstack's side
 goes through its micro-batcher with the score cache off (every text is scored). Reported:
 texts/s and per-request p50/p99, and each engine's largest score gap from the first one's over
-the texts (--engines: runtime:precision; onnx exports into a scratch cache, its time printed).
+the texts (--engines: runtime:precision; onnx exports into a scratch cache, its time printed;
+remote:tei is the remote engine against railstack's loopback TEI server on this machine).
 Targets: CPU >= 3x NeMo; GPU >= 10x at 64 concurrent, and PG2-86M 512-token check p50 <= 10 ms
 on an H100.
 Run from the repo checkout (it reads ../shared/data).
@@ -18,6 +19,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import inspect
 import json
 import os
 import statistics
@@ -86,8 +89,10 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=64)
     parser.add_argument("--rounds", type=int, default=4)
     parser.add_argument("--device", default="auto")
-    parser.add_argument("--engines", nargs="+", default=["torch:fp32", "torch:auto", "onnx:fp32", "onnx:int8"],
-                        help="runtime:precision of each railstack row (auto:auto is the default settings)")
+    parser.add_argument("--engines", nargs="+", default=["torch:fp32", "torch:auto", "onnx:fp32", "onnx:int8", "remote:tei"],
+                        help="runtime:precision of each railstack row (auto:auto is the default settings; remote:tei "
+                             "is engine: remote against the loopback TEI server, which runs one input per forward pass "
+                             "on this machine's CPU: the protocol's cost and the scores' agreement, not TEI's speed)")
     args = parser.parse_args()
 
     import torch
@@ -95,8 +100,10 @@ def main() -> None:
     from nemoguardrails.library.hf_classifier.rail_config import LocalHFClassifierConfig
 
     from railstack.engines.loading import resolve_device
+    from railstack.engines.sequence import layout
     from railstack.prompt_guard.model import PromptGuard
     from railstack.prompt_guard.settings import PromptGuardSettings
+    from railstack.tools.tei import tei_server
 
     device = resolve_device(args.device)
     name = torch.cuda.get_device_name() if device.startswith("cuda") else f"CPU, {torch.get_num_threads()} threads"
@@ -110,9 +117,13 @@ def main() -> None:
             results, first = {}, None
             for engine in args.engines:
                 runtime, precision = engine.split(":")
-                settings = PromptGuardSettings(
-                    model=str(path), device=device, precision=precision, runtime=runtime, cache_size=0
-                )
+                stack = contextlib.ExitStack()
+                if runtime == "remote":  # the loopback TEI server over the same checkpoint, in this process
+                    tei = stack.enter_context(tei_server(str(path)))
+                    where = {"engine": "remote", "remote": {"base_url": tei.base_url}}
+                else:
+                    where = {"runtime": runtime, "device": device, "precision": precision}
+                settings = PromptGuardSettings(model=str(path), cache_size=0, **where)
                 start = time.perf_counter()
                 pg = PromptGuard(settings)
                 loaded = time.perf_counter() - start
@@ -125,15 +136,19 @@ def main() -> None:
                 gap = max(abs(a - b) for a, b in zip(scores, first))
                 print(line(label, rate, lat) + f"   ({tokens:.0f} tokens/text, {pg.batcher.batches} forwards, "
                       f"load {loaded:.1f} s, max |score - first row's| {gap:.4f})")
-                window = pg.windows(" ".join(batch))[0]
-                assert len(pg.runner.layout.row(window)[0]) == 512
+                window = pg.windows(" ".join(batch))[0]  # a full window: up to 512 tokens, cut where a word starts
+                tokens = len(layout(pg.tokenizer).row(window)[0])
+                forward = pg.probabilities
+                once = (lambda: asyncio.run(forward([window]))) if inspect.iscoroutinefunction(forward) \
+                    else (lambda: forward([window]))
                 single = []
                 for _ in range(10):
                     start = time.perf_counter()
-                    pg.probabilities([window])
+                    once()
                     single.append(time.perf_counter() - start)
-                print(f"  one 512-token check ({label.split(' (')[1].split(',')[0]}):  p50 {pct(single, 50) * 1000:.1f} ms")
+                print(f"  one {tokens}-token check ({label.split(' (')[1].split(',')[0]}):  p50 {pct(single, 50) * 1000:.1f} ms")
                 del pg
+                stack.close()
             options = {"device": 0} if device.startswith("cuda") else {}
             nemo = LocalBackend(LocalHFClassifierConfig(model=str(path), blocked_labels=["LABEL_1"], parameters=options))
             rate, lat = asyncio.run(rounds(nemo.classify, batch, max(1, args.rounds // 2)))

@@ -206,7 +206,7 @@ def test_a_config_s_own_input_flow_runs_through_nemo(capsys, tmp_path, make_conf
         ('{"text": "hi", "answer": 4}', "'answer' must be a string"),
         ('{"text": "  "}', "The user's message is empty."),
         ('{"messages": [{"role": "robot", "content": "hi"}]}', "messages[0].role"),
-        ('{"messages": [{"role": "system", "content": "hi"}]}', "no user message"),
+        ('{"messages": [{"role": "system", "content": "hi"}]}', "A check needs a user or an assistant message"),
         ('{"text": "\\ud800"}', "invalid Unicode"),
         ('{"text": "hi", "id": "\\u0000"}', "'id': The request must not contain NUL characters."),
         ('{"text": "' + "x" * 100_001 + '"}', "the limit is 100000. (text)"),
