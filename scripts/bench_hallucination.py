@@ -8,7 +8,9 @@ around one loopback OpenAI-compatible main model that answers after --latency se
 no output rail (baseline); railstack's `railstack hallucination` in grounded mode on a
 random-weight NLI model of the default checkpoint's size (DeBERTa-v3-base: 12 layers, hidden
 768, vocab 128100), once per --engines runtime:precision (torch:auto was the default before
-ONNX Runtime; onnx exports into a scratch cache during the warm-up); NeMo 0.24's `self check hallucination` action (two extra answers, then a judge
+ONNX Runtime; onnx exports into a scratch cache during the warm-up; remote:tei is engine: remote
+against railstack's loopback TEI server over the same checkpoint, in this process: the protocol's
+cost, not TEI's speed); NeMo 0.24's `self check hallucination` action (two extra answers, then a judge
 call), called after each answer as its flow calls it. Reported per response: extra main-model calls and latency added over the baseline,
 and each railstack row's speed-up of the added latency over the first one's (goal: the default
 on a CPU >= 2x faster than torch's).
@@ -20,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import statistics
@@ -83,7 +86,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--requests", type=int, default=8)
     parser.add_argument("--latency", type=float, default=0.3, help="the main model's seconds per answer")
-    parser.add_argument("--engines", nargs="+", default=["torch:auto", "onnx:fp32", "onnx:int8"],
+    parser.add_argument("--engines", nargs="+", default=["torch:auto", "onnx:fp32", "onnx:int8", "remote:tei"],
                         help="runtime:precision of each railstack row")
     args = parser.parse_args()
 
@@ -91,10 +94,11 @@ def main() -> None:
 
     from railstack.tools.loopback import LoopbackModel
     from railstack.tools.random_models import DEBERTA_V3_BASE, deberta_classifier
+    from railstack.tools.tei import tei_server
 
     items = rows(args.requests + 1)
     model = LoopbackModel(reply=items[0]["answer"], latency_s=args.latency).start()
-    with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory() as tmp, contextlib.ExitStack() as servers:
         tmp = Path(tmp)
         os.environ["RAILSTACK_CACHE_DIR"] = str(tmp / "cache")  # the random model's exports go with it
         texts = [r["context"] for r in rows(1000)]
@@ -103,9 +107,14 @@ def main() -> None:
         sides = {"no output rail": config(tmp / "base", model.base_url, "")}
         for engine in args.engines:
             runtime, precision = engine.split(":")
+            if runtime == "remote":
+                tei = servers.enter_context(tei_server(str(nli)))
+                where = 'engine: remote, remote: {base_url: "%s"}' % tei.base_url
+            else:
+                where = f"runtime: {runtime}, precision: {precision}"
             sides[f"railstack grounded ({runtime} {precision})"] = config(
                 tmp / engine.replace(":", "-"), model.base_url, "railstack hallucination",
-                '{hallucination: {model: "%s", mode: grounded, runtime: %s, precision: %s}}' % (nli, runtime, precision))
+                '{hallucination: {model: "%s", mode: grounded, %s}}' % (nli, where))
         sides["NeMo self check hallucination"] = config(tmp / "nemo", model.base_url, "", extra=NEMO_PROMPT)
 
         async def run_all() -> dict:  # one event loop: NeMo's model clients belong to the loop they start on

@@ -8,7 +8,7 @@ import threading
 import pytest
 
 from railstack.core import runtimes
-from railstack.engines.loading import CheckpointError
+from railstack.engines.loading import CheckpointError, source
 from railstack.paths import configs_root
 from railstack.settings import parse_settings
 from support import serving
@@ -143,6 +143,9 @@ def test_an_unreachable_hub_is_tried_once_then_refused_by_name(dead_hub):
 
 def test_hf_hub_offline_skips_the_hub(dead_hub, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    # Set after huggingface_hub was imported, it still reads its own stale flag: only the local
+    # cache may be asked (without this, every file cost about 45 s of retries against the hub).
+    assert source("prompt_guard", "acme/gated-guard").kwargs == {"local_files_only": True}
     with pytest.raises(CheckpointError, match=r"cannot load model 'acme/gated-guard' \(a Hugging Face hub id\)"):
         load("prompt_guard", "acme/gated-guard")
     assert dead_hub == []

@@ -65,10 +65,12 @@ class Source:
     rail: str
     model: str
     unreachable: Optional[str] = None  # why the hub was skipped: only the local cache was read
+    # HF_HUB_OFFLINE set after huggingface_hub was imported: the hub library would still go online.
+    offline: bool = False
 
     @property
     def kwargs(self) -> dict[str, Any]:
-        return {"local_files_only": True} if self.unreachable else {}
+        return {"local_files_only": True} if self.unreachable or self.offline else {}
 
     def failure(self, exc: Exception) -> CheckpointError:
         if self.unreachable:
@@ -87,7 +89,7 @@ def source(rail: str, model: str) -> Source:
     if is_local(model):
         raise checkpoint_error(rail, model, "directory not found")
     if _offline():
-        return Source(rail, model)
+        return Source(rail, model, offline=True)
     return Source(rail, model, _hub_unreachable())
 
 
