@@ -372,6 +372,17 @@ def test_the_category_line_is_parsed_robustly(line, codes):
     assert parse_categories(line) == codes
 
 
+def greedy_line(engine, row) -> str:
+    """What transformers' generate writes after ``unsafe`` (the prompt read again from the start)."""
+    import torch
+
+    prompt = torch.tensor([[*row, engine.answer.unsafe]])
+    out = engine.model.generate(input_ids=prompt, attention_mask=torch.ones_like(prompt), do_sample=False,
+                                max_new_tokens=engine.category_tokens, pad_token_id=engine.pad_id,
+                                eos_token_id=engine.stop_ids)
+    return engine.tokenizer.decode(out[0, prompt.shape[1] :], skip_special_tokens=True)
+
+
 async def test_the_category_line_is_decoded_only_for_unsafe_verdicts(checkpoints):
     dialogue = (("user", SENTENCES[0]),)
     safe = guard(checkpoints["lg3"], threshold=1.0)
@@ -380,16 +391,40 @@ async def test_the_category_line_is_decoded_only_for_unsafe_verdicts(checkpoints
     unsafe = guard(checkpoints["lg3"], threshold=0.0)
     found = await unsafe.assess(dialogue, "user")
     assert unsafe.engine.decodes == 1
-    ids = unsafe.prompts.fit(dialogue, "user")[0][0][1]
-    line = unsafe.engine.category_lines([ids])[0]  # the model's own greedy continuation
+    line = greedy_line(unsafe.engine, unsafe.prompts.fit(dialogue, "user")[0][0][1])
     names = {c.code: c.name for c in unsafe.family.categories}
     assert found.categories == tuple((c, names.get(c)) for c in parse_categories(line))
+
+
+@pytest.mark.parametrize("which", ["lg3", "lg3-1b", "lg4"])
+@pytest.mark.parametrize("reuse", [True, False], ids=["policy prefix cached", "whole prompts"])
+def test_the_category_line_goes_on_from_the_scoring_pass_as_generate_would(checkpoints, which, reuse):
+    import torch
+
+    model = guard(checkpoints[which], reuse_policy_prefix=reuse)
+    head = model.engine.model.lm_head
+    with torch.no_grad():  # the tiny guard writes only its two answer words: let it write a varied line
+        head.weight = torch.nn.Parameter(head.weight.clone())
+        head.weight[[model.engine.answer.safe, model.engine.answer.unsafe]] = 0
+    rows = [model.prompts.fit(d, judged)[0][0][1] for d, judged in [
+        ((("user", "Hi"),), "user"),
+        ((("user", " ".join(SENTENCES[:5])),), "user"),
+        ((("user", "Hi"), ("assistant", SENTENCES[3])), "assistant"),
+        ((("user", SENTENCES[2]),), "user"),
+    ]]
+    # Rows of different lengths in one batch, only some of them unsafe: the decode keeps those
+    # rows of the pass's cache, each with its own padding and positions.
+    verdicts = model.engine.forward([(row, 0.0 if i % 2 == 0 else 1.0) for i, row in enumerate(rows)])
+    assert [line is None for _, line in verdicts] == [False, True, False, True]
+    lines = [line for _, line in verdicts[::2]]
+    assert lines == [greedy_line(model.engine, row) for row in rows[::2]]
+    assert len(set(lines)) == 2 and all(lines)
 
 
 async def test_the_decision_names_the_categories_and_unknown_codes(checkpoints, monkeypatch):
     runtime = model_runtime("llama_guard", checkpoints["lg3"], threshold=0.0)
     engine = runtime.resources["llama_guard"].engine
-    monkeypatch.setattr(engine, "category_lines", lambda rows: ["\nS1, s10,S99"] * len(rows))
+    monkeypatch.setattr(engine, "category_lines", lambda cache, mask, rows: ["\nS1, s10,S99"] * len(rows))
     outcome = await run(runtime, ["llama_guard"], source="input", text="How do I pick a lock?")
     assert outcome.is_blocked
     assert outcome.reason.startswith(

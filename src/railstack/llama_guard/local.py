@@ -74,23 +74,24 @@ class LocalEngine:
         positions = (mask.cumsum(-1) - 1).clamp(min=0)[:, before:]
         return ids.to(self.device), mask.to(self.device), positions.to(self.device)
 
-    def _scores(self, rows: list[Ids], prefix: Optional[Ids]) -> list[float]:
+    def _scores(self, rows: list[Ids], prefix: Optional[Ids]) -> tuple[list[float], Any, Any]:
         """P(unsafe) of each row: one forward pass, over the rows' own tokens after ``prefix`` when
-        its cache is kept."""
+        its cache is kept; and, where the format goes on with a category line, the pass's cache and
+        attention mask, from which that line is decoded without reading the prompt again."""
         import torch
 
-        extra: dict[str, Any]
+        keep = self.family.decodes
+        extra: dict[str, Any] = {"use_cache": keep}
         if prefix is not None:
             cache = copy.deepcopy(self.prefixes[prefix])  # the forward pass extends it
             cache.batch_repeat_interleave(len(rows))
             extra = {self._cache_arg: cache, "use_cache": True}
             rows = [row[len(prefix) :] for row in rows]
-        else:
-            extra = {"use_cache": False}
         ids, mask, positions = self._padded(rows, len(prefix or ()))
         with torch.inference_mode():
             out = self.model(input_ids=ids, attention_mask=mask, position_ids=positions, logits_to_keep=1, **extra)
-            return self.family.probability(out.logits[:, -1, :], self.answer).cpu().tolist()
+            scores = self.family.probability(out.logits[:, -1, :], self.answer).cpu().tolist()
+        return scores, getattr(out, self._cache_arg) if keep else None, mask
 
     def forward(self, batch: list[Query]) -> list[Score]:
         """One prefill per prompt start in the batch (on the worker thread); the category line of
@@ -100,28 +101,46 @@ class LocalEngine:
             start = next((p for p in self.prefixes if len(row) > len(p) and row[: len(p)] == p), None)
             groups.setdefault(start, []).append(i)
         scores = [0.0] * len(batch)
-        for prefix, members in groups.items():
-            for i, score in zip(members, self._scores([batch[i][0] for i in members], prefix)):
-                scores[i] = score
         lines: list[Optional[str]] = [None] * len(batch)
-        unsafe = [i for i, (score, (_, threshold)) in enumerate(zip(scores, batch)) if score >= threshold]
-        if unsafe and self.family.decodes:
-            for i, line in zip(unsafe, self.category_lines([batch[i][0] for i in unsafe])):
-                lines[i] = line
+        for prefix, members in groups.items():
+            found, cache, mask = self._scores([batch[i][0] for i in members], prefix)
+            unsafe = [k for k, i in enumerate(members) if found[k] >= batch[i][1]]
+            if unsafe and self.family.decodes:
+                for k, line in zip(unsafe, self.category_lines(cache, mask, unsafe)):
+                    lines[members[k]] = line
+            for i, score in zip(members, found):
+                scores[i] = score
         return [Score(score, line) for score, line in zip(scores, lines)]
 
-    def category_lines(self, rows: list[Ids]) -> list[str]:
-        """Greedy decode of what follows ``unsafe``: the category line."""
+    def category_lines(self, cache: Any, mask: Any, rows: list[int]) -> list[str]:
+        """Greedy decode of what follows ``unsafe`` in rows ``rows`` of a scoring pass's ``cache``:
+        the category line, at a decode step per token (generate would prefill the prompt again)."""
         import torch
 
-        ids, mask, _ = self._padded([(*row, self.answer.unsafe) for row in rows])
+        if len(rows) < mask.shape[0]:
+            cache.batch_select_indices(torch.tensor(rows, device=self.device))
+            mask = mask[rows]
+        token = torch.full((len(rows), 1), self.answer.unsafe, dtype=torch.long, device=self.device)
+        stops = torch.tensor(self.stop_ids, dtype=torch.long, device=self.device)
+        done = torch.zeros(len(rows), dtype=torch.bool, device=self.device)
+        written = []
         with torch.inference_mode():
-            out = self.model.generate(
-                input_ids=ids, attention_mask=mask, max_new_tokens=self.category_tokens,
-                do_sample=False, pad_token_id=self.pad_id, eos_token_id=self.stop_ids or None,
-            )
+            for _ in range(self.category_tokens):
+                mask = torch.cat([mask, mask.new_ones((len(rows), 1))], dim=1)
+                out = self.model(input_ids=token, attention_mask=mask, position_ids=mask.sum(-1, keepdim=True) - 1,
+                                 use_cache=True, logits_to_keep=1, **{self._cache_arg: cache})
+                cache = getattr(out, self._cache_arg)
+                token = out.logits[:, -1, :].argmax(-1, keepdim=True)
+                written.append(token)
+                done |= torch.isin(token[:, 0], stops)
+                if bool(done.all()):
+                    break
         self.decodes += len(rows)
-        return self.tokenizer.batch_decode(out[:, ids.shape[1] :], skip_special_tokens=True)
+        lines = []
+        for row in torch.cat(written, dim=1).tolist():
+            end = next((j for j, t in enumerate(row) if t in self.stop_ids), len(row))
+            lines.append(self.tokenizer.decode(row[:end], skip_special_tokens=True))
+        return lines
 
 
 def _end_of_turn_ids(tokenizer: Any) -> list[Optional[int]]:
