@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from railstack.engines.encoder import cache_root, sha256_of
-from railstack.engines.loading import _ORDINARY, CheckpointError, check_tokenizer, load_checkpoint, resolve_device, source
+from railstack.engines.loading import _ORDINARY, check_tokenizer, load_checkpoint, resolve_device, source
 from railstack.engines.sequence import InProcess, Input, tokenize
 
 log = logging.getLogger("railstack.onnx")
