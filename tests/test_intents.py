@@ -11,6 +11,7 @@ from nemoguardrails import LLMRails, RailsConfig
 from railstack.engines import encoder as encoders
 from railstack.engines.encoder import PACKAGED, PACKAGED_SHA256, EncoderError, encoder
 from railstack.intents.check import parts_of
+from railstack.tools.loopback import STAND_IN_REPLIES
 from support import chat, main_model_yaml, packaged_config
 
 SELF_CHECK_INPUT = "Should the user message be blocked"
@@ -31,9 +32,10 @@ BENIGN = [
 
 @pytest.fixture
 def answering(main_model):
-    """The main model answering NeMo's self-check prompts "No" (allow) and questions with ANSWER."""
+    """The main model answering NeMo's self-check prompts "No" (allow), as `railstack serve`'s
+    stand-in does, and questions with ANSWER."""
     main_model.reply = ANSWER
-    main_model.replies = {SELF_CHECK_INPUT: "No", SELF_CHECK_OUTPUT: "No"}
+    main_model.replies = dict(STAND_IN_REPLIES)
     return main_model
 
 
@@ -198,7 +200,7 @@ def test_the_seed_config_streams_a_benign_answer_after_its_chunk_passed_self_che
         assert SELF_CHECK_INPUT in prompts[0] and prompts[1] == BENIGN[0]
         assert any(SELF_CHECK_OUTPUT in p and ANSWER in p for p in prompts[2:])
         answering.requests.clear()
-        answering.replies[SELF_CHECK_OUTPUT] = "Yes"
+        answering.replies = {SELF_CHECK_OUTPUT: "Yes", **answering.replies}  # the first key that matches answers
         res = client.post("/v1/chat/completions", json=chat("seed", BENIGN[1], stream=True))
         assert ANSWER not in streamed_text(res, errors=True)
 

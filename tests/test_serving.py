@@ -172,8 +172,12 @@ def test_serve_with_no_main_model_named_starts_a_labelled_stand_in_and_ends_it(t
         wait_until_up(url, proc)
         res = httpx.post(f"{url}/v1/chat/completions", json=chat("mine", "What is the capital of France?"), timeout=60)
         health = httpx.get(f"{url}/railstack/health", timeout=10)
+        # NeMo's self checks (configs/seed) read anything but "No" as "block".
+        self_check = httpx.post(f"{default}/chat/completions", timeout=10, json={"model": "main", "messages": [
+            {"role": "user", "content": "User message: \"hi\"\nQuestion: Should the user message be blocked (Yes or No)?"}]})
     finally:
         out = _stop(proc, log, sig)
+    assert self_check.json()["choices"][0]["message"]["content"] == "No"
     assert res.status_code == 200 and res.json()["choices"][0]["message"]["content"] == "Paris is the capital of France."
     assert "stand-in" in res.headers["x-railstack-stand-in"] and default in res.headers["x-railstack-stand-in"]
     assert "MAIN_MODEL_BASE_URL" in res.headers["x-railstack-stand-in"]

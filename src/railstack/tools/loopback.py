@@ -53,6 +53,11 @@ async def _disconnect(request: Request) -> None:
         pass
 
 
+# NeMo's self-check prompts end with this question; NeMo reads any answer but "No" as "block", so
+# under the canned reply a config with self checks (configs/seed) would refuse every turn.
+SELF_CHECK_QUESTION = "(Yes or No)?"
+STAND_IN_REPLIES = {SELF_CHECK_QUESTION: "No"}
+
 _SETTLE_TURNS = 20  # event-loop turns: enough for a closed connection's answer to unwind
 
 
@@ -208,8 +213,11 @@ def main() -> None:
     parser.add_argument("port", nargs="?", type=int, default=8000)
     parser.add_argument("--latency", type=float, default=0.0, help="seconds before the first token")
     parser.add_argument("--token-delay", type=float, default=0.0, help="seconds between streamed tokens")
+    parser.add_argument("--stand-in", action="store_true",
+                        help=f"answer NeMo's self-check prompts (ending {SELF_CHECK_QUESTION!r}) with No, as `railstack serve`'s stand-in does")
     args = parser.parse_args()
-    model = LoopbackModel(latency_s=args.latency, token_delay_s=args.token_delay).start(args.port)
+    replies = dict(STAND_IN_REPLIES) if args.stand_in else {}
+    model = LoopbackModel(replies=replies, latency_s=args.latency, token_delay_s=args.token_delay).start(args.port)
     print(f"loopback main model on {model.base_url}; Ctrl-C stops it", flush=True)
     model._thread.join()
 

@@ -121,7 +121,7 @@ def _end_with_parent() -> None:
 def start_stand_in(url: str) -> subprocess.Popen:
     """railstack's loopback main model at ``url``, once it accepts connections."""
     port = urlsplit(url).port
-    proc = subprocess.Popen([sys.executable, "-m", "railstack.tools.loopback", str(port)],
+    proc = subprocess.Popen([sys.executable, "-m", "railstack.tools.loopback", str(port), "--stand-in"],
                             preexec_fn=_end_with_parent, stdout=subprocess.DEVNULL)
     deadline = time.monotonic() + STAND_IN_START_S
     while not _answers("127.0.0.1", port):
@@ -155,7 +155,8 @@ def serve(path: Path, port: int, default_config_id: Optional[str], stand_in: boo
         if url:
             env[STAND_IN_ENV] = url
             print(f"railstack: STAND-IN main model: MAIN_MODEL_BASE_URL is not set and nothing answered at {url}, "
-                  "so railstack's loopback stand-in answers there (one canned reply, not a real model). "
+                  "so railstack's loopback stand-in answers there (one canned reply, and No to NeMo's self-check "
+                  "questions: not a real model). "
                   "Serve a real model with MAIN_MODEL_BASE_URL=http://HOST:PORT/v1; --no-stand-in turns this off.",
                   file=sys.stderr, flush=True)
         try:
