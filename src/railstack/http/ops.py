@@ -26,7 +26,7 @@ def stand_in() -> Optional[str]:
     url = os.environ.get(STAND_IN_ENV)
     if not url:
         return None
-    return (f"the main model at {url} is railstack's loopback stand-in (one canned reply), not a real model; "
+    return (f"the main model at {url} is railstack's loopback stand-in (one canned reply, and No to self-check questions), not a real model; "
             "serve a real one with MAIN_MODEL_BASE_URL=http://HOST:PORT/v1")
 
 
