@@ -103,3 +103,25 @@ def test_a_config_without_weights_is_refused_with_the_way_out(tmp_path):
     assert "the server exited" in done.stderr and "server.log" in done.stderr
     assert "prompt_guard: cannot load model '/nowhere/pg'" in done.stderr
     assert "--random-weights times random-weight stand-ins instead" in done.stderr
+
+
+def test_the_budget_bar_stacks_every_segment_the_request_spent_time_in(tmp_path, monkeypatch):
+    from matplotlib.figure import Figure
+
+    from railstack.tools.profile import BUDGET, chart
+
+    drawn = []
+    monkeypatch.setattr(Figure, "savefig", lambda fig, *args, **kwargs: drawn.append(fig))
+    spent = dict(zip(BUDGET, (0.04, 0.4, 3.0, 20.0, 1.0, 365.0)))
+    report = {
+        "config": "configs/x", "main_model": {"ttft_s": 0.3, "itl_s": 0.02, "answer_words": 30},
+        "load": {"requests": 20, "concurrency": 4}, "percentile_rule": "p95 shown from n >= 20",
+        "requests": {"rails_ms": {"input.heuristics": {"n": 20, "p50": 0.2}}, "request_ms": {"n": 20, "p50": 390.0},
+                     "budget": {"requests": 17, "of": "passing", "mean_ms": spent}},
+    }
+    chart(report, tmp_path / "p.png")
+    budget_ax = drawn[0].axes[1]
+    # Each segment once, in order, end to end: the main model's share too.
+    assert [p.get_width() for p in budget_ax.patches] == pytest.approx(list(spent.values()))
+    assert [t.get_text() for t in budget_ax.get_legend().get_texts()][-1].startswith("main model + NeMo, HTTP: 365")
+    assert budget_ax.patches[-1].get_x() == pytest.approx(sum(list(spent.values())[:-1]))

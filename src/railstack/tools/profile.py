@@ -83,6 +83,8 @@ def percentiles(values: list[float]) -> dict[str, float]:
 # Where a request's time goes, in the chart's order; the last is the request's time no rail
 # accounts for: the main model's answer, and NeMo's and the HTTP layer's own work.
 BUDGET = ("admission", "cheap", "embedding", "classifiers", "other rails", "main model + NeMo, HTTP")
+# strict: a segment without a colour would drop out of the chart's stacked bar unseen.
+_COLOURS = dict(zip(BUDGET, ("#8172b3", "#55a868", "#dd8452", "#c44e52", "#937860", "#b0b0b0"), strict=True))
 _SEGMENTS = {"ADMISSION": "admission", "CHEAP": "cheap", "EMBEDDING": "embedding", "SMALL_CLASSIFIER": "classifiers",
              "LARGE_CLASSIFIER": "classifiers"}
 
@@ -347,11 +349,10 @@ def chart(report: dict[str, Any], path: Path) -> Optional[Path]:
     spent = report.get("requests", {}).get("budget")
     if spent:
         left = 0.0
-        colours = ("#8172b3", "#55a868", "#c44e52", "#937860", "#b0b0b0")
-        for (segment, ms), colour in zip(spent["mean_ms"].items(), colours):
+        for segment, ms in spent["mean_ms"].items():
             if not ms:  # a tier the config has no rail of
                 continue
-            bar = budget_ax.barh([0], [ms], left=left, color=colour, label=f"{segment}: {_ms(ms)} ms")
+            bar = budget_ax.barh([0], [ms], left=left, color=_COLOURS[segment], label=f"{segment}: {_ms(ms)} ms")
             if ms > 0.06 * sum(spent["mean_ms"].values()):
                 budget_ax.bar_label(bar, labels=[_ms(ms)], label_type="center", fontsize=8)
             left += ms
