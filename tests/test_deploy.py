@@ -21,10 +21,14 @@ DEPLOY = ROOT / "deploy"
 ENV = {"HF_TOKEN": "hf_test", "MAIN_MODEL_BASE_URL": "http://main-model:8000/v1"}
 
 
-def compose(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess:
-    # The package's `docker-compose` wrapper drops the exit status: call its binary.
-    binary = Path(importlib.util.find_spec("compose").origin).parent / "docker-compose"
-    return subprocess.run([str(binary), "-f", str(DEPLOY / "compose.yaml"), *args], env={"PATH": "/usr/bin:/bin", **env},
+# The package's `docker-compose` wrapper drops the exit status: call its binary.
+COMPOSE = Path(importlib.util.find_spec("compose").origin).parent / "docker-compose"
+
+
+def compose(*args: str, env: dict[str, str], text: str | None = None) -> subprocess.CompletedProcess:
+    """Docker Compose on deploy/compose.yaml, or on ``text`` in its place."""
+    source = ["-f", "-", "--project-directory", str(DEPLOY)] if text is not None else ["-f", str(DEPLOY / "compose.yaml")]
+    return subprocess.run([str(COMPOSE), *source, *args], input=text, env={"PATH": "/usr/bin:/bin", **env},
                           capture_output=True, text=True, timeout=60)
 
 
@@ -55,11 +59,8 @@ def test_compose_validates_and_refuses_to_start_without_the_main_model_or_token(
 
 def test_the_validator_is_real():
     # A misspelt key is an error, so the checks above can fail.
-    bad = DEPLOY / "compose.yaml"
-    text = bad.read_text().replace("    restart: on-failure", "    restart_policy: on-failure", 1)
-    binary = Path(importlib.util.find_spec("compose").origin).parent / "docker-compose"
-    done = subprocess.run([str(binary), "-f", "-", "--project-directory", str(DEPLOY), "config", "--quiet"], input=text,
-                          env={"PATH": "/usr/bin:/bin", **ENV}, capture_output=True, text=True, timeout=60)
+    misspelt = (DEPLOY / "compose.yaml").read_text().replace("    restart: on-failure", "    restart_policy: on-failure", 1)
+    done = compose("config", "--quiet", env=ENV, text=misspelt)
     assert done.returncode != 0 and "restart_policy" in done.stderr
 
 
