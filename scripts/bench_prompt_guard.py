@@ -7,8 +7,9 @@ Random-weight checkpoints of the real Prompt Guard 2 sizes (86M: mDeBERTa-v3-bas
 22M: DeBERTa-v3-xsmall, vocab 128100) are built and saved, then loaded by both sides from the
 same directory. Each round sends --concurrency requests of ~100 words at once; railstack's side
 goes through its micro-batcher with the score cache off (every text is scored). Reported:
-texts/s and per-request p50/p99, and each engine's largest score gap from the first one's over
-the texts (--engines: runtime:precision; onnx exports into a scratch cache, its time printed;
+texts/s and per-request p50/p99, and each engine's largest gap from the first one's over the
+texts, of the score and of the logit margin (a random model's scores may all sit near 0 or 1)
+(--engines: runtime:precision; onnx exports into a scratch cache, its time printed;
 remote:tei is the remote engine against railstack's loopback TEI server on this machine).
 Targets: CPU >= 3x NeMo; GPU >= 10x at 64 concurrent, and PG2-86M 512-token check p50 <= 10 ms
 on an H100.
@@ -74,6 +75,17 @@ async def jailbreak_scores(pg, batch: list[str]) -> list[float]:
     return [s.jailbreak for s, _ in await asyncio.gather(*(pg.scores(t) for t in batch))]
 
 
+async def margins(pg, batch: list[str]) -> list[float]:
+    """Each window's logit margin, its last label's minus its first's: where a random model's scores
+    all sit near 0 or 1, their gaps show nothing, and the margins still show how far engines drift."""
+    windows = [w for t in batch for w in pg.windows(t)]
+    logits, rows = pg.runner.logits, []
+    for at in range(0, len(windows), 8):
+        part = windows[at : at + 8]
+        rows += await logits(part) if inspect.iscoroutinefunction(logits) else logits(part)
+    return [row[-1] - row[0] for row in rows]
+
+
 def pct(values: list[float], p: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(p / 100 * len(ordered)))]
@@ -133,11 +145,11 @@ def main() -> None:
                 label = f"railstack ({type(pg.runner).__name__.removesuffix('Runner').lower()} {pg.precision}{default}, batched)"
                 rate, lat = asyncio.run(rounds(pg.scores, batch, args.rounds))
                 results[engine] = label, rate
-                scores = asyncio.run(jailbreak_scores(pg, batch))
+                scores = asyncio.run(jailbreak_scores(pg, batch)), asyncio.run(margins(pg, batch))
                 first = first or scores
-                gap = max(abs(a - b) for a, b in zip(scores, first))
+                gap, drift = (max(abs(a - b) for a, b in zip(ours, theirs)) for ours, theirs in zip(scores, first))
                 print(line(label, rate, lat) + f"   ({tokens:.0f} tokens/text, {pg.batcher.batches} forwards, "
-                      f"load {loaded:.1f} s, max |score - first row's| {gap:.4f})")
+                      f"load {loaded:.1f} s, max |score - first row's| {gap:.4f}, of the logit margin {drift:.3f})")
                 window = pg.windows(" ".join(batch))[0]  # a full window: up to 512 tokens, cut where a word starts
                 tokens = len(layout(pg.tokenizer).row(window)[0])
                 forward = pg.probabilities
