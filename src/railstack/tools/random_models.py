@@ -122,7 +122,8 @@ def deberta_classifier(
         # DeBERTa-v3's attention, as its checkpoints' configs set it (mDeBERTa-v3-base, deberta-v3-*): the
         # relative positions go through the content projections and a LayerNorm, not projections of their own.
         max_position_embeddings=512, relative_attention=True, position_buckets=256, pos_att_type=["p2c", "c2p"],
-        share_att_key=True, norm_rel_ebd="layer_norm", position_biased_input=False, pad_token_id=tokenizer.pad_token_id, num_labels=len(labels),
+        share_att_key=True, norm_rel_ebd="layer_norm", position_biased_input=False,
+        pad_token_id=tokenizer.pad_token_id, num_labels=len(labels),
         id2label=dict(enumerate(labels)), label2id={label: i for i, label in enumerate(labels)},
     ) | size)
     torch.manual_seed(seed)
