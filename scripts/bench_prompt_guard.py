@@ -101,7 +101,7 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=64)
     parser.add_argument("--rounds", type=int, default=4)
     parser.add_argument("--device", default="auto")
-    parser.add_argument("--engines", nargs="+", default=["auto:auto", "torch:auto", "torch:fp32", "onnx:fp32", "remote:tei"],
+    parser.add_argument("--engines", nargs="+", default=["auto:auto", "torch:auto", "torch:fp32", "onnx:int8", "remote:tei"],
                         help="runtime:precision of each railstack row (auto:auto is the default settings; remote:tei "
                              "is engine: remote against the loopback TEI server, which runs one input per forward pass "
                              "on this machine's CPU: the protocol's cost and the scores' agreement, not TEI's speed)")

@@ -175,10 +175,11 @@ def test_without_the_extra_onnx_is_refused_and_auto_runs_torch(checkpoints, monk
     assert isinstance(nli_engine(checkpoints["nli"]).runner, TorchRunner)
 
 
-def test_auto_is_onnx_on_a_cpu_int8_for_prompt_guard_fp32_for_nli_unless_the_precision_says(checkpoints):
+def test_auto_is_onnx_fp32_on_a_cpu_unless_the_precision_says(checkpoints):
     assert onnx.installed()
     pg = guard(checkpoints["pg2"])
-    assert isinstance(pg.runner, OnnxRunner) and pg.precision == "int8"
+    assert isinstance(pg.runner, OnnxRunner) and pg.precision == "fp32"
+    assert guard(checkpoints["pg2"], precision="int8").precision == "int8"
     engine = nli_engine(checkpoints["nli"])
     assert isinstance(engine.runner, OnnxRunner) and engine.precision == "fp32"
     assert nli_engine(checkpoints["nli"], precision="int8").precision == "int8"

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import ClassVar, Literal, Optional
+from typing import Literal, Optional
 
 from pydantic import Field, model_validator
 
@@ -43,9 +43,6 @@ class EncoderSettings(ClassifierSettings):
     # auto: ONNX Runtime on a CPU when the `onnx` extra is installed (faster there:
     # scripts/bench_prompt_guard.py), torch on a GPU (``engines/onnx.runtime_of``).
     runtime: Literal["auto", "torch", "onnx"] = Field(default="auto", description="what runs the forward pass")
-    # What precision: auto is on ONNX Runtime: int8 where it was measured faster and within
-    # tolerance (Prompt Guard, scripts/bench_prompt_guard.py).
-    onnx_auto_precision: ClassVar[str] = "int8"
 
     @model_validator(mode="after")
     def _onnx_precision(self) -> "EncoderSettings":

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import ClassVar, Literal, Optional
+from typing import Literal, Optional
 
 from pydantic import Field
 
@@ -18,10 +18,6 @@ class NLIServer(TEISettings):
 class HallucinationSettings(EncoderSettings):
     """Grounded NLI check of each answer sentence against the turn's context, or, with no context,
     against k more answers sampled from the main model (SelfCheckGPT-NLI)."""
-
-    # fp32: on a CPU the NLI model's int8 graph ran no faster than fp32's (scripts/bench_hallucination.py),
-    # and its verdicts were not measured against fp32's.
-    onnx_auto_precision: ClassVar[str] = "fp32"
 
     model: str = Field(default="MoritzLaurer/DeBERTa-v3-base-mnli-fever-anli", min_length=1)
     timeout_s: Optional[float] = Field(default=10.0, gt=0, le=600)
