@@ -79,9 +79,9 @@ async def margins(pg, batch: list[str]) -> list[float]:
     """Each window's logit margin, its last label's minus its first's: where a random model's scores
     all sit near 0 or 1, their gaps show nothing, and the margins still show how far engines drift."""
     windows = [w for t in batch for w in pg.windows(t)]
-    logits, rows = pg.runner.logits, []
-    for at in range(0, len(windows), 8):
-        part = windows[at : at + 8]
+    logits, rows, size = pg.runner.logits, [], pg.batcher.max_batch
+    for at in range(0, len(windows), size):
+        part = windows[at : at + size]
         rows += await logits(part) if inspect.iscoroutinefunction(logits) else logits(part)
     return [row[-1] - row[0] for row in rows]
 
