@@ -101,8 +101,8 @@ class OnnxRunner(InProcess):
             raise _error(rail, f"{rail}.precision: {settings.precision} does not run on ONNX Runtime: set fp32, int8 or "
                          f"auto, or {rail}.runtime: torch")
         self.settings, self.rail, self.tokenizer = settings, rail, tokenizer
-        # auto is fp32: int8 moved Prompt Guard 2 86M's logit margins by up to 1.04 from fp32's
-        # (scripts/bench_prompt_guard.py), a verdict's worth near the threshold; int8 is asked for by name.
+        # auto is fp32: int8 moved a random-weight PG2-86M's logit margins by up to 1.04 from fp32's
+        # (scripts/bench_prompt_guard.py) and its drift on trained weights is unmeasured; int8 is asked for by name.
         self.precision = "fp32" if settings.precision == "auto" else settings.precision
         where, directory = _checkpoint_dir(settings, rail)
         try:
